@@ -1,0 +1,51 @@
+//! Errors of tasks (at run time) and of job graphs (at build time).
+
+use std::io;
+
+/// The result of a step of a task.
+pub type TaskResult<T = ()> = Result<T, TaskError>;
+
+/// Why a task stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// A user function panicked.
+    #[error("operator '{operator}' (subtask {subtask} of {parallelism}) panicked: {message}")]
+    Panicked {
+        /// Name of the operator whose function panicked.
+        operator: String,
+        /// Zero-based subtask index.
+        subtask: usize,
+        /// Parallelism of the operator.
+        parallelism: usize,
+        /// The panic message.
+        message: String,
+    },
+    /// A source or sink failed on I/O.
+    #[error("{operator} (subtask {subtask}): {what}: {source}")]
+    Io {
+        /// Name of the source or sink.
+        operator: String,
+        /// Zero-based subtask index.
+        subtask: usize,
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A downstream task is gone: the job is being cancelled or has failed elsewhere.
+    #[error("a downstream task has stopped")]
+    Disconnected,
+}
+
+impl TaskError {
+    /// Whether this error is only the echo of another task's failure or of a cancellation.
+    pub fn is_secondary(&self) -> bool {
+        matches!(self, TaskError::Disconnected)
+    }
+}
+
+/// A job graph that cannot run; the message says how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid job graph: {0}")]
+pub struct GraphError(pub String);

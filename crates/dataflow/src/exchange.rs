@@ -1,0 +1,218 @@
+//! The ends of an exchange between tasks: the writer at the tail of a producer's chain
+//! (partitioning records into per-target batches and sending them over bounded channels,
+//! so a slow consumer blocks the producer) and the typed head that a consumer task's
+//! untyped inbox feeds.
+
+use crate::error::{TaskError, TaskResult};
+use crate::message::{Envelope, Message};
+use crate::operator::Input;
+use sluice_types::{subtask_for_key_group, KeyGroup, Record, Timestamp};
+use std::any::Any;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+
+/// One downstream subtask: its inbox and the channel index this producer has there.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The downstream task's inbox.
+    pub inbox: SyncSender<Envelope>,
+    /// This producer's channel index at that inbox.
+    pub channel: u32,
+}
+
+impl Target {
+    fn send(&self, message: Message) -> TaskResult {
+        self.inbox
+            .send(Envelope { channel: self.channel, message })
+            .map_err(|_| TaskError::Disconnected)
+    }
+}
+
+/// How one edge routes records.
+pub(crate) enum Route<T> {
+    /// Whole batches round-robin over the targets (one target: forward).
+    RoundRobin { next: usize },
+    /// Every batch to every target.
+    Broadcast,
+    /// By key group: `hash` gives the stable hash of a record's key.
+    Hash { hash: Arc<dyn Fn(&T) -> u64 + Send + Sync>, owner_of_group: Vec<u32>, max_parallelism: u64 },
+}
+
+/// The writer of one outgoing edge.
+pub(crate) struct EdgeWriter<T> {
+    route: Route<T>,
+    targets: Vec<Target>,
+    buffers: Vec<Vec<Record<T>>>,
+    batch_size: usize,
+}
+
+impl<T: Clone + Send + 'static> EdgeWriter<T> {
+    pub(crate) fn round_robin(targets: Vec<Target>, batch_size: usize) -> Self {
+        Self::with_route(Route::RoundRobin { next: 0 }, targets, batch_size)
+    }
+
+    pub(crate) fn broadcast(targets: Vec<Target>, batch_size: usize) -> Self {
+        Self::with_route(Route::Broadcast, targets, batch_size)
+    }
+
+    pub(crate) fn hashed(
+        hash: Arc<dyn Fn(&T) -> u64 + Send + Sync>,
+        targets: Vec<Target>,
+        max_parallelism: usize,
+        batch_size: usize,
+    ) -> Self {
+        let owner_of_group = (0..max_parallelism)
+            .map(|g| subtask_for_key_group(KeyGroup(g as u32), max_parallelism, targets.len()) as u32)
+            .collect();
+        Self::with_route(
+            Route::Hash { hash, owner_of_group, max_parallelism: max_parallelism as u64 },
+            targets,
+            batch_size,
+        )
+    }
+
+    fn with_route(route: Route<T>, targets: Vec<Target>, batch_size: usize) -> Self {
+        let buffers = targets.iter().map(|_| Vec::new()).collect();
+        EdgeWriter { route, targets, buffers, batch_size }
+    }
+
+    fn send_batch(&self, target: usize, batch: Vec<Record<T>>) -> TaskResult {
+        self.targets[target].send(Message::Data(Box::new(batch)))
+    }
+
+    fn write(&mut self, batch: Vec<Record<T>>) -> TaskResult {
+        match &mut self.route {
+            Route::RoundRobin { next } => {
+                let target = *next;
+                *next = (*next + 1) % self.targets.len();
+                self.send_batch(target, batch)
+            }
+            Route::Broadcast => {
+                for target in 1..self.targets.len() {
+                    self.send_batch(target, batch.clone())?;
+                }
+                self.send_batch(0, batch)
+            }
+            Route::Hash { hash, owner_of_group, max_parallelism } => {
+                if self.targets.len() == 1 {
+                    return self.targets[0].send(Message::Data(Box::new(batch)));
+                }
+                for record in batch {
+                    let group = (hash(&record.value) % *max_parallelism) as usize;
+                    let target = owner_of_group[group] as usize;
+                    let buffer = &mut self.buffers[target];
+                    if buffer.capacity() == 0 {
+                        buffer.reserve_exact(self.batch_size);
+                    }
+                    buffer.push(record);
+                    if buffer.len() >= self.batch_size {
+                        let full = std::mem::take(buffer);
+                        self.targets[target].send(Message::Data(Box::new(full)))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> TaskResult {
+        for target in 0..self.targets.len() {
+            if !self.buffers[target].is_empty() {
+                let batch = std::mem::take(&mut self.buffers[target]);
+                self.send_batch(target, batch)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn signal(&mut self, make: impl Fn() -> Message) -> TaskResult {
+        self.flush()?;
+        for target in &self.targets {
+            target.send(make())?;
+        }
+        Ok(())
+    }
+}
+
+/// The tail of a producer's chain: writes every batch to each outgoing edge.
+pub(crate) struct ExchangeOutput<T> {
+    pub(crate) edges: Vec<EdgeWriter<T>>,
+}
+
+impl<T: Clone + Send + 'static> ExchangeOutput<T> {
+    fn each(&mut self, mut f: impl FnMut(&mut EdgeWriter<T>) -> TaskResult) -> TaskResult {
+        self.edges.iter_mut().try_for_each(&mut f)
+    }
+}
+
+impl<T: Clone + Send + 'static> Input<T> for ExchangeOutput<T> {
+    fn batch(&mut self, batch: Vec<Record<T>>) -> TaskResult {
+        match self.edges.len() {
+            0 => Ok(()),
+            1 => self.edges[0].write(batch),
+            n => {
+                for edge in &mut self.edges[..n - 1] {
+                    edge.write(batch.clone())?;
+                }
+                self.edges[n - 1].write(batch)
+            }
+        }
+    }
+    fn watermark(&mut self, watermark: Timestamp) -> TaskResult {
+        self.each(|e| e.signal(|| Message::Watermark(watermark)))
+    }
+    fn idle(&mut self, idle: bool) -> TaskResult {
+        self.each(|e| e.signal(|| Message::Idle(idle)))
+    }
+    fn processing_time(&mut self, _now: Timestamp) -> TaskResult {
+        Ok(())
+    }
+    fn flush(&mut self) -> TaskResult {
+        self.each(|e| e.flush())
+    }
+    fn end(&mut self) -> TaskResult {
+        self.each(|e| e.signal(|| Message::End))
+    }
+}
+
+/// The head of a consumer task's chain, fed from the untyped inbox.
+pub trait ErasedInput: Send {
+    /// A batch as it came off the channel (a `Vec<Record<T>>`).
+    fn batch(&mut self, batch: Box<dyn Any + Send>) -> TaskResult;
+    /// The task's combined input watermark advanced.
+    fn watermark(&mut self, watermark: Timestamp) -> TaskResult;
+    /// All inputs became idle, or one became active again.
+    fn idle(&mut self, idle: bool) -> TaskResult;
+    /// A processing-time tick.
+    fn processing_time(&mut self, now: Timestamp) -> TaskResult;
+    /// Nothing is waiting in the inbox: pass buffered records on.
+    fn flush(&mut self) -> TaskResult;
+    /// Every input has ended.
+    fn end(&mut self) -> TaskResult;
+}
+
+pub(crate) struct Head<T>(pub(crate) Box<dyn Input<T>>);
+
+impl<T: Send + 'static> ErasedInput for Head<T> {
+    fn batch(&mut self, batch: Box<dyn Any + Send>) -> TaskResult {
+        let batch = batch
+            .downcast::<Vec<Record<T>>>()
+            .expect("the job graph connects only edges of one record type");
+        self.0.batch(*batch)
+    }
+    fn watermark(&mut self, watermark: Timestamp) -> TaskResult {
+        self.0.watermark(watermark)
+    }
+    fn idle(&mut self, idle: bool) -> TaskResult {
+        self.0.idle(idle)
+    }
+    fn processing_time(&mut self, now: Timestamp) -> TaskResult {
+        self.0.processing_time(now)
+    }
+    fn flush(&mut self) -> TaskResult {
+        self.0.flush()
+    }
+    fn end(&mut self) -> TaskResult {
+        self.0.end()
+    }
+}

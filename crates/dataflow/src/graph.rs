@@ -1,0 +1,359 @@
+//! The job graph: what the API builds and the runtime runs.
+//!
+//! Nodes carry their typed behaviour behind [`NodeImpl`], so the runtime can chain, wire
+//! and start them knowing only their shape (source, operator or sink), their parallelism
+//! and how each edge partitions records.
+
+use crate::error::{GraphError, TaskError, TaskResult};
+use crate::exchange::{EdgeWriter, ErasedInput, ExchangeOutput, Head, Target};
+use crate::operator::{Input, Link, OperatorFactory, SubtaskInfo};
+use crate::sink::{Sink, SinkInput};
+use crate::source::{Source, SourceRunner, SourceTask, WatermarkStrategy};
+use sluice_types::{Data, DEFAULT_MAX_PARALLELISM};
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A type-erased `Box<dyn Input<T>>` for the record type of the edge it feeds.
+pub type AnyInput = Box<dyn Any + Send>;
+
+/// Index of a node in its graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub usize);
+
+/// How an edge distributes the producer's records over the consumer's subtasks.
+#[derive(Clone)]
+pub enum Partitioning {
+    /// Subtask i to subtask i when both sides have the same parallelism (and the two can be
+    /// chained into one task); round-robin over all consumers otherwise.
+    Forward,
+    /// Batches round-robin over all consumer subtasks.
+    Rebalance,
+    /// Every record to every consumer subtask.
+    Broadcast,
+    /// By key group of the record's key: holds an `Arc<dyn Fn(&T) -> u64 + Send + Sync>`
+    /// giving the stable hash of a record's key.
+    Hash(Arc<dyn Any + Send + Sync>),
+}
+
+impl std::fmt::Debug for Partitioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Partitioning::Forward => "Forward",
+            Partitioning::Rebalance => "Rebalance",
+            Partitioning::Broadcast => "Broadcast",
+            Partitioning::Hash(_) => "Hash",
+        })
+    }
+}
+
+/// An input of a node.
+#[derive(Clone, Debug)]
+pub struct Edge {
+    /// The producing node.
+    pub from: NodeId,
+    /// How records are distributed.
+    pub partitioning: Partitioning,
+}
+
+/// The shape of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Produces records; has no inputs.
+    Source,
+    /// Transforms records.
+    Operator,
+    /// Consumes records; has no outputs.
+    Sink,
+}
+
+/// One outgoing edge of a producer subtask, resolved to concrete targets by the runtime.
+pub enum OutEdge {
+    /// Batches round-robin over the targets (a single target is a forward edge).
+    RoundRobin(Vec<Target>),
+    /// Every batch to every target.
+    Broadcast(Vec<Target>),
+    /// By key group; the hash function as in [`Partitioning::Hash`].
+    Hash(Arc<dyn Any + Send + Sync>, Vec<Target>),
+}
+
+/// The typed behaviour of a node, behind an interface the runtime can call.
+pub trait NodeImpl: Send + Sync {
+    /// Source, operator or sink.
+    fn kind(&self) -> NodeKind;
+    /// The largest parallelism the node supports, if limited.
+    fn max_parallelism(&self) -> Option<usize> {
+        None
+    }
+    /// The tail of a chain ending at this node: writes its output to `edges`.
+    fn exchange(&self, edges: Vec<OutEdge>, info: &SubtaskInfo) -> AnyInput;
+    /// This node as a chain stage in front of `next` (`None` for sinks).
+    fn link(&self, next: Option<AnyInput>, info: &SubtaskInfo) -> TaskResult<AnyInput>;
+    /// Wraps the stage that [`NodeImpl::link`] built so the untyped inbox can feed it.
+    fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput>;
+    /// The source subtask feeding `next` (sources only).
+    fn source(&self, _next: AnyInput, _info: &SubtaskInfo, _config: &JobConfig) -> TaskResult<Box<dyn SourceTask>> {
+        unreachable!("only source nodes start source tasks")
+    }
+}
+
+fn build_exchange<T: Data>(edges: Vec<OutEdge>, info: &SubtaskInfo) -> AnyInput {
+    let batch_size = info.batch_size;
+    let writers = edges
+        .into_iter()
+        .map(|edge| match edge {
+            OutEdge::RoundRobin(targets) => EdgeWriter::round_robin(targets, batch_size),
+            OutEdge::Broadcast(targets) => EdgeWriter::broadcast(targets, batch_size),
+            OutEdge::Hash(hash, targets) => {
+                let hash = hash
+                    .downcast_ref::<Arc<dyn Fn(&T) -> u64 + Send + Sync>>()
+                    .expect("a hash edge carries the key hash of its record type")
+                    .clone();
+                EdgeWriter::hashed(hash, targets, info.max_parallelism, batch_size)
+            }
+        })
+        .collect();
+    let input: Box<dyn Input<T>> = Box::new(ExchangeOutput { edges: writers });
+    Box::new(input)
+}
+
+fn downcast_input<T: 'static>(input: AnyInput) -> Box<dyn Input<T>> {
+    *input
+        .downcast::<Box<dyn Input<T>>>()
+        .expect("the job graph connects only stages of one record type")
+}
+
+/// A source node producing `T`.
+pub struct SourceNode<T> {
+    /// The source.
+    pub source: Arc<dyn Source<T>>,
+    /// Its watermark strategy.
+    pub strategy: WatermarkStrategy<T>,
+}
+
+impl<T: Data> NodeImpl for SourceNode<T> {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Source
+    }
+    fn max_parallelism(&self) -> Option<usize> {
+        self.source.max_parallelism()
+    }
+    fn exchange(&self, edges: Vec<OutEdge>, info: &SubtaskInfo) -> AnyInput {
+        build_exchange::<T>(edges, info)
+    }
+    fn link(&self, _next: Option<AnyInput>, _info: &SubtaskInfo) -> TaskResult<AnyInput> {
+        unreachable!("a source is always the head of its chain")
+    }
+    fn head(&self, _stage: AnyInput) -> Box<dyn ErasedInput> {
+        unreachable!("a source has no inbox")
+    }
+    fn source(&self, next: AnyInput, info: &SubtaskInfo, config: &JobConfig) -> TaskResult<Box<dyn SourceTask>> {
+        let reader = self.source.create_reader(info.index, info.parallelism).map_err(|source| TaskError::Io {
+            operator: info.operator.to_string(),
+            subtask: info.index,
+            what: "opening the source".into(),
+            source,
+        })?;
+        Ok(Box::new(SourceRunner {
+            reader,
+            strategy: self.strategy.clone(),
+            output: downcast_input::<T>(next),
+            info: info.clone(),
+            watermark_interval: config.watermark_interval,
+            tick: config.tick,
+        }))
+    }
+}
+
+/// An operator node from `In` to `Out`.
+pub struct OperatorNode<In, Out> {
+    /// Makes each subtask's operator.
+    pub factory: OperatorFactory<In, Out>,
+}
+
+impl<In: Data, Out: Data> NodeImpl for OperatorNode<In, Out> {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Operator
+    }
+    fn exchange(&self, edges: Vec<OutEdge>, info: &SubtaskInfo) -> AnyInput {
+        build_exchange::<Out>(edges, info)
+    }
+    fn link(&self, next: Option<AnyInput>, info: &SubtaskInfo) -> TaskResult<AnyInput> {
+        let next = downcast_input::<Out>(next.expect("an operator always has a next stage"));
+        let operator = crate::operator::guard_panic(info, || (self.factory)(info))?;
+        let stage: Box<dyn Input<In>> = Box::new(Link::new(operator, next, info.clone()));
+        Ok(Box::new(stage))
+    }
+    fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput> {
+        Box::new(Head(downcast_input::<In>(stage)))
+    }
+}
+
+/// A sink node consuming `T`.
+pub struct SinkNode<T> {
+    /// The sink.
+    pub sink: Arc<dyn Sink<T>>,
+}
+
+impl<T: Data> NodeImpl for SinkNode<T> {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Sink
+    }
+    fn exchange(&self, _edges: Vec<OutEdge>, _info: &SubtaskInfo) -> AnyInput {
+        unreachable!("a sink has no outputs")
+    }
+    fn link(&self, _next: Option<AnyInput>, info: &SubtaskInfo) -> TaskResult<AnyInput> {
+        let writer = self.sink.create_writer(info.index, info.parallelism).map_err(|source| TaskError::Io {
+            operator: info.operator.to_string(),
+            subtask: info.index,
+            what: "opening the sink".into(),
+            source,
+        })?;
+        let stage: Box<dyn Input<T>> = Box::new(SinkInput::new(writer, info.clone()));
+        Ok(Box::new(stage))
+    }
+    fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput> {
+        Box::new(Head(downcast_input::<T>(stage)))
+    }
+}
+
+/// One node of the graph.
+pub struct Node {
+    /// Its index.
+    pub id: NodeId,
+    /// Its display name.
+    pub name: String,
+    /// The stable id that state is matched by across code changes.
+    pub uid: Option<String>,
+    /// Its parallelism; `None` takes the job's default.
+    pub parallelism: Option<usize>,
+    /// Its inputs.
+    pub inputs: Vec<Edge>,
+    /// Whether it may be chained to its input (`false` starts a new task).
+    pub chainable: bool,
+    /// Its typed behaviour.
+    pub imp: Box<dyn NodeImpl>,
+}
+
+/// Settings of a job that apply to every node.
+#[derive(Clone, Debug)]
+pub struct JobConfig {
+    /// Default parallelism of nodes that set none.
+    pub parallelism: usize,
+    /// Number of key groups (the largest parallelism of a keyed operator).
+    pub max_parallelism: usize,
+    /// Records per batch.
+    pub batch_size: usize,
+    /// Batches a task's inbox holds before its producers block (backpressure).
+    pub channel_capacity: usize,
+    /// How often sources emit watermarks.
+    pub watermark_interval: Duration,
+    /// How often processing time advances (processing-time timers fire at this grain).
+    pub tick: Duration,
+    /// Whether operators are chained into tasks where partitioning allows.
+    pub chaining: bool,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            max_parallelism: DEFAULT_MAX_PARALLELISM,
+            batch_size: 1024,
+            channel_capacity: 16,
+            watermark_interval: Duration::from_millis(200),
+            tick: Duration::from_millis(10),
+            chaining: true,
+        }
+    }
+}
+
+/// A whole job: its nodes, in an order where every input precedes its consumer.
+pub struct JobGraph {
+    /// The job's name.
+    pub name: String,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    /// Job-wide settings.
+    pub config: JobConfig,
+}
+
+impl JobGraph {
+    /// The effective parallelism of `node`.
+    pub fn parallelism_of(&self, node: NodeId) -> usize {
+        self.nodes[node.0].parallelism.unwrap_or(self.config.parallelism)
+    }
+
+    /// The consumers of each node, in node order.
+    pub fn consumers(&self) -> Vec<Vec<(NodeId, usize)>> {
+        let mut consumers = vec![Vec::new(); self.nodes.len()];
+        for node in &self.nodes {
+            for (index, edge) in node.inputs.iter().enumerate() {
+                consumers[edge.from.0].push((node.id, index));
+            }
+        }
+        consumers
+    }
+
+    /// Checks what the type system cannot: settings in range, unique uids, a sink to run
+    /// towards, parallelism within each source's and each keyed operator's limits.
+    pub fn validate(&self) -> Result<(), GraphError> {
+        let c = &self.config;
+        if c.parallelism == 0 {
+            return Err(GraphError("the default parallelism is 0; set it to at least 1".into()));
+        }
+        if c.max_parallelism == 0 || c.max_parallelism > 32768 {
+            return Err(GraphError(format!(
+                "max parallelism {} is out of range; use a value from 1 to 32768 (default 128)",
+                c.max_parallelism
+            )));
+        }
+        if c.batch_size == 0 || c.channel_capacity == 0 {
+            return Err(GraphError("batch size and channel capacity must be at least 1".into()));
+        }
+        if c.watermark_interval.is_zero() || c.tick.is_zero() {
+            return Err(GraphError("the watermark interval and the tick must be longer than 0".into()));
+        }
+        if !self.nodes.iter().any(|n| n.imp.kind() == NodeKind::Sink) {
+            return Err(GraphError(
+                "the job has no sink, so it would compute nothing; end a stream in .sink(..), .print() or .collect()".into(),
+            ));
+        }
+        let mut uids = HashSet::new();
+        for node in &self.nodes {
+            let p = self.parallelism_of(node.id);
+            if p == 0 {
+                return Err(GraphError(format!("operator '{}' has parallelism 0; set it to at least 1", node.name)));
+            }
+            if let Some(uid) = &node.uid {
+                if !uids.insert(uid.as_str()) {
+                    return Err(GraphError(format!(
+                        "uid '{uid}' is used by more than one operator; give each operator its own uid"
+                    )));
+                }
+            }
+            if let Some(limit) = node.imp.max_parallelism() {
+                if p > limit {
+                    return Err(GraphError(format!(
+                        "'{}' supports parallelism up to {limit} but is set to {p}; call .parallelism({limit}) on it",
+                        node.name
+                    )));
+                }
+            }
+            let keyed = node.inputs.iter().any(|e| matches!(e.partitioning, Partitioning::Hash(_)));
+            if keyed && p > c.max_parallelism {
+                return Err(GraphError(format!(
+                    "keyed operator '{}' has parallelism {p} above the max parallelism {}; raise the max parallelism",
+                    node.name, c.max_parallelism
+                )));
+            }
+            for edge in &node.inputs {
+                if edge.from.0 >= node.id.0 {
+                    return Err(GraphError(format!("operator '{}' reads from a later node", node.name)));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,37 @@
+//! The contract between Sluice's API and its runtime.
+//!
+//! The API crate turns a user's typed program into a [`JobGraph`]: nodes that carry
+//! type-erased factories ([`NodeImpl`]) and edges that say how records are partitioned.
+//! The runtime wires the graph into tasks without knowing any record type: every typed
+//! piece a task is made of (the source loop, chained operators, the exchange writer that
+//! routes batches to downstream tasks, the sink adapter) is built here, behind the erased
+//! [`NodeImpl`] and [`ErasedInput`] interfaces.
+//!
+//! Records move in batches (`Vec<Record<T>>`); data and control signals (watermarks,
+//! idleness, end of input) share one [`Message`] enum on every edge, so a watermark can
+//! never overtake the records before it.
+
+mod error;
+mod exchange;
+mod graph;
+mod message;
+mod operator;
+pub mod operators;
+mod sink;
+mod source;
+
+pub use error::{GraphError, TaskError, TaskResult};
+pub use exchange::{ErasedInput, Target};
+pub use graph::{
+    AnyInput, Edge, JobConfig, JobGraph, Node, NodeId, NodeImpl, NodeKind, OperatorNode,
+    Partitioning, SinkNode, SourceNode,
+};
+pub use message::{Envelope, Message};
+pub use operator::{
+    guard_panic, now_millis, Input, Link, Operator, OperatorFactory, Output, SubtaskInfo,
+};
+pub use sink::{Sink, SinkInput, SinkWriter};
+pub use source::{
+    Poll, Source, SourceReader, SourceRunner, SourceTask, WatermarkGenerator, WatermarkKind,
+    WatermarkStrategy, Watermarks,
+};

@@ -1,0 +1,19 @@
+//! The built-in operators: stateless transformations, keyed process functions with state
+//! and timers, rolling keyed aggregations, and windows.
+//!
+//! They are ordinary [`crate::Operator`]s; the API crate creates them, the runtime never
+//! names them.
+
+mod keyed;
+mod stateless;
+mod window;
+
+pub use keyed::{
+    AggregateFunction, KeyFn, KeyedContext, KeyedProcessFunction, KeyedProcessOperator,
+    RollingAggregate, RollingReduce,
+};
+pub use stateless::{FilterOp, FlatMapOp, MapOp};
+pub use window::{
+    AggregateWindow, DropLate, LateToSideOutput, LatePolicy, ProcessWindow, ReduceWindow,
+    WindowAssigner, WindowFunction, WindowOperator, WindowOutput, WindowTime,
+};

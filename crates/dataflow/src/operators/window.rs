@@ -1,0 +1,489 @@
+//! Windows on keyed streams: tumbling, sliding and session windows in event time or
+//! processing time, with incremental reduce/aggregate or a function over all elements,
+//! allowed lateness and late records to a side output.
+//!
+//! Tumbling and sliding windows fire for every key at once when time passes their end, so
+//! their state is grouped by window first (`window -> key -> accumulator`): firing walks
+//! the windows in time order and needs no timer per key. Session windows are per key and
+//! merge, so they keep per-key sessions and a per-key timer queue.
+
+use crate::operator::{now_millis, Operator, Output};
+use crate::operators::keyed::{AggregateFunction, KeyFn};
+use serde::{Deserialize, Serialize};
+use sluice_state::TimerQueue;
+use sluice_types::{FastMap, Key, Record, TimeWindow, Timestamp, MIN_WATERMARK, NO_TIMESTAMP};
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// Which clock assigns records to windows and fires them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowTime {
+    /// The record's timestamp; windows fire on the watermark.
+    EventTime,
+    /// The wall clock when the record arrives; windows fire on the wall clock.
+    ProcessingTime,
+}
+
+/// How records are assigned to windows (all lengths in milliseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowAssigner {
+    /// Fixed, non-overlapping windows of `size`, aligned to `offset`.
+    Tumbling {
+        /// Window length.
+        size: i64,
+        /// Alignment offset.
+        offset: i64,
+    },
+    /// Windows of `size` starting every `slide`.
+    Sliding {
+        /// Window length.
+        size: i64,
+        /// Distance between window starts.
+        slide: i64,
+        /// Alignment offset.
+        offset: i64,
+    },
+    /// Per-key windows that close after `gap` without records, merging as records arrive.
+    Session {
+        /// Inactivity gap.
+        gap: i64,
+    },
+}
+
+impl WindowAssigner {
+    /// Appends the windows `timestamp` belongs to.
+    pub fn assign(&self, timestamp: Timestamp, out: &mut Vec<TimeWindow>) {
+        match *self {
+            WindowAssigner::Tumbling { size, offset } => {
+                let start = timestamp - (timestamp - offset).rem_euclid(size);
+                out.push(TimeWindow::new(start, start + size));
+            }
+            WindowAssigner::Sliding { size, slide, offset } => {
+                let last_start = timestamp - (timestamp - offset).rem_euclid(slide);
+                let mut start = last_start;
+                while start > timestamp - size {
+                    out.push(TimeWindow::new(start, start + size));
+                    start -= slide;
+                }
+            }
+            WindowAssigner::Session { gap } => out.push(TimeWindow::new(timestamp, timestamp + gap)),
+        }
+    }
+
+    /// Whether windows merge (session windows).
+    pub fn is_merging(&self) -> bool {
+        matches!(self, WindowAssigner::Session { .. })
+    }
+}
+
+/// What a window computes: an accumulator per key and window, and what it emits.
+pub trait WindowFunction<K, T>: Send + 'static {
+    /// Per key and window state.
+    type Acc: Send + 'static;
+    /// What the window emits.
+    type Out: Send + 'static;
+    /// A new accumulator.
+    fn create(&self) -> Self::Acc;
+    /// Adds a record's value.
+    fn add(&self, acc: &mut Self::Acc, value: T);
+    /// Merges two accumulators (when session windows merge); `a` is the older.
+    fn merge(&self, a: Self::Acc, b: Self::Acc) -> Self::Acc;
+    /// Emits the results of a window for a key.
+    fn emit(&self, key: &K, window: &TimeWindow, acc: &Self::Acc, out: &mut dyn FnMut(Self::Out));
+}
+
+/// Incremental reduce: keeps one value per key and window.
+pub struct ReduceWindow<F>(pub Arc<F>);
+
+impl<K, T: Clone + Send + 'static, F: Fn(T, T) -> T + Send + Sync + 'static> WindowFunction<K, T> for ReduceWindow<F> {
+    type Acc = Option<T>;
+    type Out = T;
+    fn create(&self) -> Option<T> {
+        None
+    }
+    fn add(&self, acc: &mut Option<T>, value: T) {
+        *acc = Some(match acc.take() {
+            Some(previous) => (self.0)(previous, value),
+            None => value,
+        });
+    }
+    fn merge(&self, a: Option<T>, b: Option<T>) -> Option<T> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some((self.0)(a, b)),
+            (a, b) => a.or(b),
+        }
+    }
+    fn emit(&self, _key: &K, _window: &TimeWindow, acc: &Option<T>, out: &mut dyn FnMut(T)) {
+        if let Some(value) = acc {
+            out(value.clone());
+        }
+    }
+}
+
+/// Incremental aggregate, its result passed with key and window through `finish`.
+pub struct AggregateWindow<A, P> {
+    /// The aggregate function.
+    pub aggregate: A,
+    /// Turns (key, window, result) into the emitted value.
+    pub finish: Arc<P>,
+}
+
+impl<K, T, A, P, O> WindowFunction<K, T> for AggregateWindow<A, P>
+where
+    A: AggregateFunction<T>,
+    P: Fn(&K, &TimeWindow, A::Out) -> O + Send + Sync + 'static,
+    O: Send + 'static,
+{
+    type Acc = A::Acc;
+    type Out = O;
+    fn create(&self) -> A::Acc {
+        self.aggregate.create_accumulator()
+    }
+    fn add(&self, acc: &mut A::Acc, value: T) {
+        self.aggregate.add(acc, value)
+    }
+    fn merge(&self, a: A::Acc, b: A::Acc) -> A::Acc {
+        self.aggregate.merge(a, b)
+    }
+    fn emit(&self, key: &K, window: &TimeWindow, acc: &A::Acc, out: &mut dyn FnMut(O)) {
+        out((self.finish)(key, window, self.aggregate.get_result(acc)))
+    }
+}
+
+/// A function over all of a window's elements (buffers them until the window fires).
+pub struct ProcessWindow<F>(pub Arc<F>);
+
+impl<K, T, F, I> WindowFunction<K, T> for ProcessWindow<F>
+where
+    T: Send + 'static,
+    F: Fn(&K, &TimeWindow, &[T]) -> I + Send + Sync + 'static,
+    I: IntoIterator,
+    I::Item: Send + 'static,
+{
+    type Acc = Vec<T>;
+    type Out = I::Item;
+    fn create(&self) -> Vec<T> {
+        Vec::new()
+    }
+    fn add(&self, acc: &mut Vec<T>, value: T) {
+        acc.push(value)
+    }
+    fn merge(&self, mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
+        a.extend(b);
+        a
+    }
+    fn emit(&self, key: &K, window: &TimeWindow, acc: &Vec<T>, out: &mut dyn FnMut(I::Item)) {
+        for value in (self.0)(key, window, acc) {
+            out(value)
+        }
+    }
+}
+
+/// The output of a window operator whose late records go to a side output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WindowOutput<O, T> {
+    /// A window result.
+    Result(O),
+    /// A record that arrived after its windows were cleaned up.
+    Late(T),
+}
+
+/// What a window operator does with late records.
+pub trait LatePolicy<T, O>: Send + 'static {
+    /// The operator's output type.
+    type Out: Send + 'static;
+    /// Wraps a window result.
+    fn result(value: O) -> Self::Out;
+    /// Wraps a late record, or drops it (`None`).
+    fn late(value: T) -> Option<Self::Out>;
+}
+
+/// Late records are dropped (and counted).
+pub struct DropLate;
+
+impl<T, O: Send + 'static> LatePolicy<T, O> for DropLate {
+    type Out = O;
+    fn result(value: O) -> O {
+        value
+    }
+    fn late(_value: T) -> Option<O> {
+        None
+    }
+}
+
+/// Late records are emitted as [`WindowOutput::Late`].
+pub struct LateToSideOutput;
+
+impl<T: Send + 'static, O: Send + 'static> LatePolicy<T, O> for LateToSideOutput {
+    type Out = WindowOutput<O, T>;
+    fn result(value: O) -> Self::Out {
+        WindowOutput::Result(value)
+    }
+    fn late(value: T) -> Option<Self::Out> {
+        Some(WindowOutput::Late(value))
+    }
+}
+
+struct Bucket<K, A> {
+    accumulators: FastMap<K, A>,
+    fired: bool,
+}
+
+struct Session<A> {
+    window: TimeWindow,
+    acc: A,
+    fired: bool,
+}
+
+/// A keyed window operator.
+pub struct WindowOperator<K, T, W: WindowFunction<K, T>, L> {
+    key_fn: KeyFn<T, K>,
+    assigner: WindowAssigner,
+    time: WindowTime,
+    lateness: i64,
+    function: W,
+    aligned: BTreeMap<TimeWindow, Bucket<K, W::Acc>>,
+    sessions: FastMap<K, Vec<Session<W::Acc>>>,
+    session_timers: TimerQueue<K>,
+    watermark: Timestamp,
+    scratch: Vec<TimeWindow>,
+    late_dropped: u64,
+    _late: PhantomData<fn() -> L>,
+}
+
+impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowOperator<K, T, W, L> {
+    /// A window operator; `lateness` in milliseconds (event time only).
+    pub fn new(key_fn: KeyFn<T, K>, assigner: WindowAssigner, time: WindowTime, lateness: i64, function: W) -> Self {
+        WindowOperator {
+            key_fn,
+            assigner,
+            time,
+            lateness: if time == WindowTime::EventTime { lateness.max(0) } else { 0 },
+            function,
+            aligned: BTreeMap::new(),
+            sessions: FastMap::default(),
+            session_timers: TimerQueue::default(),
+            watermark: MIN_WATERMARK,
+            scratch: Vec::new(),
+            late_dropped: 0,
+            _late: PhantomData,
+        }
+    }
+
+    /// Records dropped as late (when no side output takes them).
+    pub fn late_dropped(&self) -> u64 {
+        self.late_dropped
+    }
+
+    fn cleanup_time(&self, window: &TimeWindow) -> Timestamp {
+        window.max_timestamp().saturating_add(self.lateness)
+    }
+
+    /// Whether the window's state is gone (its cleanup time has passed) in event time.
+    fn is_late(&self, window: &TimeWindow) -> bool {
+        self.time == WindowTime::EventTime && self.cleanup_time(window) <= self.watermark
+    }
+
+    fn reject_late(&mut self, value: T, time: Timestamp, out: &mut Output<L::Out>) {
+        match L::late(value) {
+            Some(late) => out.emit(late, time),
+            None => self.late_dropped += 1,
+        }
+    }
+
+    fn add_aligned(&mut self, key: K, time: Timestamp, value: T, out: &mut Output<L::Out>) {
+        let mut windows = std::mem::take(&mut self.scratch);
+        windows.clear();
+        self.assigner.assign(time, &mut windows);
+        windows.retain(|w| !self.is_late(w));
+        let Some(last) = windows.len().checked_sub(1) else {
+            self.scratch = windows;
+            return self.reject_late(value, time, out);
+        };
+        let mut value = Some(value);
+        for (i, window) in windows.iter().enumerate() {
+            let v = if i == last { value.take().expect("taken once") } else { value.clone().expect("present") };
+            let bucket = self
+                .aligned
+                .entry(*window)
+                .or_insert_with(|| Bucket { accumulators: FastMap::default(), fired: false });
+            let acc = match bucket.accumulators.get_mut(&key) {
+                Some(acc) => acc,
+                None => bucket.accumulators.entry(key.clone()).or_insert_with(|| self.function.create()),
+            };
+            self.function.add(acc, v);
+            if bucket.fired {
+                // A late record within the allowed lateness: fire again with the update.
+                let at = window.max_timestamp();
+                self.function.emit(&key, window, acc, &mut |o| out.emit(L::result(o), at));
+            }
+        }
+        self.scratch = windows;
+    }
+
+    fn add_to_session(&mut self, key: K, time: Timestamp, value: T, out: &mut Output<L::Out>) {
+        let gap = match self.assigner {
+            WindowAssigner::Session { gap } => gap,
+            _ => unreachable!("only session windows merge"),
+        };
+        let fresh = TimeWindow::new(time, time + gap);
+        let existing = self.sessions.remove(&key).unwrap_or_default();
+        let (hits, mut kept): (Vec<_>, Vec<_>) = existing.into_iter().partition(|s| s.window.intersects(&fresh));
+        if hits.is_empty() && self.is_late(&fresh) {
+            if !kept.is_empty() {
+                self.sessions.insert(key, kept);
+            }
+            return self.reject_late(value, time, out);
+        }
+        let mut acc = self.function.create();
+        self.function.add(&mut acc, value);
+        let mut window = fresh;
+        for old in hits {
+            window = window.cover(&old.window);
+            acc = self.function.merge(old.acc, acc);
+            self.session_timers.delete(old.window.max_timestamp(), &key);
+        }
+        self.session_timers.register(window.max_timestamp(), &key);
+        let mut session = Session { window, acc, fired: false };
+        if self.time == WindowTime::EventTime && window.max_timestamp() <= self.watermark {
+            // Merged into a session whose end has passed, within the allowed lateness.
+            let at = window.max_timestamp();
+            self.function.emit(&key, &window, &session.acc, &mut |o| out.emit(L::result(o), at));
+            session.fired = true;
+            self.session_timers.register(self.cleanup_time(&window), &key);
+        }
+        kept.push(session);
+        self.sessions.insert(key, kept);
+    }
+
+    /// Fires windows whose end is at or before `upto` and drops state past its cleanup time.
+    fn advance(&mut self, upto: Timestamp, out: &mut Output<L::Out>) {
+        if self.assigner.is_merging() {
+            self.advance_sessions(upto, out);
+        } else {
+            self.advance_aligned(upto, out);
+        }
+    }
+
+    fn advance_aligned(&mut self, upto: Timestamp, out: &mut Output<L::Out>) {
+        let mut expired = Vec::new();
+        for (window, bucket) in self.aligned.iter_mut() {
+            // Windows of one assigner share a length, so start order is end order.
+            if window.max_timestamp() > upto {
+                break;
+            }
+            if !bucket.fired {
+                bucket.fired = true;
+                let at = window.max_timestamp();
+                for (key, acc) in &bucket.accumulators {
+                    self.function.emit(key, window, acc, &mut |o| out.emit(L::result(o), at));
+                }
+            }
+            if window.max_timestamp().saturating_add(self.lateness) <= upto {
+                expired.push(*window);
+            }
+        }
+        for window in expired {
+            self.aligned.remove(&window);
+        }
+    }
+
+    fn advance_sessions(&mut self, upto: Timestamp, out: &mut Output<L::Out>) {
+        while let Some((_, key)) = self.session_timers.pop_due(upto) {
+            let Some(mut sessions) = self.sessions.remove(&key) else { continue };
+            for session in sessions.iter_mut() {
+                if !session.fired && session.window.max_timestamp() <= upto {
+                    session.fired = true;
+                    let at = session.window.max_timestamp();
+                    let window = session.window;
+                    self.function.emit(&key, &window, &session.acc, &mut |o| out.emit(L::result(o), at));
+                    if self.lateness > 0 {
+                        self.session_timers.register(self.cleanup_time(&window), &key);
+                    }
+                }
+            }
+            let lateness = self.lateness;
+            sessions.retain(|s| !(s.fired && s.window.max_timestamp().saturating_add(lateness) <= upto));
+            if !sessions.is_empty() {
+                self.sessions.insert(key, sessions);
+            }
+        }
+    }
+}
+
+impl<K, T, W, L> Operator<T, L::Out> for WindowOperator<K, T, W, L>
+where
+    K: Key,
+    T: Clone + Send + 'static,
+    W: WindowFunction<K, T>,
+    L: LatePolicy<T, W::Out>,
+{
+    fn process_batch(&mut self, batch: Vec<Record<T>>, out: &mut Output<L::Out>) {
+        let arrival = match self.time {
+            WindowTime::ProcessingTime => now_millis(),
+            WindowTime::EventTime => NO_TIMESTAMP,
+        };
+        for record in batch {
+            let time = match self.time {
+                WindowTime::ProcessingTime => arrival,
+                WindowTime::EventTime => {
+                    if record.time == NO_TIMESTAMP {
+                        panic!(
+                            "an event-time window got a record without a timestamp; give the source a watermark \
+                             strategy with timestamps (Watermarks::..().with_timestamps(..)) or use a processing-time window"
+                        );
+                    }
+                    record.time
+                }
+            };
+            let key = (self.key_fn)(&record.value);
+            if self.assigner.is_merging() {
+                self.add_to_session(key, time, record.value, out);
+            } else {
+                self.add_aligned(key, time, record.value, out);
+            }
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: Timestamp, out: &mut Output<L::Out>) {
+        if self.time == WindowTime::EventTime {
+            self.watermark = watermark;
+            self.advance(watermark, out);
+        }
+    }
+
+    fn on_processing_time(&mut self, now: Timestamp, out: &mut Output<L::Out>) {
+        if self.time == WindowTime::ProcessingTime {
+            self.advance(now, out);
+        }
+    }
+
+    fn finish(&mut self, out: &mut Output<L::Out>) {
+        if self.time == WindowTime::ProcessingTime {
+            // A bounded job's end would otherwise drop the open windows' records.
+            self.advance(Timestamp::MAX, out);
+        }
+        if self.late_dropped > 0 {
+            tracing::info!(late_dropped = self.late_dropped, "window dropped late records");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assigners() {
+        let mut out = Vec::new();
+        WindowAssigner::Tumbling { size: 10, offset: 0 }.assign(-3, &mut out);
+        assert_eq!(out, vec![TimeWindow::new(-10, 0)]);
+        out.clear();
+        WindowAssigner::Sliding { size: 10, slide: 5, offset: 0 }.assign(12, &mut out);
+        assert_eq!(out, vec![TimeWindow::new(10, 20), TimeWindow::new(5, 15)]);
+        out.clear();
+        WindowAssigner::Tumbling { size: 10, offset: 3 }.assign(12, &mut out);
+        assert_eq!(out, vec![TimeWindow::new(3, 13)]);
+    }
+}

@@ -1,0 +1,260 @@
+//! Sources: the reader trait connectors implement, watermark strategies, and the loop that
+//! drives one source subtask (timestamps, periodic watermarks, idleness, end of input).
+
+use crate::error::{TaskError, TaskResult};
+use crate::operator::{guard_panic, now_millis, Input, SubtaskInfo};
+use sluice_types::{Record, Timestamp, MAX_WATERMARK, MIN_WATERMARK, NO_TIMESTAMP};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a poll of a source reader produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// Records were appended (possibly none, if the reader wants to be polled again at once).
+    Ready,
+    /// Nothing available now; poll again after at most this long.
+    Pending(Duration),
+    /// The reader has no more records, ever (a bounded source has ended).
+    Finished,
+}
+
+/// A splittable, possibly unbounded source of records.
+pub trait Source<T>: Send + Sync + 'static {
+    /// A short name for errors and logs.
+    fn name(&self) -> String;
+    /// The largest parallelism this source supports (a socket source supports one).
+    fn max_parallelism(&self) -> Option<usize> {
+        None
+    }
+    /// The reader of subtask `index` of `parallelism`: it reads its share of the input.
+    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>>;
+}
+
+/// Reads one subtask's share of a source.
+pub trait SourceReader<T>: Send {
+    /// Appends up to `max` records to `out`. Records carry their native timestamp or
+    /// [`NO_TIMESTAMP`]; a watermark strategy's timestamp assigner overrides it.
+    fn poll(&mut self, out: &mut Vec<Record<T>>, max: usize) -> io::Result<Poll>;
+}
+
+/// How the watermark follows the timestamps a source subtask has seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatermarkKind {
+    /// No watermarks (processing-time jobs); the final watermark still ends a bounded job.
+    None,
+    /// Timestamps never decrease: watermark = largest timestamp seen - 1 ms.
+    Monotonic,
+    /// Records are at most this late: watermark = largest timestamp - bound - 1 ms.
+    Bounded(Duration),
+}
+
+/// A source's watermark strategy: how timestamps are read, how watermarks follow them,
+/// and after how long without records a subtask counts as idle.
+///
+/// ```
+/// use sluice_dataflow::Watermarks;
+/// use std::time::Duration;
+/// let strategy = Watermarks::bounded(Duration::from_secs(2))
+///     .with_timestamps(|event: &(u64, i64)| event.1)
+///     .with_idleness(Duration::from_secs(5));
+/// # let _ = strategy;
+/// ```
+pub struct WatermarkStrategy<T> {
+    /// How the watermark follows the timestamps.
+    pub kind: WatermarkKind,
+    /// Reads a record's event time; `None` keeps the source's native timestamps.
+    pub timestamps: Option<Arc<dyn Fn(&T) -> Timestamp + Send + Sync>>,
+    /// After this long without records the subtask is marked idle.
+    pub idleness: Option<Duration>,
+}
+
+impl<T> Clone for WatermarkStrategy<T> {
+    fn clone(&self) -> Self {
+        WatermarkStrategy { kind: self.kind, timestamps: self.timestamps.clone(), idleness: self.idleness }
+    }
+}
+
+/// Constructors of watermark strategies.
+pub struct Watermarks;
+
+impl Watermarks {
+    /// No event time.
+    pub fn none<T>() -> WatermarkStrategy<T> {
+        WatermarkStrategy { kind: WatermarkKind::None, timestamps: None, idleness: None }
+    }
+    /// Timestamps increase monotonically per source subtask.
+    pub fn monotonic<T>() -> WatermarkStrategy<T> {
+        WatermarkStrategy { kind: WatermarkKind::Monotonic, timestamps: None, idleness: None }
+    }
+    /// Records arrive at most `bound` out of order.
+    pub fn bounded<T>(bound: Duration) -> WatermarkStrategy<T> {
+        WatermarkStrategy { kind: WatermarkKind::Bounded(bound), timestamps: None, idleness: None }
+    }
+}
+
+impl<T> WatermarkStrategy<T> {
+    /// Reads each record's event time (milliseconds) with `f`.
+    pub fn with_timestamps(mut self, f: impl Fn(&T) -> Timestamp + Send + Sync + 'static) -> Self {
+        self.timestamps = Some(Arc::new(f));
+        self
+    }
+    /// Marks a subtask idle after `timeout` without records, so it does not hold back
+    /// the watermark downstream.
+    pub fn with_idleness(mut self, timeout: Duration) -> Self {
+        self.idleness = Some(timeout);
+        self
+    }
+}
+
+/// Tracks the largest timestamp seen and derives the watermark from it.
+#[derive(Clone, Copy, Debug)]
+pub struct WatermarkGenerator {
+    kind: WatermarkKind,
+    max_timestamp: Timestamp,
+}
+
+impl WatermarkGenerator {
+    /// A generator following `kind`.
+    pub fn new(kind: WatermarkKind) -> Self {
+        WatermarkGenerator { kind, max_timestamp: MIN_WATERMARK }
+    }
+    /// Records a timestamp.
+    #[inline]
+    pub fn observe(&mut self, timestamp: Timestamp) {
+        if timestamp > self.max_timestamp && timestamp != NO_TIMESTAMP {
+            self.max_timestamp = timestamp;
+        }
+    }
+    /// The current watermark.
+    pub fn current(&self) -> Timestamp {
+        if self.max_timestamp == MIN_WATERMARK {
+            return MIN_WATERMARK;
+        }
+        match self.kind {
+            WatermarkKind::None => MIN_WATERMARK,
+            WatermarkKind::Monotonic => self.max_timestamp - 1,
+            WatermarkKind::Bounded(bound) => self.max_timestamp - bound.as_millis() as Timestamp - 1,
+        }
+    }
+}
+
+/// A runnable source subtask, type-erased for the runtime.
+pub trait SourceTask: Send {
+    /// Reads until the input ends, the job is cancelled or an error occurs.
+    fn run(&mut self, cancelled: &AtomicBool) -> TaskResult;
+}
+
+/// Drives one source subtask: polls its reader, assigns timestamps, emits periodic
+/// watermarks and idleness, and ends with the final watermark when the input ends.
+pub struct SourceRunner<T> {
+    /// The subtask's reader.
+    pub reader: Box<dyn SourceReader<T>>,
+    /// Timestamps, watermarks and idleness.
+    pub strategy: WatermarkStrategy<T>,
+    /// The first stage of the chain.
+    pub output: Box<dyn Input<T>>,
+    /// Where this subtask stands.
+    pub info: SubtaskInfo,
+    /// How often watermarks are emitted (Flink's auto-watermark interval).
+    pub watermark_interval: Duration,
+    /// How often processing time advances for the chained operators.
+    pub tick: Duration,
+}
+
+impl<T: Send + 'static> SourceTask for SourceRunner<T> {
+    fn run(&mut self, cancelled: &AtomicBool) -> TaskResult {
+        let mut generator = WatermarkGenerator::new(self.strategy.kind);
+        let mut emitted_watermark = MIN_WATERMARK;
+        let mut last_watermark = Instant::now();
+        let mut last_tick = Instant::now();
+        let mut last_record = Instant::now();
+        let mut idle = false;
+        let batch_size = self.info.batch_size;
+        loop {
+            if cancelled.load(Ordering::Relaxed) {
+                // Cancelled: end the stream without the final watermark, so that no window
+                // fires for input that was never read.
+                self.output.flush()?;
+                return self.output.end();
+            }
+            let mut batch = Vec::with_capacity(batch_size);
+            let poll = self.reader.poll(&mut batch, batch_size).map_err(|source| TaskError::Io {
+                operator: self.info.operator.to_string(),
+                subtask: self.info.index,
+                what: "reading the source".into(),
+                source,
+            })?;
+            let now = Instant::now();
+            match poll {
+                Poll::Ready => {
+                    if !batch.is_empty() {
+                        if let Some(assign) = &self.strategy.timestamps {
+                            guard_panic(&self.info, || {
+                                for record in batch.iter_mut() {
+                                    record.time = assign(&record.value);
+                                }
+                            })?;
+                        }
+                        if self.strategy.kind != WatermarkKind::None {
+                            for record in &batch {
+                                generator.observe(record.time);
+                            }
+                        }
+                        if idle {
+                            idle = false;
+                            self.output.idle(false)?;
+                        }
+                        last_record = now;
+                        self.output.batch(batch)?;
+                    }
+                }
+                Poll::Pending(wait) => {
+                    self.output.flush()?;
+                    if let Some(timeout) = self.strategy.idleness {
+                        if !idle && now.duration_since(last_record) >= timeout {
+                            idle = true;
+                            self.output.idle(true)?;
+                        }
+                    }
+                    std::thread::sleep(wait.min(self.tick));
+                }
+                Poll::Finished => {
+                    self.output.flush()?;
+                    self.output.watermark(MAX_WATERMARK)?;
+                    return self.output.end();
+                }
+            }
+            if now.duration_since(last_watermark) >= self.watermark_interval {
+                last_watermark = now;
+                let watermark = generator.current();
+                if watermark > emitted_watermark {
+                    emitted_watermark = watermark;
+                    self.output.watermark(watermark)?;
+                }
+            }
+            if now.duration_since(last_tick) >= self.tick {
+                last_tick = now;
+                self.output.processing_time(now_millis())?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermarks_follow_the_largest_timestamp() {
+        let mut g = WatermarkGenerator::new(WatermarkKind::Bounded(Duration::from_millis(100)));
+        assert_eq!(g.current(), MIN_WATERMARK);
+        g.observe(1000);
+        g.observe(500);
+        assert_eq!(g.current(), 899);
+        let mut m = WatermarkGenerator::new(WatermarkKind::Monotonic);
+        m.observe(7);
+        assert_eq!(m.current(), 6);
+    }
+}
