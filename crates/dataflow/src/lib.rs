@@ -23,7 +23,7 @@ mod source;
 pub use error::{GraphError, TaskError, TaskResult};
 pub use exchange::{ErasedInput, Target};
 pub use graph::{
-    AnyInput, Edge, JobConfig, JobGraph, Node, NodeId, NodeImpl, NodeKind, OperatorNode,
+    AnyInput, Edge, JobConfig, JobGraph, Node, NodeId, NodeImpl, NodeKind, OperatorNode, OutEdge,
     Partitioning, SinkNode, SourceNode,
 };
 pub use message::{Envelope, Message};
