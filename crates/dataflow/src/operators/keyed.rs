@@ -247,3 +247,32 @@ impl<K: Key, T: Send + 'static, A: AggregateFunction<T>> Operator<T, A::Out> for
         }
     }
 }
+
+/// Counts records (an [`AggregateFunction`] for any record type).
+///
+/// ```
+/// use sluice_dataflow::operators::{AggregateFunction, Count};
+/// let mut n = AggregateFunction::<&str>::create_accumulator(&Count);
+/// Count.add(&mut n, "x");
+/// assert_eq!(AggregateFunction::<&str>::get_result(&Count, &n), 1);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Count;
+
+impl<T> AggregateFunction<T> for Count {
+    type Acc = u64;
+    type Out = u64;
+    fn create_accumulator(&self) -> u64 {
+        0
+    }
+    #[inline]
+    fn add(&self, acc: &mut u64, _value: T) {
+        *acc += 1;
+    }
+    fn get_result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+    fn merge(&self, a: u64, b: u64) -> u64 {
+        a + b
+    }
+}

@@ -9,7 +9,7 @@ mod stateless;
 mod window;
 
 pub use keyed::{
-    AggregateFunction, KeyFn, KeyedContext, KeyedProcessFunction, KeyedProcessOperator,
+    AggregateFunction, Count, KeyFn, KeyedContext, KeyedProcessFunction, KeyedProcessOperator,
     RollingAggregate, RollingReduce,
 };
 pub use stateless::{FilterOp, FlatMapOp, MapOp};
