@@ -42,10 +42,11 @@ impl<F> FilterOp<F> {
 }
 
 impl<F: Fn(&T) -> bool + Send, T: Send + 'static> Operator<T, T> for FilterOp<F> {
-    fn process_batch(&mut self, mut batch: Vec<Record<T>>, out: &mut Output<T>) {
+    fn process_batch(&mut self, batch: Vec<Record<T>>, out: &mut Output<T>) {
         let f = &self.f;
-        batch.retain(|r| f(&r.value));
-        out.emit_batch(batch);
+        // Collecting a filtered iterator of the batch reuses the batch's allocation.
+        let kept: Vec<Record<T>> = batch.into_iter().filter(|r| f(&r.value)).collect();
+        out.emit_batch(kept);
     }
 }
 

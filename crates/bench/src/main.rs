@@ -1,0 +1,157 @@
+//! Sluice's benchmark harness: runs one workload of `shared/bench/WORKLOADS.md` and prints
+//! one `RESULT` line, so scripts can collect medians over repeated runs.
+//!
+//! `cargo run --release -p sluice-bench -- <workload> --n N --parallelism P`
+//!
+//! Workloads: `w1` (stateless pipeline), `w2` (keyed tumbling window), and the
+//! hand-written single-threaded loops `w1-baseline` and `w2-baseline` that do the same
+//! arithmetic and counting without an engine, as the yardstick for engine overhead.
+//! Every run checks its own output count and fails if it is wrong.
+
+use sluice::prelude::*;
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+struct Args {
+    workload: String,
+    n: u64,
+    parallelism: usize,
+    batch_size: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: sluice-bench <w1|w2|w1-baseline|w2-baseline> --n N --parallelism P [--batch-size B]";
+    let workload = args.next().ok_or(usage)?;
+    let (mut n, mut parallelism, mut batch_size) = (10_000_000u64, 1usize, 1024usize);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value; {usage}"))?;
+        match flag.as_str() {
+            "--n" => n = value.replace('_', "").parse().map_err(|e| format!("--n {value}: {e}"))?,
+            "--parallelism" | "-p" => {
+                parallelism = value.parse().map_err(|e| format!("--parallelism {value}: {e}"))?
+            }
+            "--batch-size" => batch_size = value.parse().map_err(|e| format!("--batch-size {value}: {e}"))?,
+            other => return Err(format!("unknown flag {other}; {usage}")),
+        }
+    }
+    if parallelism == 0 || n == 0 || n % parallelism as u64 != 0 {
+        return Err(format!("--n must be a positive multiple of --parallelism (got n={n}, p={parallelism})"));
+    }
+    Ok(Args { workload, n, parallelism, batch_size })
+}
+
+/// W2's key of event `i`.
+#[inline]
+fn w2_key(i: u64) -> u64 {
+    i.wrapping_mul(2_654_435_761) % 10_000
+}
+
+/// How many of 0..n survive W1's filter: 2i+1 is a multiple of 3 exactly when i % 3 == 1.
+fn w1_expected(n: u64) -> u64 {
+    n - (n + 1) / 3
+}
+
+/// W1: longs -> map v*2+1 -> filter v%3 != 0 -> discard.
+fn w1(n: u64, parallelism: usize, batch_size: usize) -> Result<u64, String> {
+    let env = StreamEnv::new();
+    env.set_parallelism(parallelism).set_batch_size(batch_size);
+    let out = env
+        .source(SequenceSource::new(0..n), Watermarks::none())
+        .map(|v| v.wrapping_mul(2).wrapping_add(1))
+        .filter(|v| v % 3 != 0)
+        .discard();
+    env.execute("w1").map_err(|e| e.to_string())?;
+    Ok(out.count())
+}
+
+/// W2: keyed tumbling event-time window of 1 s counting per key, emitting
+/// (key, window start, count) as three i64.
+fn w2(n: u64, parallelism: usize, batch_size: usize) -> Result<u64, String> {
+    let env = StreamEnv::new();
+    env.set_parallelism(parallelism).set_batch_size(batch_size).set_watermark_interval(Duration::from_millis(200));
+    let out = env
+        .source(SequenceSource::new(0..n), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
+        .key_by(|i| w2_key(*i))
+        .window(Tumbling::event_time(Duration::from_millis(1000)))
+        .aggregate_with(Count, |key, window, count| (*key as i64, window.start, count as i64))
+        .uid("w2-counts")
+        .discard();
+    env.execute("w2").map_err(|e| e.to_string())?;
+    Ok(out.count())
+}
+
+/// The same arithmetic as W1 in a plain loop (no engine).
+fn w1_baseline(n: u64) -> u64 {
+    let mut kept = 0u64;
+    for i in 0..n {
+        let v = std::hint::black_box(i).wrapping_mul(2).wrapping_add(1);
+        if v % 3 != 0 {
+            kept += 1;
+        }
+    }
+    kept
+}
+
+/// The same counting as W2 in a std HashMap, firing each window as the next starts.
+fn w2_baseline(n: u64) -> u64 {
+    let mut counts: HashMap<u64, i64> = HashMap::new();
+    let mut window = 0i64;
+    let mut emitted = 0u64;
+    for i in 0..n {
+        let start = i as i64 - (i as i64).rem_euclid(1000);
+        if start != window {
+            for (key, count) in counts.drain() {
+                std::hint::black_box((key as i64, window, count));
+                emitted += 1;
+            }
+            window = start;
+        }
+        *counts.entry(w2_key(i)).or_insert(0) += 1;
+    }
+    emitted + counts.len() as u64
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    let (produced, expected) = match args.workload.as_str() {
+        "w1" => (w1(args.n, args.parallelism, args.batch_size), w1_expected(args.n)),
+        "w2" => (w2(args.n, args.parallelism, args.batch_size), args.n),
+        "w1-baseline" => (Ok(w1_baseline(args.n)), w1_expected(args.n)),
+        "w2-baseline" => (Ok(w2_baseline(args.n)), args.n),
+        other => {
+            eprintln!("unknown workload '{other}': use w1, w2, w1-baseline or w2-baseline");
+            return ExitCode::from(2);
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    match produced {
+        Ok(count) if count == expected => {
+            println!(
+                "RESULT workload={} n={} p={} secs={:.3} rate={:.0}",
+                args.workload,
+                args.n,
+                args.parallelism,
+                secs,
+                args.n as f64 / secs
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(count) => {
+            eprintln!("wrong output: {count} records, expected {expected}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
