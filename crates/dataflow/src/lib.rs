@@ -19,6 +19,7 @@ mod operator;
 pub mod operators;
 mod sink;
 mod source;
+pub mod testing;
 
 pub use error::{GraphError, TaskError, TaskResult};
 pub use exchange::{ErasedInput, Target};

@@ -226,7 +226,7 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                     return self.output.end();
                 }
             }
-            if now.duration_since(last_watermark) >= self.watermark_interval {
+            if self.watermark_interval.is_zero() || now.duration_since(last_watermark) >= self.watermark_interval {
                 last_watermark = now;
                 let watermark = generator.current();
                 if watermark > emitted_watermark {

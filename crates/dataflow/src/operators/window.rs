@@ -390,10 +390,11 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
     }
 
     fn advance_sessions(&mut self, upto: Timestamp, out: &mut Output<L::Out>) {
-        while let Some((_, key)) = self.session_timers.pop_due(upto) {
+        while let Some((due, key)) = self.session_timers.pop_due(upto) {
             let Some(mut sessions) = self.sessions.remove(&key) else { continue };
             for session in sessions.iter_mut() {
-                if !session.fired && session.window.max_timestamp() <= upto {
+                // Each session has a timer at its end, so firing by timer keeps time order.
+                if !session.fired && session.window.max_timestamp() <= due {
                     session.fired = true;
                     let at = session.window.max_timestamp();
                     let window = session.window;
