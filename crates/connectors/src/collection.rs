@@ -19,7 +19,9 @@ pub struct CollectionSource<T> {
 impl<T> CollectionSource<T> {
     /// A source over `items`.
     pub fn new(items: Vec<T>) -> Self {
-        CollectionSource { items: Arc::new(items) }
+        CollectionSource {
+            items: Arc::new(items),
+        }
     }
 }
 
@@ -27,8 +29,16 @@ impl<T: Data + Sync> Source<T> for CollectionSource<T> {
     fn name(&self) -> String {
         "collection".into()
     }
-    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>> {
-        Ok(Box::new(CollectionReader { items: self.items.clone(), next: index, stride: parallelism }))
+    fn create_reader(
+        &self,
+        index: usize,
+        parallelism: usize,
+    ) -> io::Result<Box<dyn SourceReader<T>>> {
+        Ok(Box::new(CollectionReader {
+            items: self.items.clone(),
+            next: index,
+            stride: parallelism,
+        }))
     }
 }
 
@@ -45,7 +55,10 @@ impl<T: Data + Sync> SourceReader<T> for CollectionReader<T> {
         }
         let limit = out.len() + max;
         while out.len() < limit && self.next < self.items.len() {
-            out.push(Record { time: NO_TIMESTAMP, value: self.items[self.next].clone() });
+            out.push(Record {
+                time: NO_TIMESTAMP,
+                value: self.items[self.next].clone(),
+            });
             self.next += self.stride;
         }
         Ok(Poll::Ready)

@@ -36,7 +36,10 @@ pub struct TextFileSource {
 impl TextFileSource {
     /// Reads `path`, a file or a folder.
     pub fn new(path: impl AsRef<Path>) -> Self {
-        TextFileSource { path: path.as_ref().to_path_buf(), min_split_bytes: 1 << 20 }
+        TextFileSource {
+            path: path.as_ref().to_path_buf(),
+            min_split_bytes: 1 << 20,
+        }
     }
 
     /// Files are cut into byte-range splits no smaller than this (default 1 MiB).
@@ -47,7 +50,13 @@ impl TextFileSource {
 
     fn files(&self) -> io::Result<Vec<(PathBuf, u64)>> {
         let meta = std::fs::metadata(&self.path).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot read '{}': {e}; check the input path", self.path.display()))
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot read '{}': {e}; check the input path",
+                    self.path.display()
+                ),
+            )
         })?;
         if meta.is_file() {
             return Ok(vec![(self.path.clone(), meta.len())]);
@@ -72,7 +81,11 @@ impl TextFileSource {
             let size = len.div_ceil(count).max(1);
             let mut start = 0;
             while start < len {
-                splits.push(Split { path: path.clone(), start, end: (start + size).min(len) });
+                splits.push(Split {
+                    path: path.clone(),
+                    start,
+                    end: (start + size).min(len),
+                });
                 start += size;
             }
         }
@@ -84,9 +97,22 @@ impl Source<String> for TextFileSource {
     fn name(&self) -> String {
         format!("text file source '{}'", self.path.display())
     }
-    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<String>>> {
-        let mine = self.splits(parallelism)?.into_iter().skip(index).step_by(parallelism).collect::<Vec<_>>();
-        Ok(Box::new(TextFileReader { splits: mine.into_iter(), current: None, line: Vec::new() }))
+    fn create_reader(
+        &self,
+        index: usize,
+        parallelism: usize,
+    ) -> io::Result<Box<dyn SourceReader<String>>> {
+        let mine = self
+            .splits(parallelism)?
+            .into_iter()
+            .skip(index)
+            .step_by(parallelism)
+            .collect::<Vec<_>>();
+        Ok(Box::new(TextFileReader {
+            splits: mine.into_iter(),
+            current: None,
+            line: Vec::new(),
+        }))
     }
 }
 
@@ -112,10 +138,18 @@ impl TextFileReader {
             let mut reader = BufReader::new(file);
             let mut skipped = Vec::new();
             position = split.start - 1 + reader.read_until(b'\n', &mut skipped)? as u64;
-            return Ok(OpenSplit { reader, position, end: split.end });
+            return Ok(OpenSplit {
+                reader,
+                position,
+                end: split.end,
+            });
         }
         file.seek(SeekFrom::Start(position))?;
-        Ok(OpenSplit { reader: BufReader::new(file), position, end: split.end })
+        Ok(OpenSplit {
+            reader: BufReader::new(file),
+            position,
+            end: split.end,
+        })
     }
 }
 
@@ -127,7 +161,13 @@ impl SourceReader<String> for TextFileReader {
                 Some(split) => split,
                 None => match self.splits.next() {
                     Some(next) => self.current.insert(Self::open(&next)?),
-                    None => return Ok(if out.len() + max == limit { Poll::Finished } else { Poll::Ready }),
+                    None => {
+                        return Ok(if out.len() + max == limit {
+                            Poll::Finished
+                        } else {
+                            Poll::Ready
+                        })
+                    }
                 },
             };
             if split.position >= split.end {
@@ -146,7 +186,10 @@ impl SourceReader<String> for TextFileReader {
             }
             let text = String::from_utf8(std::mem::take(&mut self.line))
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-            out.push(Record { time: NO_TIMESTAMP, value: text });
+            out.push(Record {
+                time: NO_TIMESTAMP,
+                value: text,
+            });
         }
         Ok(Poll::Ready)
     }
@@ -168,7 +211,10 @@ pub struct TextFileSink<T> {
 impl<T> TextFileSink<T> {
     /// A sink writing into folder `dir`.
     pub fn new(dir: impl AsRef<Path>) -> Self {
-        TextFileSink { dir: dir.as_ref().to_path_buf(), _t: PhantomData }
+        TextFileSink {
+            dir: dir.as_ref().to_path_buf(),
+            _t: PhantomData,
+        }
     }
 }
 
@@ -176,11 +222,22 @@ impl<T: Display + Send + 'static> Sink<T> for TextFileSink<T> {
     fn name(&self) -> String {
         format!("text file sink '{}'", self.dir.display())
     }
-    fn create_writer(&self, index: usize, _parallelism: usize) -> io::Result<Box<dyn SinkWriter<T>>> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create '{}': {e}", self.dir.display())))?;
+    fn create_writer(
+        &self,
+        index: usize,
+        _parallelism: usize,
+    ) -> io::Result<Box<dyn SinkWriter<T>>> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create '{}': {e}", self.dir.display()),
+            )
+        })?;
         let file = File::create(self.dir.join(format!("part-{index}")))?;
-        Ok(Box::new(TextFileWriter { out: BufWriter::new(file), _t: PhantomData }))
+        Ok(Box::new(TextFileWriter {
+            out: BufWriter::new(file),
+            _t: PhantomData,
+        }))
     }
 }
 
@@ -243,7 +300,10 @@ mod tests {
 
     #[test]
     fn a_missing_path_is_a_clear_error() {
-        let err = TextFileSource::new("/no/such/path").create_reader(0, 1).err().unwrap();
+        let err = TextFileSource::new("/no/such/path")
+            .create_reader(0, 1)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("check the input path"), "{err}");
     }
 }

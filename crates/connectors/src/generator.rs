@@ -74,7 +74,11 @@ impl Source<u64> for SequenceSource {
     fn name(&self) -> String {
         "sequence".into()
     }
-    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<u64>>> {
+    fn create_reader(
+        &self,
+        index: usize,
+        parallelism: usize,
+    ) -> io::Result<Box<dyn SourceReader<u64>>> {
         self.0.create_reader(index, parallelism)
     }
 }
@@ -82,11 +86,21 @@ impl Source<u64> for SequenceSource {
 impl<F> GeneratorSource<F> {
     /// `f(i)` for `i` in `range`.
     pub fn new(range: Range<u64>, f: F) -> Self {
-        GeneratorSource { start: range.start, end: Some(range.end), rate: None, f: std::sync::Arc::new(f) }
+        GeneratorSource {
+            start: range.start,
+            end: Some(range.end),
+            rate: None,
+            f: std::sync::Arc::new(f),
+        }
     }
     /// `f(i)` for `i` from `start` on, without end.
     pub fn unbounded_from(start: u64, f: F) -> Self {
-        GeneratorSource { start, end: None, rate: None, f: std::sync::Arc::new(f) }
+        GeneratorSource {
+            start,
+            end: None,
+            rate: None,
+            f: std::sync::Arc::new(f),
+        }
     }
     /// At most `records_per_second` in all (shared evenly by the subtasks).
     pub fn with_rate_limit(mut self, records_per_second: f64) -> Self {
@@ -99,10 +113,17 @@ impl<T: Send + 'static, F: IndexFn<T>> Source<T> for GeneratorSource<F> {
     fn name(&self) -> String {
         "generator".into()
     }
-    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>> {
+    fn create_reader(
+        &self,
+        index: usize,
+        parallelism: usize,
+    ) -> io::Result<Box<dyn SourceReader<T>>> {
         if let Some(rate) = self.rate {
-            if !(rate > 0.0) {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "the rate limit must be above 0 records/s"));
+            if rate.is_nan() || rate <= 0.0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the rate limit must be above 0 records/s",
+                ));
             }
         }
         Ok(Box::new(GeneratorReader {
@@ -146,7 +167,10 @@ impl<T: Send + 'static, F: IndexFn<T>> SourceReader<T> for GeneratorReader<F> {
         let f = &*self.f;
         let (base, stride) = (self.next, self.stride);
         // An indexed, trusted-length iterator lets the compiler vectorize the fill.
-        out.extend((0..count).map(|k| Record { time: NO_TIMESTAMP, value: f.at(base + k * stride) }));
+        out.extend((0..count).map(|k| Record {
+            time: NO_TIMESTAMP,
+            value: f.at(base + k * stride),
+        }));
         self.next = base + count * stride;
         self.emitted += count;
         Ok(Poll::Ready)
@@ -166,8 +190,13 @@ mod tests {
     #[test]
     fn subtasks_split_the_range_by_stride() {
         let source = SequenceSource::new(10..30);
-        let mut all: Vec<u64> = (0..3).flat_map(|s| drain(source.create_reader(s, 3).unwrap())).collect();
-        assert_eq!(drain(source.create_reader(1, 3).unwrap()), vec![11, 14, 17, 20, 23, 26, 29]);
+        let mut all: Vec<u64> = (0..3)
+            .flat_map(|s| drain(source.create_reader(s, 3).unwrap()))
+            .collect();
+        assert_eq!(
+            drain(source.create_reader(1, 3).unwrap()),
+            vec![11, 14, 17, 20, 23, 26, 29]
+        );
         all.sort();
         assert_eq!(all, (10..30).collect::<Vec<_>>());
     }

@@ -23,7 +23,10 @@ pub struct Target {
 impl Target {
     fn send(&self, message: Message) -> TaskResult {
         self.inbox
-            .send(Envelope { channel: self.channel, message })
+            .send(Envelope {
+                channel: self.channel,
+                message,
+            })
             .map_err(|_| TaskError::Disconnected)
     }
 }
@@ -35,7 +38,11 @@ pub(crate) enum Route<T> {
     /// Every batch to every target.
     Broadcast,
     /// By key group: `hash` gives the stable hash of a record's key.
-    Hash { hash: Arc<dyn Fn(&T) -> u64 + Send + Sync>, owner_of_group: Vec<u32>, max_parallelism: u64 },
+    Hash {
+        hash: Arc<dyn Fn(&T) -> u64 + Send + Sync>,
+        owner_of_group: Vec<u32>,
+        max_parallelism: u64,
+    },
 }
 
 /// The writer of one outgoing edge.
@@ -62,10 +69,16 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
         batch_size: usize,
     ) -> Self {
         let owner_of_group = (0..max_parallelism)
-            .map(|g| subtask_for_key_group(KeyGroup(g as u32), max_parallelism, targets.len()) as u32)
+            .map(|g| {
+                subtask_for_key_group(KeyGroup(g as u32), max_parallelism, targets.len()) as u32
+            })
             .collect();
         Self::with_route(
-            Route::Hash { hash, owner_of_group, max_parallelism: max_parallelism as u64 },
+            Route::Hash {
+                hash,
+                owner_of_group,
+                max_parallelism: max_parallelism as u64,
+            },
             targets,
             batch_size,
         )
@@ -73,7 +86,12 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
 
     fn with_route(route: Route<T>, targets: Vec<Target>, batch_size: usize) -> Self {
         let buffers = targets.iter().map(|_| Vec::new()).collect();
-        EdgeWriter { route, targets, buffers, batch_size }
+        EdgeWriter {
+            route,
+            targets,
+            buffers,
+            batch_size,
+        }
     }
 
     fn send_batch(&self, target: usize, batch: Vec<Record<T>>) -> TaskResult {
@@ -93,7 +111,11 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
                 }
                 self.send_batch(0, batch)
             }
-            Route::Hash { hash, owner_of_group, max_parallelism } => {
+            Route::Hash {
+                hash,
+                owner_of_group,
+                max_parallelism,
+            } => {
                 if self.targets.len() == 1 {
                     return self.targets[0].send(Message::Data(Box::new(batch)));
                 }

@@ -93,7 +93,12 @@ pub trait NodeImpl: Send + Sync {
     /// Wraps the stage that [`NodeImpl::link`] built so the untyped inbox can feed it.
     fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput>;
     /// The source subtask feeding `next` (sources only).
-    fn source(&self, _next: AnyInput, _info: &SubtaskInfo, _config: &JobConfig) -> TaskResult<Box<dyn SourceTask>> {
+    fn source(
+        &self,
+        _next: AnyInput,
+        _info: &SubtaskInfo,
+        _config: &JobConfig,
+    ) -> TaskResult<Box<dyn SourceTask>> {
         unreachable!("only source nodes start source tasks")
     }
 }
@@ -148,13 +153,21 @@ impl<T: Data> NodeImpl for SourceNode<T> {
     fn head(&self, _stage: AnyInput) -> Box<dyn ErasedInput> {
         unreachable!("a source has no inbox")
     }
-    fn source(&self, next: AnyInput, info: &SubtaskInfo, config: &JobConfig) -> TaskResult<Box<dyn SourceTask>> {
-        let reader = self.source.create_reader(info.index, info.parallelism).map_err(|source| TaskError::Io {
-            operator: info.operator.to_string(),
-            subtask: info.index,
-            what: "opening the source".into(),
-            source,
-        })?;
+    fn source(
+        &self,
+        next: AnyInput,
+        info: &SubtaskInfo,
+        config: &JobConfig,
+    ) -> TaskResult<Box<dyn SourceTask>> {
+        let reader = self
+            .source
+            .create_reader(info.index, info.parallelism)
+            .map_err(|source| TaskError::Io {
+                operator: info.operator.to_string(),
+                subtask: info.index,
+                what: "opening the source".into(),
+                source,
+            })?;
         Ok(Box::new(SourceRunner {
             reader,
             strategy: self.strategy.clone(),
@@ -204,12 +217,15 @@ impl<T: Data> NodeImpl for SinkNode<T> {
         unreachable!("a sink has no outputs")
     }
     fn link(&self, _next: Option<AnyInput>, info: &SubtaskInfo) -> TaskResult<AnyInput> {
-        let writer = self.sink.create_writer(info.index, info.parallelism).map_err(|source| TaskError::Io {
-            operator: info.operator.to_string(),
-            subtask: info.index,
-            what: "opening the sink".into(),
-            source,
-        })?;
+        let writer = self
+            .sink
+            .create_writer(info.index, info.parallelism)
+            .map_err(|source| TaskError::Io {
+                operator: info.operator.to_string(),
+                subtask: info.index,
+                what: "opening the sink".into(),
+                source,
+            })?;
         let stage: Box<dyn Input<T>> = Box::new(SinkInput::new(writer, info.clone()));
         Ok(Box::new(stage))
     }
@@ -259,7 +275,9 @@ pub struct JobConfig {
 impl Default for JobConfig {
     fn default() -> Self {
         JobConfig {
-            parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            parallelism: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             max_parallelism: DEFAULT_MAX_PARALLELISM,
             batch_size: 1024,
             channel_capacity: 16,
@@ -283,7 +301,9 @@ pub struct JobGraph {
 impl JobGraph {
     /// The effective parallelism of `node`.
     pub fn parallelism_of(&self, node: NodeId) -> usize {
-        self.nodes[node.0].parallelism.unwrap_or(self.config.parallelism)
+        self.nodes[node.0]
+            .parallelism
+            .unwrap_or(self.config.parallelism)
     }
 
     /// The consumers of each node, in node order.
@@ -302,7 +322,9 @@ impl JobGraph {
     pub fn validate(&self) -> Result<(), GraphError> {
         let c = &self.config;
         if c.parallelism == 0 {
-            return Err(GraphError("the default parallelism is 0; set it to at least 1".into()));
+            return Err(GraphError(
+                "the default parallelism is 0; set it to at least 1".into(),
+            ));
         }
         if c.max_parallelism == 0 || c.max_parallelism > 32768 {
             return Err(GraphError(format!(
@@ -311,10 +333,14 @@ impl JobGraph {
             )));
         }
         if c.batch_size == 0 || c.channel_capacity == 0 {
-            return Err(GraphError("batch size and channel capacity must be at least 1".into()));
+            return Err(GraphError(
+                "batch size and channel capacity must be at least 1".into(),
+            ));
         }
         if c.tick.is_zero() {
-            return Err(GraphError("the processing-time tick must be longer than 0".into()));
+            return Err(GraphError(
+                "the processing-time tick must be longer than 0".into(),
+            ));
         }
         if !self.nodes.iter().any(|n| n.imp.kind() == NodeKind::Sink) {
             return Err(GraphError(
@@ -325,7 +351,10 @@ impl JobGraph {
         for node in &self.nodes {
             let p = self.parallelism_of(node.id);
             if p == 0 {
-                return Err(GraphError(format!("operator '{}' has parallelism 0; set it to at least 1", node.name)));
+                return Err(GraphError(format!(
+                    "operator '{}' has parallelism 0; set it to at least 1",
+                    node.name
+                )));
             }
             if let Some(uid) = &node.uid {
                 if !uids.insert(uid.as_str()) {
@@ -342,7 +371,10 @@ impl JobGraph {
                     )));
                 }
             }
-            let keyed = node.inputs.iter().any(|e| matches!(e.partitioning, Partitioning::Hash(_)));
+            let keyed = node
+                .inputs
+                .iter()
+                .any(|e| matches!(e.partitioning, Partitioning::Hash(_)));
             if keyed && p > c.max_parallelism {
                 return Err(GraphError(format!(
                     "keyed operator '{}' has parallelism {p} above the max parallelism {}; raise the max parallelism",
@@ -351,7 +383,10 @@ impl JobGraph {
             }
             for edge in &node.inputs {
                 if edge.from.0 >= node.id.0 {
-                    return Err(GraphError(format!("operator '{}' reads from a later node", node.name)));
+                    return Err(GraphError(format!(
+                        "operator '{}' reads from a later node",
+                        node.name
+                    )));
                 }
             }
         }

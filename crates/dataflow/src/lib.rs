@@ -33,6 +33,6 @@ pub use operator::{
 };
 pub use sink::{Sink, SinkInput, SinkWriter};
 pub use source::{
-    Poll, Source, SourceReader, SourceRunner, SourceTask, WatermarkGenerator, WatermarkKind,
-    WatermarkStrategy, Watermarks,
+    Poll, Source, SourceReader, SourceRunner, SourceTask, TimestampFn, WatermarkGenerator,
+    WatermarkKind, WatermarkStrategy, Watermarks,
 };

@@ -60,7 +60,12 @@ pub struct Output<T> {
 impl<T: Send + 'static> Output<T> {
     /// An output feeding `next`, batching single records `batch_size` at a time.
     pub fn new(next: Box<dyn Input<T>>, batch_size: usize) -> Self {
-        Output { buffer: Vec::new(), batch_size: batch_size.max(1), next, error: None }
+        Output {
+            buffer: Vec::new(),
+            batch_size: batch_size.max(1),
+            next,
+            error: None,
+        }
     }
 
     /// Emits one record at event time `time`.
@@ -160,9 +165,17 @@ pub struct Link<In, Out> {
 
 impl<In, Out: Send + 'static> Link<In, Out> {
     /// Chains `operator` in front of `next`.
-    pub fn new(operator: Box<dyn Operator<In, Out>>, next: Box<dyn Input<Out>>, info: SubtaskInfo) -> Self {
+    pub fn new(
+        operator: Box<dyn Operator<In, Out>>,
+        next: Box<dyn Input<Out>>,
+        info: SubtaskInfo,
+    ) -> Self {
         let output = Output::new(next, info.batch_size);
-        Link { operator, output, info }
+        Link {
+            operator,
+            output,
+            info,
+        }
     }
 }
 

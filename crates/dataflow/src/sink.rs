@@ -10,7 +10,8 @@ pub trait Sink<T>: Send + Sync + 'static {
     /// A short name for errors and logs.
     fn name(&self) -> String;
     /// The writer of subtask `index` of `parallelism`.
-    fn create_writer(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SinkWriter<T>>>;
+    fn create_writer(&self, index: usize, parallelism: usize)
+        -> io::Result<Box<dyn SinkWriter<T>>>;
 }
 
 /// Writes one sink subtask's records.
@@ -43,7 +44,11 @@ impl<T> SinkInput<T> {
         SinkInput { writer, info }
     }
 
-    fn call(&mut self, what: &str, f: impl FnOnce(&mut dyn SinkWriter<T>) -> io::Result<()>) -> TaskResult {
+    fn call(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut dyn SinkWriter<T>) -> io::Result<()>,
+    ) -> TaskResult {
         let writer = &mut *self.writer;
         guard_panic(&self.info, || f(writer))?.map_err(|source| TaskError::Io {
             operator: self.info.operator.to_string(),

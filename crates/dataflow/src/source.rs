@@ -29,7 +29,11 @@ pub trait Source<T>: Send + Sync + 'static {
         None
     }
     /// The reader of subtask `index` of `parallelism`: it reads its share of the input.
-    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>>;
+    fn create_reader(
+        &self,
+        index: usize,
+        parallelism: usize,
+    ) -> io::Result<Box<dyn SourceReader<T>>>;
 }
 
 /// Reads one subtask's share of a source.
@@ -50,6 +54,9 @@ pub enum WatermarkKind {
     Bounded(Duration),
 }
 
+/// Reads a record's event time.
+pub type TimestampFn<T> = Arc<dyn Fn(&T) -> Timestamp + Send + Sync>;
+
 /// A source's watermark strategy: how timestamps are read, how watermarks follow them,
 /// and after how long without records a subtask counts as idle.
 ///
@@ -65,14 +72,18 @@ pub struct WatermarkStrategy<T> {
     /// How the watermark follows the timestamps.
     pub kind: WatermarkKind,
     /// Reads a record's event time; `None` keeps the source's native timestamps.
-    pub timestamps: Option<Arc<dyn Fn(&T) -> Timestamp + Send + Sync>>,
+    pub timestamps: Option<TimestampFn<T>>,
     /// After this long without records the subtask is marked idle.
     pub idleness: Option<Duration>,
 }
 
 impl<T> Clone for WatermarkStrategy<T> {
     fn clone(&self) -> Self {
-        WatermarkStrategy { kind: self.kind, timestamps: self.timestamps.clone(), idleness: self.idleness }
+        WatermarkStrategy {
+            kind: self.kind,
+            timestamps: self.timestamps.clone(),
+            idleness: self.idleness,
+        }
     }
 }
 
@@ -82,15 +93,27 @@ pub struct Watermarks;
 impl Watermarks {
     /// No event time.
     pub fn none<T>() -> WatermarkStrategy<T> {
-        WatermarkStrategy { kind: WatermarkKind::None, timestamps: None, idleness: None }
+        WatermarkStrategy {
+            kind: WatermarkKind::None,
+            timestamps: None,
+            idleness: None,
+        }
     }
     /// Timestamps increase monotonically per source subtask.
     pub fn monotonic<T>() -> WatermarkStrategy<T> {
-        WatermarkStrategy { kind: WatermarkKind::Monotonic, timestamps: None, idleness: None }
+        WatermarkStrategy {
+            kind: WatermarkKind::Monotonic,
+            timestamps: None,
+            idleness: None,
+        }
     }
     /// Records arrive at most `bound` out of order.
     pub fn bounded<T>(bound: Duration) -> WatermarkStrategy<T> {
-        WatermarkStrategy { kind: WatermarkKind::Bounded(bound), timestamps: None, idleness: None }
+        WatermarkStrategy {
+            kind: WatermarkKind::Bounded(bound),
+            timestamps: None,
+            idleness: None,
+        }
     }
 }
 
@@ -118,7 +141,10 @@ pub struct WatermarkGenerator {
 impl WatermarkGenerator {
     /// A generator following `kind`.
     pub fn new(kind: WatermarkKind) -> Self {
-        WatermarkGenerator { kind, max_timestamp: MIN_WATERMARK }
+        WatermarkGenerator {
+            kind,
+            max_timestamp: MIN_WATERMARK,
+        }
     }
     /// Records a timestamp.
     #[inline]
@@ -135,7 +161,9 @@ impl WatermarkGenerator {
         match self.kind {
             WatermarkKind::None => MIN_WATERMARK,
             WatermarkKind::Monotonic => self.max_timestamp - 1,
-            WatermarkKind::Bounded(bound) => self.max_timestamp - bound.as_millis() as Timestamp - 1,
+            WatermarkKind::Bounded(bound) => {
+                self.max_timestamp - bound.as_millis() as Timestamp - 1
+            }
         }
     }
 }
@@ -180,12 +208,15 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 return self.output.end();
             }
             let mut batch = Vec::with_capacity(batch_size);
-            let poll = self.reader.poll(&mut batch, batch_size).map_err(|source| TaskError::Io {
-                operator: self.info.operator.to_string(),
-                subtask: self.info.index,
-                what: "reading the source".into(),
-                source,
-            })?;
+            let poll =
+                self.reader
+                    .poll(&mut batch, batch_size)
+                    .map_err(|source| TaskError::Io {
+                        operator: self.info.operator.to_string(),
+                        subtask: self.info.index,
+                        what: "reading the source".into(),
+                        source,
+                    })?;
             let now = Instant::now();
             match poll {
                 Poll::Ready => {
@@ -226,7 +257,9 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                     return self.output.end();
                 }
             }
-            if self.watermark_interval.is_zero() || now.duration_since(last_watermark) >= self.watermark_interval {
+            if self.watermark_interval.is_zero()
+                || now.duration_since(last_watermark) >= self.watermark_interval
+            {
                 last_watermark = now;
                 let watermark = generator.current();
                 if watermark > emitted_watermark {

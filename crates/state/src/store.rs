@@ -39,14 +39,18 @@ pub struct KeyedStateStore<K> {
 
 impl<K> Default for KeyedStateStore<K> {
     fn default() -> Self {
-        KeyedStateStore { tables: FastMap::default(), _key: std::marker::PhantomData }
+        KeyedStateStore {
+            tables: FastMap::default(),
+            _key: std::marker::PhantomData,
+        }
     }
 }
 
 impl<K: Key> KeyedStateStore<K> {
     fn table<T: Default + Send + 'static>(&mut self, name: &str) -> &mut T {
         if !self.tables.contains_key(name) {
-            self.tables.insert(name.to_string(), Box::new(Table(T::default())));
+            self.tables
+                .insert(name.to_string(), Box::new(Table(T::default())));
         }
         let table = self.tables.get_mut(name).expect("inserted above");
         let found = table.type_name();
@@ -61,17 +65,30 @@ impl<K: Key> KeyedStateStore<K> {
 
     /// The value state `name` of `key`.
     pub fn value<'a, V: Data>(&'a mut self, name: &str, key: &'a K) -> ValueState<'a, K, V> {
-        ValueState { map: self.table::<FastMap<K, V>>(name), key }
+        ValueState {
+            map: self.table::<FastMap<K, V>>(name),
+            key,
+        }
     }
 
     /// The list state `name` of `key`.
     pub fn list<'a, V: Data>(&'a mut self, name: &str, key: &'a K) -> ListState<'a, K, V> {
-        ListState { map: self.table::<FastMap<K, Vec<V>>>(name), key }
+        ListState {
+            map: self.table::<FastMap<K, Vec<V>>>(name),
+            key,
+        }
     }
 
     /// The map state `name` of `key`.
-    pub fn map<'a, UK: Key, UV: Data>(&'a mut self, name: &str, key: &'a K) -> MapState<'a, K, UK, UV> {
-        MapState { map: self.table::<FastMap<K, FastMap<UK, UV>>>(name), key }
+    pub fn map<'a, UK: Key, UV: Data>(
+        &'a mut self,
+        name: &str,
+        key: &'a K,
+    ) -> MapState<'a, K, UK, UV> {
+        MapState {
+            map: self.table::<FastMap<K, FastMap<UK, UV>>>(name),
+            key,
+        }
     }
 
     /// How many named states exist.
@@ -166,7 +183,10 @@ impl<K: Key, UK: Key + Hash + Eq, UV: Data> MapState<'_, K, UK, UV> {
         if !self.map.contains_key(self.key) {
             self.map.insert(self.key.clone(), FastMap::default());
         }
-        self.map.get_mut(self.key).expect("inserted above").insert(user_key, value);
+        self.map
+            .get_mut(self.key)
+            .expect("inserted above")
+            .insert(user_key, value);
     }
     /// Removes the value under `user_key`.
     pub fn remove(&mut self, user_key: &UK) -> Option<UV> {

@@ -21,7 +21,10 @@ pub struct TimerQueue<K> {
 
 impl<K> Default for TimerQueue<K> {
     fn default() -> Self {
-        TimerQueue { by_time: BTreeMap::new(), live: FastSet::default() }
+        TimerQueue {
+            by_time: BTreeMap::new(),
+            live: FastSet::default(),
+        }
     }
 }
 
@@ -86,7 +89,10 @@ pub struct TimerService<K> {
 
 impl<K> Default for TimerService<K> {
     fn default() -> Self {
-        TimerService { event: TimerQueue::default(), processing: TimerQueue::default() }
+        TimerService {
+            event: TimerQueue::default(),
+            processing: TimerQueue::default(),
+        }
     }
 }
 

@@ -205,7 +205,11 @@ pub struct RollingReduce<K, T, F> {
 impl<K, T, F> RollingReduce<K, T, F> {
     /// Reduces values of each key with `f`.
     pub fn new(key_fn: KeyFn<T, K>, f: F) -> Self {
-        RollingReduce { key_fn, f, values: FastMap::default() }
+        RollingReduce {
+            key_fn,
+            f,
+            values: FastMap::default(),
+        }
     }
 }
 
@@ -233,15 +237,24 @@ pub struct RollingAggregate<K, T, A: AggregateFunction<T>> {
 impl<K, T, A: AggregateFunction<T>> RollingAggregate<K, T, A> {
     /// Aggregates values of each key with `aggregate`.
     pub fn new(key_fn: KeyFn<T, K>, aggregate: A) -> Self {
-        RollingAggregate { key_fn, aggregate, accumulators: FastMap::default() }
+        RollingAggregate {
+            key_fn,
+            aggregate,
+            accumulators: FastMap::default(),
+        }
     }
 }
 
-impl<K: Key, T: Send + 'static, A: AggregateFunction<T>> Operator<T, A::Out> for RollingAggregate<K, T, A> {
+impl<K: Key, T: Send + 'static, A: AggregateFunction<T>> Operator<T, A::Out>
+    for RollingAggregate<K, T, A>
+{
     fn process_batch(&mut self, batch: Vec<Record<T>>, out: &mut Output<A::Out>) {
         for record in batch {
             let key = (self.key_fn)(&record.value);
-            let acc = self.accumulators.entry(key).or_insert_with(|| self.aggregate.create_accumulator());
+            let acc = self
+                .accumulators
+                .entry(key)
+                .or_insert_with(|| self.aggregate.create_accumulator());
             self.aggregate.add(acc, record.value);
             out.emit(self.aggregate.get_result(acc), record.time);
         }

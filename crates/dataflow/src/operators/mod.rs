@@ -14,6 +14,6 @@ pub use keyed::{
 };
 pub use stateless::{FilterOp, FlatMapOp, MapOp};
 pub use window::{
-    AggregateWindow, DropLate, LateToSideOutput, LatePolicy, ProcessWindow, ReduceWindow,
+    AggregateWindow, DropLate, LatePolicy, LateToSideOutput, ProcessWindow, ReduceWindow,
     WindowAssigner, WindowFunction, WindowOperator, WindowOutput, WindowTime,
 };

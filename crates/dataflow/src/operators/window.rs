@@ -59,7 +59,11 @@ impl WindowAssigner {
                 let start = timestamp - (timestamp - offset).rem_euclid(size);
                 out.push(TimeWindow::new(start, start + size));
             }
-            WindowAssigner::Sliding { size, slide, offset } => {
+            WindowAssigner::Sliding {
+                size,
+                slide,
+                offset,
+            } => {
                 let last_start = timestamp - (timestamp - offset).rem_euclid(slide);
                 let mut start = last_start;
                 while start > timestamp - size {
@@ -67,7 +71,9 @@ impl WindowAssigner {
                     start -= slide;
                 }
             }
-            WindowAssigner::Session { gap } => out.push(TimeWindow::new(timestamp, timestamp + gap)),
+            WindowAssigner::Session { gap } => {
+                out.push(TimeWindow::new(timestamp, timestamp + gap))
+            }
         }
     }
 
@@ -96,7 +102,9 @@ pub trait WindowFunction<K, T>: Send + 'static {
 /// Incremental reduce: keeps one value per key and window.
 pub struct ReduceWindow<F>(pub Arc<F>);
 
-impl<K, T: Clone + Send + 'static, F: Fn(T, T) -> T + Send + Sync + 'static> WindowFunction<K, T> for ReduceWindow<F> {
+impl<K, T: Clone + Send + 'static, F: Fn(T, T) -> T + Send + Sync + 'static> WindowFunction<K, T>
+    for ReduceWindow<F>
+{
     type Acc = Option<T>;
     type Out = T;
     fn create(&self) -> Option<T> {
@@ -252,14 +260,26 @@ pub struct WindowOperator<K, T, W: WindowFunction<K, T>, L> {
     _late: PhantomData<fn() -> L>,
 }
 
-impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowOperator<K, T, W, L> {
+impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>>
+    WindowOperator<K, T, W, L>
+{
     /// A window operator; `lateness` in milliseconds (event time only).
-    pub fn new(key_fn: KeyFn<T, K>, assigner: WindowAssigner, time: WindowTime, lateness: i64, function: W) -> Self {
+    pub fn new(
+        key_fn: KeyFn<T, K>,
+        assigner: WindowAssigner,
+        time: WindowTime,
+        lateness: i64,
+        function: W,
+    ) -> Self {
         WindowOperator {
             key_fn,
             assigner,
             time,
-            lateness: if time == WindowTime::EventTime { lateness.max(0) } else { 0 },
+            lateness: if time == WindowTime::EventTime {
+                lateness.max(0)
+            } else {
+                0
+            },
             function,
             aligned: BTreeMap::new(),
             sessions: FastMap::default(),
@@ -303,20 +323,28 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
         };
         let mut value = Some(value);
         for (i, window) in windows.iter().enumerate() {
-            let v = if i == last { value.take().expect("taken once") } else { value.clone().expect("present") };
-            let bucket = self
-                .aligned
-                .entry(*window)
-                .or_insert_with(|| Bucket { accumulators: FastMap::default(), fired: false });
+            let v = if i == last {
+                value.take().expect("taken once")
+            } else {
+                value.clone().expect("present")
+            };
+            let bucket = self.aligned.entry(*window).or_insert_with(|| Bucket {
+                accumulators: FastMap::default(),
+                fired: false,
+            });
             let acc = match bucket.accumulators.get_mut(&key) {
                 Some(acc) => acc,
-                None => bucket.accumulators.entry(key.clone()).or_insert_with(|| self.function.create()),
+                None => bucket
+                    .accumulators
+                    .entry(key.clone())
+                    .or_insert_with(|| self.function.create()),
             };
             self.function.add(acc, v);
             if bucket.fired {
                 // A late record within the allowed lateness: fire again with the update.
                 let at = window.max_timestamp();
-                self.function.emit(&key, window, acc, &mut |o| out.emit(L::result(o), at));
+                self.function
+                    .emit(&key, window, acc, &mut |o| out.emit(L::result(o), at));
             }
         }
         self.scratch = windows;
@@ -329,7 +357,9 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
         };
         let fresh = TimeWindow::new(time, time + gap);
         let existing = self.sessions.remove(&key).unwrap_or_default();
-        let (hits, mut kept): (Vec<_>, Vec<_>) = existing.into_iter().partition(|s| s.window.intersects(&fresh));
+        let (hits, mut kept): (Vec<_>, Vec<_>) = existing
+            .into_iter()
+            .partition(|s| s.window.intersects(&fresh));
         if hits.is_empty() && self.is_late(&fresh) {
             if !kept.is_empty() {
                 self.sessions.insert(key, kept);
@@ -345,13 +375,20 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
             self.session_timers.delete(old.window.max_timestamp(), &key);
         }
         self.session_timers.register(window.max_timestamp(), &key);
-        let mut session = Session { window, acc, fired: false };
+        let mut session = Session {
+            window,
+            acc,
+            fired: false,
+        };
         if self.time == WindowTime::EventTime && window.max_timestamp() <= self.watermark {
             // Merged into a session whose end has passed, within the allowed lateness.
             let at = window.max_timestamp();
-            self.function.emit(&key, &window, &session.acc, &mut |o| out.emit(L::result(o), at));
+            self.function.emit(&key, &window, &session.acc, &mut |o| {
+                out.emit(L::result(o), at)
+            });
             session.fired = true;
-            self.session_timers.register(self.cleanup_time(&window), &key);
+            self.session_timers
+                .register(self.cleanup_time(&window), &key);
         }
         kept.push(session);
         self.sessions.insert(key, kept);
@@ -377,7 +414,8 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
                 bucket.fired = true;
                 let at = window.max_timestamp();
                 for (key, acc) in &bucket.accumulators {
-                    self.function.emit(key, window, acc, &mut |o| out.emit(L::result(o), at));
+                    self.function
+                        .emit(key, window, acc, &mut |o| out.emit(L::result(o), at));
                 }
             }
             if window.max_timestamp().saturating_add(self.lateness) <= upto {
@@ -391,21 +429,28 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
 
     fn advance_sessions(&mut self, upto: Timestamp, out: &mut Output<L::Out>) {
         while let Some((due, key)) = self.session_timers.pop_due(upto) {
-            let Some(mut sessions) = self.sessions.remove(&key) else { continue };
+            let Some(mut sessions) = self.sessions.remove(&key) else {
+                continue;
+            };
             for session in sessions.iter_mut() {
                 // Each session has a timer at its end, so firing by timer keeps time order.
                 if !session.fired && session.window.max_timestamp() <= due {
                     session.fired = true;
                     let at = session.window.max_timestamp();
                     let window = session.window;
-                    self.function.emit(&key, &window, &session.acc, &mut |o| out.emit(L::result(o), at));
+                    self.function.emit(&key, &window, &session.acc, &mut |o| {
+                        out.emit(L::result(o), at)
+                    });
                     if self.lateness > 0 {
-                        self.session_timers.register(self.cleanup_time(&window), &key);
+                        self.session_timers
+                            .register(self.cleanup_time(&window), &key);
                     }
                 }
             }
             let lateness = self.lateness;
-            sessions.retain(|s| !(s.fired && s.window.max_timestamp().saturating_add(lateness) <= upto));
+            sessions.retain(|s| {
+                !(s.fired && s.window.max_timestamp().saturating_add(lateness) <= upto)
+            });
             if !sessions.is_empty() {
                 self.sessions.insert(key, sessions);
             }
@@ -466,7 +511,10 @@ where
             self.advance(Timestamp::MAX, out);
         }
         if self.late_dropped > 0 {
-            tracing::info!(late_dropped = self.late_dropped, "window dropped late records");
+            tracing::info!(
+                late_dropped = self.late_dropped,
+                "window dropped late records"
+            );
         }
     }
 }
@@ -478,13 +526,26 @@ mod tests {
     #[test]
     fn assigners() {
         let mut out = Vec::new();
-        WindowAssigner::Tumbling { size: 10, offset: 0 }.assign(-3, &mut out);
+        WindowAssigner::Tumbling {
+            size: 10,
+            offset: 0,
+        }
+        .assign(-3, &mut out);
         assert_eq!(out, vec![TimeWindow::new(-10, 0)]);
         out.clear();
-        WindowAssigner::Sliding { size: 10, slide: 5, offset: 0 }.assign(12, &mut out);
+        WindowAssigner::Sliding {
+            size: 10,
+            slide: 5,
+            offset: 0,
+        }
+        .assign(12, &mut out);
         assert_eq!(out, vec![TimeWindow::new(10, 20), TimeWindow::new(5, 15)]);
         out.clear();
-        WindowAssigner::Tumbling { size: 10, offset: 3 }.assign(12, &mut out);
+        WindowAssigner::Tumbling {
+            size: 10,
+            offset: 3,
+        }
+        .assign(12, &mut out);
         assert_eq!(out, vec![TimeWindow::new(3, 13)]);
     }
 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the bench workloads RUNS times each (default 5) and prints every RESULT line and,
+# per workload and parallelism, the median rate and its ratio to the hand-written
+# single-threaded baseline measured in the same session.
+#   scripts/bench.sh [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-5}
+cargo build --release -p sluice-bench >&2
+bin=target/release/sluice-bench
+out=$(mktemp)
+run() { for _ in $(seq "$runs"); do "$bin" "$@" | tee -a "$out"; done; }
+run w1-baseline --n 1000000000 --parallelism 1
+run w1 --n 1000000000 --parallelism 1
+run w1 --n 1000000000 --parallelism 2
+run w2-baseline --n 50000000 --parallelism 1
+run w2 --n 50000000 --parallelism 1
+run w2 --n 50000000 --parallelism 2
+echo "median rates (records/s) over $runs runs:"
+python3 - "$out" <<'PY'
+import re, statistics, sys
+rates = {}
+for line in open(sys.argv[1]):
+    m = dict(re.findall(r"(\w+)=(\S+)", line))
+    rates.setdefault((m["workload"], int(m["p"])), []).append(float(m["rate"]))
+med = {k: statistics.median(v) for k, v in rates.items()}
+for (w, p), r in sorted(med.items()):
+    base = med.get((w.split("-")[0] + "-baseline", 1))
+    ratio = f"  {r / base:.2f}x the baseline loop" if base and not w.endswith("baseline") else ""
+    print(f"  {w:12} p={p}  {r / 1e6:8.1f} M/s{ratio}")
+PY
+rm -f "$out"
