@@ -169,7 +169,7 @@ mod tests {
         // Back from idleness with an older watermark: the output never goes back.
         assert_eq!(a.on_idle(2, false), (None, None));
         assert_eq!(a.on_watermark(2, 7), None);
-        assert_eq!(a.on_end(2), (Some(10), false));
+        assert_eq!(a.on_end(2), (None, false));
         assert_eq!(a.on_idle(0, true), (Some(20), None));
         assert_eq!(a.on_idle(1, true), (None, Some(true)));
         assert_eq!(a.on_idle(1, false), (None, Some(false)));
