@@ -3,8 +3,7 @@
 use crate::stream::DataStream;
 use sluice_connectors::{CollectionSource, SocketTextSource, TextFileSource};
 use sluice_dataflow::{
-    Edge, GraphError, JobConfig, JobGraph, Node, NodeId, NodeImpl, Source, SourceNode,
-    WatermarkStrategy, Watermarks,
+    Edge, GraphError, JobConfig, JobGraph, Node, NodeId, NodeImpl, Source, SourceNode, WatermarkStrategy, Watermarks,
 };
 use sluice_types::Data;
 use std::any::Any;
@@ -99,21 +98,9 @@ impl StreamEnv {
     }
 
     /// A stream read from `source`, with event time from `strategy`.
-    pub fn source<T: Data, S: Source<T>>(
-        &self,
-        source: S,
-        strategy: WatermarkStrategy<T>,
-    ) -> DataStream<T> {
+    pub fn source<T: Data, S: Source<T>>(&self, source: S, strategy: WatermarkStrategy<T>) -> DataStream<T> {
         let name = source.name();
-        let id = self.add_node(
-            &name,
-            Vec::new(),
-            Box::new(SourceNode {
-                source: Arc::new(source),
-                strategy,
-            }),
-            true,
-        );
+        let id = self.add_node(&name, Vec::new(), Box::new(SourceNode { source: Arc::new(source), strategy }), true);
         DataStream::from_node(self.clone(), id)
     }
 
@@ -129,29 +116,14 @@ impl StreamEnv {
 
     /// The lines a TCP server sends (parallelism 1; ends when the server closes).
     pub fn socket_text_stream(&self, host: &str, port: u16) -> DataStream<String> {
-        self.source(SocketTextSource::new(host, port), Watermarks::none())
-            .parallelism(1)
+        self.source(SocketTextSource::new(host, port), Watermarks::none()).parallelism(1)
     }
 
-    pub(crate) fn add_node(
-        &self,
-        name: &str,
-        inputs: Vec<Edge>,
-        imp: Box<dyn NodeImpl>,
-        chainable: bool,
-    ) -> NodeId {
+    pub(crate) fn add_node(&self, name: &str, inputs: Vec<Edge>, imp: Box<dyn NodeImpl>, chainable: bool) -> NodeId {
         let mut state = self.state.borrow_mut();
         let id = NodeId(state.nodes.len());
         let name = format!("{name}-{}", id.0);
-        state.nodes.push(Node {
-            id,
-            name,
-            uid: None,
-            parallelism: None,
-            inputs,
-            chainable,
-            imp,
-        });
+        state.nodes.push(Node { id, name, uid: None, parallelism: None, inputs, chainable, imp });
         id
     }
 
@@ -171,11 +143,7 @@ impl StreamEnv {
         if let Some(error) = state.errors.drain(..).next() {
             return Err(GraphError(error));
         }
-        let graph = JobGraph {
-            name: name.to_string(),
-            nodes,
-            config: state.config.clone(),
-        };
+        let graph = JobGraph { name: name.to_string(), nodes, config: state.config.clone() };
         graph.validate()?;
         Ok(graph)
     }

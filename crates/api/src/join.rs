@@ -75,10 +75,7 @@ impl<T: Data> DataStream<T> {
     /// assert_eq!(pairs.values(), vec![(1, 100, 50)]);
     /// ```
     pub fn join<U: Data>(&self, other: &DataStream<U>) -> JoinedStreams<T, U> {
-        JoinedStreams {
-            left: self.clone(),
-            right: other.clone(),
-        }
+        JoinedStreams { left: self.clone(), right: other.clone() }
     }
 }
 
@@ -91,28 +88,15 @@ pub struct JoinWhere<K, T, U> {
 
 impl<T: Data, U: Data> JoinedStreams<T, U> {
     /// The key of left records.
-    pub fn where_key<K: Key>(
-        self,
-        key: impl Fn(&T) -> K + Send + Sync + 'static,
-    ) -> JoinWhere<K, T, U> {
-        JoinWhere {
-            left: self.left,
-            right: self.right,
-            left_key: Arc::new(key),
-        }
+    pub fn where_key<K: Key>(self, key: impl Fn(&T) -> K + Send + Sync + 'static) -> JoinWhere<K, T, U> {
+        JoinWhere { left: self.left, right: self.right, left_key: Arc::new(key) }
     }
 }
 
 impl<K: Key, T: Data, U: Data> JoinWhere<K, T, U> {
     /// The key of right records.
     pub fn equal_to(self, key: impl Fn(&U) -> K + Send + Sync + 'static) -> WindowJoin<K, T, U> {
-        WindowJoin {
-            left: self.left,
-            right: self.right,
-            left_key: self.left_key,
-            right_key: Arc::new(key),
-            spec: None,
-        }
+        WindowJoin { left: self.left, right: self.right, left_key: self.left_key, right_key: Arc::new(key), spec: None }
     }
 }
 
@@ -127,9 +111,7 @@ impl<K: Key, T: Data, U: Data> WindowJoin<K, T, U> {
     pub fn apply<O: Data>(self, f: impl Fn(&T, &U) -> O + Send + Sync + 'static) -> DataStream<O> {
         let env = self.left.env.clone();
         let Some(spec) = self.spec else {
-            env.record_error(
-                "a window join needs a window: call .window(..) before .apply(..)".into(),
-            );
+            env.record_error("a window join needs a window: call .window(..) before .apply(..)".into());
             return self.left.filter_map(|_| None);
         };
         let keyed = tag_and_key(&self.left, &self.right, self.left_key, self.right_key);
@@ -181,12 +163,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     /// assert_eq!(paid.values(), vec![(1, 500)]);
     /// ```
     pub fn interval_join<U: Data>(&self, other: &KeyedStream<K, U>) -> IntervalJoin<K, T, U> {
-        IntervalJoin {
-            left: self.clone(),
-            right: other.clone(),
-            lower: 0,
-            upper: 0,
-        }
+        IntervalJoin { left: self.clone(), right: other.clone(), lower: 0, upper: 0 }
     }
 }
 
@@ -199,10 +176,7 @@ impl<K: Key, T: Data, U: Data> IntervalJoin<K, T, U> {
     }
 
     /// Emits `f(left, right)` for every pair, at the later of the two timestamps.
-    pub fn process<O: Data>(
-        self,
-        f: impl Fn(&T, &U) -> O + Send + Sync + 'static,
-    ) -> DataStream<O> {
+    pub fn process<O: Data>(self, f: impl Fn(&T, &U) -> O + Send + Sync + 'static) -> DataStream<O> {
         let env = self.left.stream.env.clone();
         if self.lower > self.upper {
             env.record_error(format!(
@@ -210,18 +184,9 @@ impl<K: Key, T: Data, U: Data> IntervalJoin<K, T, U> {
                 self.lower, self.upper
             ));
         }
-        let keyed = tag_and_key(
-            &self.left.stream,
-            &self.right.stream,
-            self.left.key_fn,
-            self.right.key_fn,
-        );
+        let keyed = tag_and_key(&self.left.stream, &self.right.stream, self.left.key_fn, self.right.key_fn);
         keyed
-            .process(IntervalJoinFunction {
-                lower: self.lower,
-                upper: self.upper,
-                f: Arc::new(f),
-            })
+            .process(IntervalJoinFunction { lower: self.lower, upper: self.upper, f: Arc::new(f) })
             .name("interval-join")
     }
 }
@@ -234,11 +199,7 @@ struct IntervalJoinFunction<F> {
 
 impl<F> Clone for IntervalJoinFunction<F> {
     fn clone(&self) -> Self {
-        IntervalJoinFunction {
-            lower: self.lower,
-            upper: self.upper,
-            f: self.f.clone(),
-        }
+        IntervalJoinFunction { lower: self.lower, upper: self.upper, f: self.f.clone() }
     }
 }
 
@@ -254,9 +215,9 @@ where
     F: Fn(&T, &U) -> O + Send + Sync + 'static,
 {
     fn process_element(&mut self, value: JoinSide<T, U>, ctx: &mut KeyedContext<'_, K, O>) {
-        let time = ctx.timestamp().expect(
-            "an interval join needs event timestamps: give both sources a watermark strategy with timestamps",
-        );
+        let time = ctx
+            .timestamp()
+            .expect("an interval join needs event timestamps: give both sources a watermark strategy with timestamps");
         let watermark = ctx.current_watermark();
         if watermark != MIN_WATERMARK && time < watermark {
             return; // Late: its partners may already be gone (Flink drops these too).
@@ -299,9 +260,7 @@ where
         // A left record can still meet right records up to its time + upper; a right
         // record can still meet left records down to its time - lower.
         let (lower, upper) = (self.lower, self.upper);
-        ctx.list_state::<(Timestamp, T)>(LEFT)
-            .retain(|(t, _)| t + upper.max(0) > time);
-        ctx.list_state::<(Timestamp, U)>(RIGHT)
-            .retain(|(t, _)| t - lower.min(0) > time);
+        ctx.list_state::<(Timestamp, T)>(LEFT).retain(|(t, _)| t + upper.max(0) > time);
+        ctx.list_state::<(Timestamp, U)>(RIGHT).retain(|(t, _)| t - lower.min(0) > time);
     }
 }

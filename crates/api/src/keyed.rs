@@ -4,8 +4,7 @@
 use crate::stream::DataStream;
 use crate::window::{WindowSpec, WindowedStream};
 use sluice_dataflow::operators::{
-    AggregateFunction, KeyFn, KeyedProcessFunction, KeyedProcessOperator, RollingAggregate,
-    RollingReduce,
+    AggregateFunction, KeyFn, KeyedProcessFunction, KeyedProcessOperator, RollingAggregate, RollingReduce,
 };
 use sluice_types::{Data, Key};
 use std::time::Duration;
@@ -18,10 +17,7 @@ pub struct KeyedStream<K, T> {
 
 impl<K, T> Clone for KeyedStream<K, T> {
     fn clone(&self) -> Self {
-        KeyedStream {
-            stream: self.stream.clone(),
-            key_fn: self.key_fn.clone(),
-        }
+        KeyedStream { stream: self.stream.clone(), key_fn: self.key_fn.clone() }
     }
 }
 
@@ -47,14 +43,9 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     /// env.execute("count").unwrap();
     /// assert!(out.values().contains(&(1, 3)));
     /// ```
-    pub fn process<O: Data, F: KeyedProcessFunction<K, T, O> + Sync>(
-        &self,
-        function: F,
-    ) -> DataStream<O> {
+    pub fn process<O: Data, F: KeyedProcessFunction<K, T, O> + Sync>(&self, function: F) -> DataStream<O> {
         let key_fn = self.key_fn.clone();
-        self.stream.then_op("process", move || {
-            KeyedProcessOperator::new(key_fn.clone(), function.clone())
-        })
+        self.stream.then_op("process", move || KeyedProcessOperator::new(key_fn.clone(), function.clone()))
     }
 
     /// Rolling reduce: emits each key's reduced value after every record.
@@ -87,9 +78,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     /// ```
     pub fn aggregate<A: AggregateFunction<T>>(&self, aggregate: A) -> DataStream<A::Out> {
         let key_fn = self.key_fn.clone();
-        self.stream.then_op("aggregate", move || {
-            RollingAggregate::new(key_fn.clone(), aggregate.clone())
-        })
+        self.stream.then_op("aggregate", move || RollingAggregate::new(key_fn.clone(), aggregate.clone()))
     }
 
     /// Groups each key's records into windows.
@@ -116,11 +105,6 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
         if let Err(message) = spec.check() {
             self.stream.env.record_error(message);
         }
-        WindowedStream {
-            keyed: self.clone(),
-            spec,
-            lateness: Duration::ZERO,
-            late_tag: None,
-        }
+        WindowedStream { keyed: self.clone(), spec, lateness: Duration::ZERO, late_tag: None }
     }
 }

@@ -2,13 +2,9 @@
 
 use crate::env::StreamEnv;
 use crate::keyed::KeyedStream;
-use sluice_connectors::{
-    CollectHandle, CollectSink, DiscardHandle, DiscardSink, StdoutSink, TextFileSink,
-};
+use sluice_connectors::{CollectHandle, CollectSink, DiscardHandle, DiscardSink, StdoutSink, TextFileSink};
 use sluice_dataflow::operators::{FilterOp, FlatMapOp, KeyFn, MapOp};
-use sluice_dataflow::{
-    Edge, NodeId, Operator, OperatorFactory, OperatorNode, Partitioning, Sink, SinkNode,
-};
+use sluice_dataflow::{Edge, NodeId, Operator, OperatorFactory, OperatorNode, Partitioning, Sink, SinkNode};
 use sluice_types::{stable_hash, Data, Key};
 use std::fmt::{Debug, Display};
 use std::marker::PhantomData;
@@ -30,10 +26,7 @@ pub struct OutputTag<T> {
 impl<T> OutputTag<T> {
     /// A tag called `name`.
     pub fn new(name: impl Into<String>) -> Self {
-        OutputTag {
-            name: name.into(),
-            _t: PhantomData,
-        }
+        OutputTag { name: name.into(), _t: PhantomData }
     }
     /// Its name.
     pub fn name(&self) -> &str {
@@ -56,12 +49,7 @@ pub struct DataStream<T> {
 
 impl<T> Clone for DataStream<T> {
     fn clone(&self) -> Self {
-        DataStream {
-            env: self.env.clone(),
-            parts: self.parts.clone(),
-            nodes: self.nodes.clone(),
-            _t: PhantomData,
-        }
+        DataStream { env: self.env.clone(), parts: self.parts.clone(), nodes: self.nodes.clone(), _t: PhantomData }
     }
 }
 
@@ -74,8 +62,7 @@ pub struct DataStreamSink {
 impl DataStreamSink {
     /// The sink's stable id.
     pub fn uid(self, uid: &str) -> Self {
-        self.env
-            .with_node(self.node, |n| n.uid = Some(uid.to_string()));
+        self.env.with_node(self.node, |n| n.uid = Some(uid.to_string()));
         self
     }
     /// The sink's display name.
@@ -85,41 +72,23 @@ impl DataStreamSink {
     }
     /// The sink's parallelism.
     pub fn parallelism(self, parallelism: usize) -> Self {
-        self.env
-            .with_node(self.node, |n| n.parallelism = Some(parallelism));
+        self.env.with_node(self.node, |n| n.parallelism = Some(parallelism));
         self
     }
 }
 
 impl<T: Data> DataStream<T> {
     pub(crate) fn from_node(env: StreamEnv, id: NodeId) -> Self {
-        DataStream {
-            env,
-            parts: vec![(id, Partitioning::Forward)],
-            nodes: vec![id],
-            _t: PhantomData,
-        }
+        DataStream { env, parts: vec![(id, Partitioning::Forward)], nodes: vec![id], _t: PhantomData }
     }
 
     pub(crate) fn edges(&self) -> Vec<Edge> {
-        self.parts
-            .iter()
-            .map(|(from, partitioning)| Edge {
-                from: *from,
-                partitioning: partitioning.clone(),
-            })
-            .collect()
+        self.parts.iter().map(|(from, partitioning)| Edge { from: *from, partitioning: partitioning.clone() }).collect()
     }
 
     /// Adds an operator reading this stream.
-    pub(crate) fn then<O: Data>(
-        &self,
-        name: &str,
-        factory: OperatorFactory<T, O>,
-    ) -> DataStream<O> {
-        let id = self
-            .env
-            .add_node(name, self.edges(), Box::new(OperatorNode { factory }), true);
+    pub(crate) fn then<O: Data>(&self, name: &str, factory: OperatorFactory<T, O>) -> DataStream<O> {
+        let id = self.env.add_node(name, self.edges(), Box::new(OperatorNode { factory }), true);
         DataStream::from_node(self.env.clone(), id)
     }
 
@@ -129,17 +98,12 @@ impl<T: Data> DataStream<T> {
         name: &str,
         make: impl Fn() -> Op + Send + Sync + 'static,
     ) -> DataStream<O> {
-        self.then(
-            name,
-            Arc::new(move |_| Box::new(make()) as Box<dyn Operator<T, O>>),
-        )
+        self.then(name, Arc::new(move |_| Box::new(make()) as Box<dyn Operator<T, O>>))
     }
 
     fn single_node(&self, what: &str) -> Option<&[NodeId]> {
         if self.nodes.is_empty() {
-            self.env.record_error(format!(
-                "{what} was set on a union of streams; set it on each input instead"
-            ));
+            self.env.record_error(format!("{what} was set on a union of streams; set it on each input instead"));
             None
         } else {
             Some(&self.nodes)
@@ -158,8 +122,7 @@ impl<T: Data> DataStream<T> {
     /// ```
     pub fn uid(self, uid: &str) -> Self {
         if let Some(nodes) = self.single_node("a uid") {
-            self.env
-                .with_node(nodes[0], |n| n.uid = Some(uid.to_string()));
+            self.env.with_node(nodes[0], |n| n.uid = Some(uid.to_string()));
         }
         self
     }
@@ -183,8 +146,7 @@ impl<T: Data> DataStream<T> {
     pub fn parallelism(self, parallelism: usize) -> Self {
         if let Some(nodes) = self.single_node("a parallelism") {
             for &node in nodes {
-                self.env
-                    .with_node(node, |n| n.parallelism = Some(parallelism));
+                self.env.with_node(node, |n| n.parallelism = Some(parallelism));
             }
         }
         self
@@ -273,10 +235,7 @@ impl<T: Data> DataStream<T> {
     /// env.execute("filter_map").unwrap();
     /// assert_eq!(numbers.values(), vec![1]);
     /// ```
-    pub fn filter_map<O: Data>(
-        &self,
-        f: impl Fn(T) -> Option<O> + Send + Sync + 'static,
-    ) -> DataStream<O> {
+    pub fn filter_map<O: Data>(&self, f: impl Fn(T) -> Option<O> + Send + Sync + 'static) -> DataStream<O> {
         let f = Arc::new(f);
         self.then_op("filter_map", move || {
             let f = f.clone();
@@ -305,8 +264,7 @@ impl<T: Data> DataStream<T> {
     pub fn key_by<K: Key>(&self, f: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
         let f = Arc::new(f);
         let for_hash = f.clone();
-        let hash: Arc<dyn Fn(&T) -> u64 + Send + Sync> =
-            Arc::new(move |v: &T| stable_hash(&for_hash(v)));
+        let hash: Arc<dyn Fn(&T) -> u64 + Send + Sync> = Arc::new(move |v: &T| stable_hash(&for_hash(v)));
         let key_fn: KeyFn<T, K> = f;
         let mut stream = self.clone();
         for part in &mut stream.parts {
@@ -332,12 +290,7 @@ impl<T: Data> DataStream<T> {
     pub fn union(&self, other: &DataStream<T>) -> DataStream<T> {
         let mut parts = self.parts.clone();
         parts.extend(other.parts.iter().cloned());
-        DataStream {
-            env: self.env.clone(),
-            parts,
-            nodes: Vec::new(),
-            _t: PhantomData,
-        }
+        DataStream { env: self.env.clone(), parts, nodes: Vec::new(), _t: PhantomData }
     }
 
     fn repartition(&self, partitioning: Partitioning) -> DataStream<T> {
@@ -378,18 +331,8 @@ impl<T: Data> DataStream<T> {
     /// Ends the stream in `sink`.
     pub fn sink(&self, sink: impl Sink<T>) -> DataStreamSink {
         let name = sink.name();
-        let id = self.env.add_node(
-            &name,
-            self.edges(),
-            Box::new(SinkNode {
-                sink: Arc::new(sink),
-            }),
-            true,
-        );
-        DataStreamSink {
-            env: self.env.clone(),
-            node: id,
-        }
+        let id = self.env.add_node(&name, self.edges(), Box::new(SinkNode { sink: Arc::new(sink) }), true);
+        DataStreamSink { env: self.env.clone(), node: id }
     }
 
     /// Collects the stream in memory (for tests): read it through the handle after the job.
@@ -410,10 +353,7 @@ impl<T: Data> DataStream<T> {
     pub fn side_output<L: Data>(&self, tag: &OutputTag<L>) -> DataStream<L> {
         let owner = self.nodes.first().map(|n| n.0).unwrap_or(usize::MAX);
         let state = self.env.state.borrow();
-        let found = state
-            .side_outputs
-            .get(&(owner, tag.name.clone()))
-            .and_then(|s| s.downcast_ref::<DataStream<L>>());
+        let found = state.side_outputs.get(&(owner, tag.name.clone())).and_then(|s| s.downcast_ref::<DataStream<L>>());
         match found {
             Some(stream) => stream.clone(),
             None => {

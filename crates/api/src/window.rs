@@ -3,8 +3,8 @@
 use crate::keyed::KeyedStream;
 use crate::stream::{DataStream, OutputTag};
 use sluice_dataflow::operators::{
-    AggregateFunction, AggregateWindow, DropLate, LateToSideOutput, ProcessWindow, ReduceWindow,
-    WindowAssigner, WindowFunction, WindowOperator, WindowOutput, WindowTime,
+    AggregateFunction, AggregateWindow, DropLate, LateToSideOutput, ProcessWindow, ReduceWindow, WindowAssigner,
+    WindowFunction, WindowOperator, WindowOutput, WindowTime,
 };
 use sluice_types::{Data, Key, TimeWindow};
 use std::sync::Arc;
@@ -25,8 +25,9 @@ impl WindowSpec {
     /// Shifts window starts by `offset` (e.g. to align days to a time zone).
     pub fn with_offset(mut self, offset: Duration) -> Self {
         match &mut self.assigner {
-            WindowAssigner::Tumbling { offset: o, .. }
-            | WindowAssigner::Sliding { offset: o, .. } => *o = millis(offset),
+            WindowAssigner::Tumbling { offset: o, .. } | WindowAssigner::Sliding { offset: o, .. } => {
+                *o = millis(offset)
+            }
             WindowAssigner::Session { .. } => {}
         }
         self
@@ -57,20 +58,11 @@ pub struct Tumbling;
 impl Tumbling {
     /// Windows of `size` in event time.
     pub fn event_time(size: Duration) -> WindowSpec {
-        WindowSpec {
-            assigner: WindowAssigner::Tumbling {
-                size: millis(size),
-                offset: 0,
-            },
-            time: WindowTime::EventTime,
-        }
+        WindowSpec { assigner: WindowAssigner::Tumbling { size: millis(size), offset: 0 }, time: WindowTime::EventTime }
     }
     /// Windows of `size` in processing time.
     pub fn processing_time(size: Duration) -> WindowSpec {
-        WindowSpec {
-            time: WindowTime::ProcessingTime,
-            ..Self::event_time(size)
-        }
+        WindowSpec { time: WindowTime::ProcessingTime, ..Self::event_time(size) }
     }
 }
 
@@ -81,20 +73,13 @@ impl Sliding {
     /// Windows of `size` every `slide` in event time.
     pub fn event_time(size: Duration, slide: Duration) -> WindowSpec {
         WindowSpec {
-            assigner: WindowAssigner::Sliding {
-                size: millis(size),
-                slide: millis(slide),
-                offset: 0,
-            },
+            assigner: WindowAssigner::Sliding { size: millis(size), slide: millis(slide), offset: 0 },
             time: WindowTime::EventTime,
         }
     }
     /// Windows of `size` every `slide` in processing time.
     pub fn processing_time(size: Duration, slide: Duration) -> WindowSpec {
-        WindowSpec {
-            time: WindowTime::ProcessingTime,
-            ..Self::event_time(size, slide)
-        }
+        WindowSpec { time: WindowTime::ProcessingTime, ..Self::event_time(size, slide) }
     }
 }
 
@@ -104,17 +89,11 @@ pub struct Session;
 impl Session {
     /// Sessions with inactivity `gap` in event time.
     pub fn event_time(gap: Duration) -> WindowSpec {
-        WindowSpec {
-            assigner: WindowAssigner::Session { gap: millis(gap) },
-            time: WindowTime::EventTime,
-        }
+        WindowSpec { assigner: WindowAssigner::Session { gap: millis(gap) }, time: WindowTime::EventTime }
     }
     /// Sessions with inactivity `gap` in processing time.
     pub fn processing_time(gap: Duration) -> WindowSpec {
-        WindowSpec {
-            time: WindowTime::ProcessingTime,
-            ..Self::event_time(gap)
-        }
+        WindowSpec { time: WindowTime::ProcessingTime, ..Self::event_time(gap) }
     }
 }
 
@@ -165,11 +144,7 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         self
     }
 
-    fn apply<W>(
-        self,
-        name: &str,
-        function: impl Fn() -> W + Send + Sync + 'static,
-    ) -> DataStream<W::Out>
+    fn apply<W>(self, name: &str, function: impl Fn() -> W + Send + Sync + 'static) -> DataStream<W::Out>
     where
         W: WindowFunction<K, T>,
         W::Out: Data,
@@ -180,13 +155,7 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         let input = &self.keyed.stream;
         match self.late_tag {
             None => input.then_op(name, move || {
-                WindowOperator::<K, T, W, DropLate>::new(
-                    key_fn.clone(),
-                    assigner,
-                    time,
-                    lateness,
-                    function(),
-                )
+                WindowOperator::<K, T, W, DropLate>::new(key_fn.clone(), assigner, time, lateness, function())
             }),
             Some(tag) => {
                 let both: DataStream<WindowOutput<W::Out, T>> = input.then_op(name, move || {
@@ -209,12 +178,7 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
                 let owner = both.nodes[0];
                 let mut main = results.clone();
                 main.nodes = vec![owner, results.nodes[0], late.nodes[0]];
-                input
-                    .env
-                    .state
-                    .borrow_mut()
-                    .side_outputs
-                    .insert((owner.0, tag), Box::new(late));
+                input.env.state.borrow_mut().side_outputs.insert((owner.0, tag), Box::new(late));
                 main
             }
         }
@@ -284,10 +248,7 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         finish: impl Fn(&K, &TimeWindow, A::Out) -> O + Send + Sync + 'static,
     ) -> DataStream<O> {
         let finish = Arc::new(finish);
-        self.apply("window-aggregate", move || AggregateWindow {
-            aggregate: aggregate.clone(),
-            finish: finish.clone(),
-        })
+        self.apply("window-aggregate", move || AggregateWindow { aggregate: aggregate.clone(), finish: finish.clone() })
     }
 
     /// Calls `f` with all of a window's values when it fires (buffers them until then).

@@ -26,40 +26,18 @@ fn parse_args() -> Result<Args, String> {
     let workload = args.next().ok_or(usage)?;
     let (mut n, mut parallelism, mut batch_size) = (10_000_000u64, 1usize, 1024usize);
     while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value; {usage}"))?;
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value; {usage}"))?;
         match flag.as_str() {
-            "--n" => {
-                n = value
-                    .replace('_', "")
-                    .parse()
-                    .map_err(|e| format!("--n {value}: {e}"))?
-            }
-            "--parallelism" | "-p" => {
-                parallelism = value
-                    .parse()
-                    .map_err(|e| format!("--parallelism {value}: {e}"))?
-            }
-            "--batch-size" => {
-                batch_size = value
-                    .parse()
-                    .map_err(|e| format!("--batch-size {value}: {e}"))?
-            }
+            "--n" => n = value.replace('_', "").parse().map_err(|e| format!("--n {value}: {e}"))?,
+            "--parallelism" | "-p" => parallelism = value.parse().map_err(|e| format!("--parallelism {value}: {e}"))?,
+            "--batch-size" => batch_size = value.parse().map_err(|e| format!("--batch-size {value}: {e}"))?,
             other => return Err(format!("unknown flag {other}; {usage}")),
         }
     }
     if parallelism == 0 || n == 0 || n % parallelism as u64 != 0 {
-        return Err(format!(
-            "--n must be a positive multiple of --parallelism (got n={n}, p={parallelism})"
-        ));
+        return Err(format!("--n must be a positive multiple of --parallelism (got n={n}, p={parallelism})"));
     }
-    Ok(Args {
-        workload,
-        n,
-        parallelism,
-        batch_size,
-    })
+    Ok(Args { workload, n, parallelism, batch_size })
 }
 
 /// W2's key of event `i`.
@@ -90,19 +68,12 @@ fn w1(n: u64, parallelism: usize, batch_size: usize) -> Result<u64, String> {
 /// (key, window start, count) as three i64.
 fn w2(n: u64, parallelism: usize, batch_size: usize) -> Result<u64, String> {
     let env = StreamEnv::new();
-    env.set_parallelism(parallelism)
-        .set_batch_size(batch_size)
-        .set_watermark_interval(Duration::from_millis(200));
+    env.set_parallelism(parallelism).set_batch_size(batch_size).set_watermark_interval(Duration::from_millis(200));
     let out = env
-        .source(
-            SequenceSource::new(0..n),
-            Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
-        )
+        .source(SequenceSource::new(0..n), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
         .key_by(|i| w2_key(*i))
         .window(Tumbling::event_time(Duration::from_millis(1000)))
-        .aggregate_with(Count, |key, window, count| {
-            (*key as i64, window.start, count as i64)
-        })
+        .aggregate_with(Count, |key, window, count| (*key as i64, window.start, count as i64))
         .uid("w2-counts")
         .discard();
     env.execute("w2").map_err(|e| e.to_string())?;
@@ -150,10 +121,7 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let (produced, expected) = match args.workload.as_str() {
-        "w1" => (
-            w1(args.n, args.parallelism, args.batch_size),
-            w1_expected(args.n),
-        ),
+        "w1" => (w1(args.n, args.parallelism, args.batch_size), w1_expected(args.n)),
         "w2" => (w2(args.n, args.parallelism, args.batch_size), args.n),
         "w1-baseline" => (Ok(w1_baseline(args.n)), w1_expected(args.n)),
         "w2-baseline" => (Ok(w2_baseline(args.n)), args.n),

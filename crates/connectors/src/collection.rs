@@ -19,9 +19,7 @@ pub struct CollectionSource<T> {
 impl<T> CollectionSource<T> {
     /// A source over `items`.
     pub fn new(items: Vec<T>) -> Self {
-        CollectionSource {
-            items: Arc::new(items),
-        }
+        CollectionSource { items: Arc::new(items) }
     }
 }
 
@@ -29,16 +27,8 @@ impl<T: Data + Sync> Source<T> for CollectionSource<T> {
     fn name(&self) -> String {
         "collection".into()
     }
-    fn create_reader(
-        &self,
-        index: usize,
-        parallelism: usize,
-    ) -> io::Result<Box<dyn SourceReader<T>>> {
-        Ok(Box::new(CollectionReader {
-            items: self.items.clone(),
-            next: index,
-            stride: parallelism,
-        }))
+    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>> {
+        Ok(Box::new(CollectionReader { items: self.items.clone(), next: index, stride: parallelism }))
     }
 }
 
@@ -55,12 +45,21 @@ impl<T: Data + Sync> SourceReader<T> for CollectionReader<T> {
         }
         let limit = out.len() + max;
         while out.len() < limit && self.next < self.items.len() {
-            out.push(Record {
-                time: NO_TIMESTAMP,
-                value: self.items[self.next].clone(),
-            });
+            out.push(Record { time: NO_TIMESTAMP, value: self.items[self.next].clone() });
             self.next += self.stride;
         }
         Ok(Poll::Ready)
+    }
+
+    fn position(&self) -> Option<Vec<u8>> {
+        Some((self.next as u64).to_le_bytes().to_vec())
+    }
+
+    fn seek(&mut self, position: &[u8]) -> io::Result<()> {
+        let bytes: [u8; 8] = position
+            .try_into()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a collection position is 8 bytes"))?;
+        self.next = u64::from_le_bytes(bytes) as usize;
+        Ok(())
     }
 }

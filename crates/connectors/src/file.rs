@@ -36,10 +36,7 @@ pub struct TextFileSource {
 impl TextFileSource {
     /// Reads `path`, a file or a folder.
     pub fn new(path: impl AsRef<Path>) -> Self {
-        TextFileSource {
-            path: path.as_ref().to_path_buf(),
-            min_split_bytes: 1 << 20,
-        }
+        TextFileSource { path: path.as_ref().to_path_buf(), min_split_bytes: 1 << 20 }
     }
 
     /// Files are cut into byte-range splits no smaller than this (default 1 MiB).
@@ -50,13 +47,7 @@ impl TextFileSource {
 
     fn files(&self) -> io::Result<Vec<(PathBuf, u64)>> {
         let meta = std::fs::metadata(&self.path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot read '{}': {e}; check the input path",
-                    self.path.display()
-                ),
-            )
+            io::Error::new(e.kind(), format!("cannot read '{}': {e}; check the input path", self.path.display()))
         })?;
         if meta.is_file() {
             return Ok(vec![(self.path.clone(), meta.len())]);
@@ -81,11 +72,7 @@ impl TextFileSource {
             let size = len.div_ceil(count).max(1);
             let mut start = 0;
             while start < len {
-                splits.push(Split {
-                    path: path.clone(),
-                    start,
-                    end: (start + size).min(len),
-                });
+                splits.push(Split { path: path.clone(), start, end: (start + size).min(len) });
                 start += size;
             }
         }
@@ -97,22 +84,9 @@ impl Source<String> for TextFileSource {
     fn name(&self) -> String {
         format!("text file source '{}'", self.path.display())
     }
-    fn create_reader(
-        &self,
-        index: usize,
-        parallelism: usize,
-    ) -> io::Result<Box<dyn SourceReader<String>>> {
-        let mine = self
-            .splits(parallelism)?
-            .into_iter()
-            .skip(index)
-            .step_by(parallelism)
-            .collect::<Vec<_>>();
-        Ok(Box::new(TextFileReader {
-            splits: mine.into_iter(),
-            current: None,
-            line: Vec::new(),
-        }))
+    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<String>>> {
+        let mine = self.splits(parallelism)?.into_iter().skip(index).step_by(parallelism).collect::<Vec<_>>();
+        Ok(Box::new(TextFileReader { splits: mine, index: 0, current: None, resume_at: None, line: Vec::new() }))
     }
 }
 
@@ -123,33 +97,32 @@ struct OpenSplit {
 }
 
 struct TextFileReader {
-    splits: std::vec::IntoIter<Split>,
+    splits: Vec<Split>,
+    /// Index of the split being read (or next to open).
+    index: usize,
     current: Option<OpenSplit>,
+    /// Where to resume inside split `index` when it is opened (after a restore).
+    resume_at: Option<u64>,
     line: Vec<u8>,
 }
 
 impl TextFileReader {
-    fn open(split: &Split) -> io::Result<OpenSplit> {
+    fn open(split: &Split, resume_at: Option<u64>) -> io::Result<OpenSplit> {
         let mut file = File::open(&split.path)?;
-        let mut position = split.start;
+        if let Some(offset) = resume_at {
+            // A checkpointed offset is always at a line start of this split.
+            file.seek(SeekFrom::Start(offset))?;
+            return Ok(OpenSplit { reader: BufReader::new(file), position: offset, end: split.end });
+        }
         if split.start > 0 {
             // The line that straddles the split's start belongs to the previous split.
             file.seek(SeekFrom::Start(split.start - 1))?;
             let mut reader = BufReader::new(file);
             let mut skipped = Vec::new();
-            position = split.start - 1 + reader.read_until(b'\n', &mut skipped)? as u64;
-            return Ok(OpenSplit {
-                reader,
-                position,
-                end: split.end,
-            });
+            let position = split.start - 1 + reader.read_until(b'\n', &mut skipped)? as u64;
+            return Ok(OpenSplit { reader, position, end: split.end });
         }
-        file.seek(SeekFrom::Start(position))?;
-        Ok(OpenSplit {
-            reader: BufReader::new(file),
-            position,
-            end: split.end,
-        })
+        Ok(OpenSplit { reader: BufReader::new(file), position: 0, end: split.end })
     }
 }
 
@@ -159,25 +132,21 @@ impl SourceReader<String> for TextFileReader {
         while out.len() < limit {
             let split = match &mut self.current {
                 Some(split) => split,
-                None => match self.splits.next() {
-                    Some(next) => self.current.insert(Self::open(&next)?),
-                    None => {
-                        return Ok(if out.len() + max == limit {
-                            Poll::Finished
-                        } else {
-                            Poll::Ready
-                        })
-                    }
+                None => match self.splits.get(self.index) {
+                    Some(next) => self.current.insert(Self::open(next, self.resume_at.take())?),
+                    None => return Ok(if out.len() + max == limit { Poll::Finished } else { Poll::Ready }),
                 },
             };
             if split.position >= split.end {
                 self.current = None;
+                self.index += 1;
                 continue;
             }
             self.line.clear();
             let read = split.reader.read_until(b'\n', &mut self.line)?;
             if read == 0 {
                 self.current = None;
+                self.index += 1;
                 continue;
             }
             split.position += read as u64;
@@ -186,12 +155,28 @@ impl SourceReader<String> for TextFileReader {
             }
             let text = String::from_utf8(std::mem::take(&mut self.line))
                 .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-            out.push(Record {
-                time: NO_TIMESTAMP,
-                value: text,
-            });
+            out.push(Record { time: NO_TIMESTAMP, value: text });
         }
         Ok(Poll::Ready)
+    }
+
+    fn position(&self) -> Option<Vec<u8>> {
+        // (split index, byte offset to resume at, or u64::MAX: from the split's start)
+        let offset = self.current.as_ref().map(|c| c.position).or(self.resume_at).unwrap_or(u64::MAX);
+        let mut bytes = (self.index as u64).to_le_bytes().to_vec();
+        bytes.extend(offset.to_le_bytes());
+        Some(bytes)
+    }
+
+    fn seek(&mut self, position: &[u8]) -> io::Result<()> {
+        if position.len() != 16 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "a file source position is 16 bytes"));
+        }
+        let word = |i: usize| u64::from_le_bytes(position[i..i + 8].try_into().expect("8 bytes"));
+        self.index = word(0) as usize;
+        self.current = None;
+        self.resume_at = Some(word(8)).filter(|o| *o != u64::MAX);
+        Ok(())
     }
 }
 
@@ -211,10 +196,7 @@ pub struct TextFileSink<T> {
 impl<T> TextFileSink<T> {
     /// A sink writing into folder `dir`.
     pub fn new(dir: impl AsRef<Path>) -> Self {
-        TextFileSink {
-            dir: dir.as_ref().to_path_buf(),
-            _t: PhantomData,
-        }
+        TextFileSink { dir: dir.as_ref().to_path_buf(), _t: PhantomData }
     }
 }
 
@@ -222,22 +204,11 @@ impl<T: Display + Send + 'static> Sink<T> for TextFileSink<T> {
     fn name(&self) -> String {
         format!("text file sink '{}'", self.dir.display())
     }
-    fn create_writer(
-        &self,
-        index: usize,
-        _parallelism: usize,
-    ) -> io::Result<Box<dyn SinkWriter<T>>> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot create '{}': {e}", self.dir.display()),
-            )
-        })?;
+    fn create_writer(&self, index: usize, _parallelism: usize) -> io::Result<Box<dyn SinkWriter<T>>> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create '{}': {e}", self.dir.display())))?;
         let file = File::create(self.dir.join(format!("part-{index}")))?;
-        Ok(Box::new(TextFileWriter {
-            out: BufWriter::new(file),
-            _t: PhantomData,
-        }))
+        Ok(Box::new(TextFileWriter { out: BufWriter::new(file), _t: PhantomData }))
     }
 }
 
@@ -299,11 +270,31 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_resumes_mid_split_from_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let text: String = (0..300).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(dir.path().join("a.txt"), &text).unwrap();
+        let source = TextFileSource::new(dir.path()).with_min_split_bytes(500);
+        for stop_after in [1, 7, 60, 150] {
+            let mut reader = source.create_reader(0, 2).unwrap();
+            let mut first = Vec::new();
+            reader.poll(&mut first, stop_after).unwrap();
+            let position = reader.position().unwrap();
+            let mut resumed = source.create_reader(0, 2).unwrap();
+            resumed.seek(&position).unwrap();
+            let mut rest = Vec::new();
+            while resumed.poll(&mut rest, 9).unwrap() != Poll::Finished {}
+            let mut whole = Vec::new();
+            let mut fresh = source.create_reader(0, 2).unwrap();
+            while fresh.poll(&mut whole, 9).unwrap() != Poll::Finished {}
+            first.extend(rest);
+            assert_eq!(first, whole, "stopped after {stop_after}");
+        }
+    }
+
+    #[test]
     fn a_missing_path_is_a_clear_error() {
-        let err = TextFileSource::new("/no/such/path")
-            .create_reader(0, 1)
-            .err()
-            .unwrap();
+        let err = TextFileSource::new("/no/such/path").create_reader(0, 1).err().unwrap();
         assert!(err.to_string().contains("check the input path"), "{err}");
     }
 }

@@ -74,11 +74,7 @@ impl Source<u64> for SequenceSource {
     fn name(&self) -> String {
         "sequence".into()
     }
-    fn create_reader(
-        &self,
-        index: usize,
-        parallelism: usize,
-    ) -> io::Result<Box<dyn SourceReader<u64>>> {
+    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<u64>>> {
         self.0.create_reader(index, parallelism)
     }
 }
@@ -86,21 +82,11 @@ impl Source<u64> for SequenceSource {
 impl<F> GeneratorSource<F> {
     /// `f(i)` for `i` in `range`.
     pub fn new(range: Range<u64>, f: F) -> Self {
-        GeneratorSource {
-            start: range.start,
-            end: Some(range.end),
-            rate: None,
-            f: std::sync::Arc::new(f),
-        }
+        GeneratorSource { start: range.start, end: Some(range.end), rate: None, f: std::sync::Arc::new(f) }
     }
     /// `f(i)` for `i` from `start` on, without end.
     pub fn unbounded_from(start: u64, f: F) -> Self {
-        GeneratorSource {
-            start,
-            end: None,
-            rate: None,
-            f: std::sync::Arc::new(f),
-        }
+        GeneratorSource { start, end: None, rate: None, f: std::sync::Arc::new(f) }
     }
     /// At most `records_per_second` in all (shared evenly by the subtasks).
     pub fn with_rate_limit(mut self, records_per_second: f64) -> Self {
@@ -113,17 +99,10 @@ impl<T: Send + 'static, F: IndexFn<T>> Source<T> for GeneratorSource<F> {
     fn name(&self) -> String {
         "generator".into()
     }
-    fn create_reader(
-        &self,
-        index: usize,
-        parallelism: usize,
-    ) -> io::Result<Box<dyn SourceReader<T>>> {
+    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>> {
         if let Some(rate) = self.rate {
             if rate.is_nan() || rate <= 0.0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "the rate limit must be above 0 records/s",
-                ));
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "the rate limit must be above 0 records/s"));
             }
         }
         Ok(Box::new(GeneratorReader {
@@ -167,13 +146,25 @@ impl<T: Send + 'static, F: IndexFn<T>> SourceReader<T> for GeneratorReader<F> {
         let f = &*self.f;
         let (base, stride) = (self.next, self.stride);
         // An indexed, trusted-length iterator lets the compiler vectorize the fill.
-        out.extend((0..count).map(|k| Record {
-            time: NO_TIMESTAMP,
-            value: f.at(base + k * stride),
-        }));
+        out.extend((0..count).map(|k| Record { time: NO_TIMESTAMP, value: f.at(base + k * stride) }));
         self.next = base + count * stride;
         self.emitted += count;
         Ok(Poll::Ready)
+    }
+
+    fn position(&self) -> Option<Vec<u8>> {
+        Some(self.next.to_le_bytes().to_vec())
+    }
+
+    fn seek(&mut self, position: &[u8]) -> io::Result<()> {
+        let bytes: [u8; 8] = position.try_into().map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "a generator position is 8 bytes; the checkpoint is not from this source")
+        })?;
+        self.next = u64::from_le_bytes(bytes);
+        // The rate limit counts from the resume.
+        self.started = Instant::now();
+        self.emitted = 0;
+        Ok(())
     }
 }
 
@@ -190,14 +181,23 @@ mod tests {
     #[test]
     fn subtasks_split_the_range_by_stride() {
         let source = SequenceSource::new(10..30);
-        let mut all: Vec<u64> = (0..3)
-            .flat_map(|s| drain(source.create_reader(s, 3).unwrap()))
-            .collect();
-        assert_eq!(
-            drain(source.create_reader(1, 3).unwrap()),
-            vec![11, 14, 17, 20, 23, 26, 29]
-        );
+        let mut all: Vec<u64> = (0..3).flat_map(|s| drain(source.create_reader(s, 3).unwrap())).collect();
+        assert_eq!(drain(source.create_reader(1, 3).unwrap()), vec![11, 14, 17, 20, 23, 26, 29]);
         all.sort();
         assert_eq!(all, (10..30).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_reader_resumes_from_its_position() {
+        let source = SequenceSource::new(0..100);
+        let mut reader = source.create_reader(1, 2).unwrap();
+        let mut out = Vec::new();
+        reader.poll(&mut out, 5).unwrap();
+        let position = reader.position().unwrap();
+        let mut resumed = source.create_reader(1, 2).unwrap();
+        resumed.seek(&position).unwrap();
+        let rest = drain(resumed);
+        assert_eq!(rest[0], 11);
+        assert_eq!(out.len() + rest.len(), 50);
     }
 }

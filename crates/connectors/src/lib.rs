@@ -9,9 +9,11 @@ mod file;
 mod generator;
 mod sinks;
 mod socket;
+mod transactional_file;
 
 pub use collection::CollectionSource;
 pub use file::{TextFileSink, TextFileSource};
 pub use generator::{GeneratorSource, Identity, IndexFn, SequenceSource};
 pub use sinks::{CollectHandle, CollectSink, DiscardHandle, DiscardSink, StdoutSink};
 pub use socket::SocketTextSource;
+pub use transactional_file::TransactionalFileSink;

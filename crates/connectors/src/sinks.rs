@@ -22,20 +22,9 @@ impl<T: Debug + Send + 'static> Sink<T> for StdoutSink<T> {
     fn name(&self) -> String {
         "stdout".into()
     }
-    fn create_writer(
-        &self,
-        index: usize,
-        parallelism: usize,
-    ) -> io::Result<Box<dyn SinkWriter<T>>> {
-        let prefix = if parallelism > 1 {
-            format!("{}> ", index + 1)
-        } else {
-            String::new()
-        };
-        Ok(Box::new(StdoutWriter {
-            prefix,
-            _t: PhantomData,
-        }))
+    fn create_writer(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SinkWriter<T>>> {
+        let prefix = if parallelism > 1 { format!("{}> ", index + 1) } else { String::new() };
+        Ok(Box::new(StdoutWriter { prefix, _t: PhantomData }))
     }
 }
 
@@ -69,12 +58,7 @@ impl<T> CollectSink<T> {
     /// A sink and the handle to its records.
     pub fn new() -> (Self, CollectHandle<T>) {
         let records = Arc::new(Mutex::new(Vec::new()));
-        (
-            CollectSink {
-                records: records.clone(),
-            },
-            CollectHandle { records },
-        )
+        (CollectSink { records: records.clone() }, CollectHandle { records })
     }
 }
 
@@ -96,14 +80,8 @@ impl<T: Send + 'static> Sink<T> for CollectSink<T> {
     fn name(&self) -> String {
         "collect".into()
     }
-    fn create_writer(
-        &self,
-        _index: usize,
-        _parallelism: usize,
-    ) -> io::Result<Box<dyn SinkWriter<T>>> {
-        Ok(Box::new(CollectWriter {
-            records: self.records.clone(),
-        }))
+    fn create_writer(&self, _index: usize, _parallelism: usize) -> io::Result<Box<dyn SinkWriter<T>>> {
+        Ok(Box::new(CollectWriter { records: self.records.clone() }))
     }
 }
 
@@ -113,10 +91,7 @@ struct CollectWriter<T> {
 
 impl<T: Send> SinkWriter<T> for CollectWriter<T> {
     fn write_batch(&mut self, batch: Vec<Record<T>>) -> io::Result<()> {
-        self.records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(batch);
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).extend(batch);
         Ok(())
     }
 }
@@ -142,13 +117,7 @@ impl<T> DiscardSink<T> {
     /// A sink and the handle to its count.
     pub fn new() -> (Self, DiscardHandle) {
         let count = Arc::new(AtomicU64::new(0));
-        (
-            DiscardSink {
-                count: count.clone(),
-                _t: PhantomData,
-            },
-            DiscardHandle(count),
-        )
+        (DiscardSink { count: count.clone(), _t: PhantomData }, DiscardHandle(count))
     }
 }
 
@@ -156,15 +125,8 @@ impl<T: Send + 'static> Sink<T> for DiscardSink<T> {
     fn name(&self) -> String {
         "discard".into()
     }
-    fn create_writer(
-        &self,
-        _index: usize,
-        _parallelism: usize,
-    ) -> io::Result<Box<dyn SinkWriter<T>>> {
-        Ok(Box::new(DiscardWriter {
-            count: self.count.clone(),
-            _t: PhantomData,
-        }))
+    fn create_writer(&self, _index: usize, _parallelism: usize) -> io::Result<Box<dyn SinkWriter<T>>> {
+        Ok(Box::new(DiscardWriter { count: self.count.clone(), _t: PhantomData }))
     }
 }
 

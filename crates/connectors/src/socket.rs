@@ -24,10 +24,7 @@ pub struct SocketTextSource {
 impl SocketTextSource {
     /// Connects to `host:port` when the job starts.
     pub fn new(host: impl Into<String>, port: u16) -> Self {
-        SocketTextSource {
-            host: host.into(),
-            port,
-        }
+        SocketTextSource { host: host.into(), port }
     }
 }
 
@@ -38,26 +35,16 @@ impl Source<String> for SocketTextSource {
     fn max_parallelism(&self) -> Option<usize> {
         Some(1)
     }
-    fn create_reader(
-        &self,
-        _index: usize,
-        _parallelism: usize,
-    ) -> io::Result<Box<dyn SourceReader<String>>> {
+    fn create_reader(&self, _index: usize, _parallelism: usize) -> io::Result<Box<dyn SourceReader<String>>> {
         let stream = TcpStream::connect((self.host.as_str(), self.port)).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!(
-                    "cannot connect to {}:{}: {e}; is the server listening?",
-                    self.host, self.port
-                ),
+                format!("cannot connect to {}:{}: {e}; is the server listening?", self.host, self.port),
             )
         })?;
         // A short read timeout lets the source loop emit watermarks and notice cancellation.
         stream.set_read_timeout(Some(Duration::from_millis(20)))?;
-        Ok(Box::new(SocketReader {
-            reader: BufReader::new(stream),
-            pending: Vec::new(),
-        }))
+        Ok(Box::new(SocketReader { reader: BufReader::new(stream), pending: Vec::new() }))
     }
 }
 
@@ -73,42 +60,21 @@ impl SourceReader<String> for SocketReader {
             match self.reader.read_until(b'\n', &mut self.pending) {
                 Ok(0) => {
                     if !self.pending.is_empty() {
-                        let last = String::from_utf8_lossy(&std::mem::take(&mut self.pending))
-                            .into_owned();
-                        out.push(Record {
-                            time: NO_TIMESTAMP,
-                            value: last,
-                        });
+                        let last = String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned();
+                        out.push(Record { time: NO_TIMESTAMP, value: last });
                     }
-                    return Ok(if out.len() + max == limit {
-                        Poll::Finished
-                    } else {
-                        Poll::Ready
-                    });
+                    return Ok(if out.len() + max == limit { Poll::Finished } else { Poll::Ready });
                 }
                 Ok(_) if self.pending.last() == Some(&b'\n') => {
                     while matches!(self.pending.last(), Some(b'\n' | b'\r')) {
                         self.pending.pop();
                     }
-                    let line =
-                        String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned();
-                    out.push(Record {
-                        time: NO_TIMESTAMP,
-                        value: line,
-                    });
+                    let line = String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned();
+                    out.push(Record { time: NO_TIMESTAMP, value: line });
                 }
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(if out.len() + max == limit {
-                        Poll::Pending(Duration::ZERO)
-                    } else {
-                        Poll::Ready
-                    });
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Ok(if out.len() + max == limit { Poll::Pending(Duration::ZERO) } else { Poll::Ready });
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

@@ -6,6 +6,7 @@
 use crate::error::{TaskError, TaskResult};
 use crate::message::{Envelope, Message};
 use crate::operator::Input;
+use crate::snapshot::{Barrier, SubtaskState};
 use sluice_types::{subtask_for_key_group, KeyGroup, Record, Timestamp};
 use std::any::Any;
 use std::sync::mpsc::SyncSender;
@@ -22,12 +23,7 @@ pub struct Target {
 
 impl Target {
     fn send(&self, message: Message) -> TaskResult {
-        self.inbox
-            .send(Envelope {
-                channel: self.channel,
-                message,
-            })
-            .map_err(|_| TaskError::Disconnected)
+        self.inbox.send(Envelope { channel: self.channel, message }).map_err(|_| TaskError::Disconnected)
     }
 }
 
@@ -38,11 +34,7 @@ pub(crate) enum Route<T> {
     /// Every batch to every target.
     Broadcast,
     /// By key group: `hash` gives the stable hash of a record's key.
-    Hash {
-        hash: Arc<dyn Fn(&T) -> u64 + Send + Sync>,
-        owner_of_group: Vec<u32>,
-        max_parallelism: u64,
-    },
+    Hash { hash: Arc<dyn Fn(&T) -> u64 + Send + Sync>, owner_of_group: Vec<u32>, max_parallelism: u64 },
 }
 
 /// The writer of one outgoing edge.
@@ -69,16 +61,10 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
         batch_size: usize,
     ) -> Self {
         let owner_of_group = (0..max_parallelism)
-            .map(|g| {
-                subtask_for_key_group(KeyGroup(g as u32), max_parallelism, targets.len()) as u32
-            })
+            .map(|g| subtask_for_key_group(KeyGroup(g as u32), max_parallelism, targets.len()) as u32)
             .collect();
         Self::with_route(
-            Route::Hash {
-                hash,
-                owner_of_group,
-                max_parallelism: max_parallelism as u64,
-            },
+            Route::Hash { hash, owner_of_group, max_parallelism: max_parallelism as u64 },
             targets,
             batch_size,
         )
@@ -86,12 +72,7 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
 
     fn with_route(route: Route<T>, targets: Vec<Target>, batch_size: usize) -> Self {
         let buffers = targets.iter().map(|_| Vec::new()).collect();
-        EdgeWriter {
-            route,
-            targets,
-            buffers,
-            batch_size,
-        }
+        EdgeWriter { route, targets, buffers, batch_size }
     }
 
     fn send_batch(&self, target: usize, batch: Vec<Record<T>>) -> TaskResult {
@@ -111,11 +92,7 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
                 }
                 self.send_batch(0, batch)
             }
-            Route::Hash {
-                hash,
-                owner_of_group,
-                max_parallelism,
-            } => {
+            Route::Hash { hash, owner_of_group, max_parallelism } => {
                 if self.targets.len() == 1 {
                     return self.targets[0].send(Message::Data(Box::new(batch)));
                 }
@@ -192,7 +169,10 @@ impl<T: Clone + Send + 'static> Input<T> for ExchangeOutput<T> {
     fn flush(&mut self) -> TaskResult {
         self.each(|e| e.flush())
     }
-    fn end(&mut self) -> TaskResult {
+    fn barrier(&mut self, barrier: Barrier, _states: &mut Vec<SubtaskState>) -> TaskResult {
+        self.each(|e| e.signal(|| Message::Barrier(barrier)))
+    }
+    fn end(&mut self, _states: &mut Vec<SubtaskState>) -> TaskResult {
         self.each(|e| e.signal(|| Message::End))
     }
 }
@@ -209,17 +189,17 @@ pub trait ErasedInput: Send {
     fn processing_time(&mut self, now: Timestamp) -> TaskResult;
     /// Nothing is waiting in the inbox: pass buffered records on.
     fn flush(&mut self) -> TaskResult;
-    /// Every input has ended.
-    fn end(&mut self) -> TaskResult;
+    /// Barriers arrived on every input (aligned): snapshot the chain, pass the barrier on.
+    fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult;
+    /// Every input has ended: finish the chain, collecting its final state.
+    fn end(&mut self, states: &mut Vec<SubtaskState>) -> TaskResult;
 }
 
 pub(crate) struct Head<T>(pub(crate) Box<dyn Input<T>>);
 
 impl<T: Send + 'static> ErasedInput for Head<T> {
     fn batch(&mut self, batch: Box<dyn Any + Send>) -> TaskResult {
-        let batch = batch
-            .downcast::<Vec<Record<T>>>()
-            .expect("the job graph connects only edges of one record type");
+        let batch = batch.downcast::<Vec<Record<T>>>().expect("the job graph connects only edges of one record type");
         self.0.batch(*batch)
     }
     fn watermark(&mut self, watermark: Timestamp) -> TaskResult {
@@ -234,7 +214,10 @@ impl<T: Send + 'static> ErasedInput for Head<T> {
     fn flush(&mut self) -> TaskResult {
         self.0.flush()
     }
-    fn end(&mut self) -> TaskResult {
-        self.0.end()
+    fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult {
+        self.0.barrier(barrier, states)
+    }
+    fn end(&mut self, states: &mut Vec<SubtaskState>) -> TaskResult {
+        self.0.end(states)
     }
 }

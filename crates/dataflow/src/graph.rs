@@ -8,6 +8,7 @@ use crate::error::{GraphError, TaskError, TaskResult};
 use crate::exchange::{EdgeWriter, ErasedInput, ExchangeOutput, Head, Target};
 use crate::operator::{Input, Link, OperatorFactory, SubtaskInfo};
 use crate::sink::{Sink, SinkInput};
+use crate::snapshot::Restored;
 use crate::source::{Source, SourceRunner, SourceTask, WatermarkStrategy};
 use sluice_types::{Data, DEFAULT_MAX_PARALLELISM};
 use std::any::Any;
@@ -88,18 +89,28 @@ pub trait NodeImpl: Send + Sync {
     }
     /// The tail of a chain ending at this node: writes its output to `edges`.
     fn exchange(&self, edges: Vec<OutEdge>, info: &SubtaskInfo) -> AnyInput;
-    /// This node as a chain stage in front of `next` (`None` for sinks).
-    fn link(&self, next: Option<AnyInput>, info: &SubtaskInfo) -> TaskResult<AnyInput>;
+    /// This node as a chain stage in front of `next` (`None` for sinks), its operator
+    /// restored from `state` if given.
+    fn link(&self, next: Option<AnyInput>, info: &SubtaskInfo, state: Option<Restored>) -> TaskResult<AnyInput>;
     /// Wraps the stage that [`NodeImpl::link`] built so the untyped inbox can feed it.
     fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput>;
-    /// The source subtask feeding `next` (sources only).
+    /// The source subtask feeding `next` (sources only), resumed from `state` if given.
     fn source(
         &self,
         _next: AnyInput,
         _info: &SubtaskInfo,
         _config: &JobConfig,
+        _state: Option<Restored>,
     ) -> TaskResult<Box<dyn SourceTask>> {
         unreachable!("only source nodes start source tasks")
+    }
+    /// Commits a sink's pre-committed transaction (sinks only).
+    fn commit(&self, _committable: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Aborts what earlier attempts of a sink left, except `keep` (sinks only).
+    fn recover(&self, _keep: &[Vec<u8>]) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -124,9 +135,7 @@ fn build_exchange<T: Data>(edges: Vec<OutEdge>, info: &SubtaskInfo) -> AnyInput 
 }
 
 fn downcast_input<T: 'static>(input: AnyInput) -> Box<dyn Input<T>> {
-    *input
-        .downcast::<Box<dyn Input<T>>>()
-        .expect("the job graph connects only stages of one record type")
+    *input.downcast::<Box<dyn Input<T>>>().expect("the job graph connects only stages of one record type")
 }
 
 /// A source node producing `T`.
@@ -147,7 +156,7 @@ impl<T: Data> NodeImpl for SourceNode<T> {
     fn exchange(&self, edges: Vec<OutEdge>, info: &SubtaskInfo) -> AnyInput {
         build_exchange::<T>(edges, info)
     }
-    fn link(&self, _next: Option<AnyInput>, _info: &SubtaskInfo) -> TaskResult<AnyInput> {
+    fn link(&self, _next: Option<AnyInput>, _info: &SubtaskInfo, _state: Option<Restored>) -> TaskResult<AnyInput> {
         unreachable!("a source is always the head of its chain")
     }
     fn head(&self, _stage: AnyInput) -> Box<dyn ErasedInput> {
@@ -158,16 +167,21 @@ impl<T: Data> NodeImpl for SourceNode<T> {
         next: AnyInput,
         info: &SubtaskInfo,
         config: &JobConfig,
+        state: Option<Restored>,
     ) -> TaskResult<Box<dyn SourceTask>> {
-        let reader = self
-            .source
-            .create_reader(info.index, info.parallelism)
-            .map_err(|source| TaskError::Io {
-                operator: info.operator.to_string(),
-                subtask: info.index,
-                what: "opening the source".into(),
-                source,
-            })?;
+        let io_error = |what: &str, source| TaskError::Io {
+            operator: info.operator.to_string(),
+            subtask: info.index,
+            what: what.into(),
+            source,
+        };
+        let mut reader =
+            self.source.create_reader(info.index, info.parallelism).map_err(|e| io_error("opening the source", e))?;
+        match state {
+            Some(Restored::Plain(position)) => reader.seek(&position).map_err(|e| io_error("resuming the source", e))?,
+            Some(Restored::Keyed(_)) => unreachable!("sources have no keyed state"),
+            None => {}
+        }
         Ok(Box::new(SourceRunner {
             reader,
             strategy: self.strategy.clone(),
@@ -192,9 +206,15 @@ impl<In: Data, Out: Data> NodeImpl for OperatorNode<In, Out> {
     fn exchange(&self, edges: Vec<OutEdge>, info: &SubtaskInfo) -> AnyInput {
         build_exchange::<Out>(edges, info)
     }
-    fn link(&self, next: Option<AnyInput>, info: &SubtaskInfo) -> TaskResult<AnyInput> {
+    fn link(&self, next: Option<AnyInput>, info: &SubtaskInfo, state: Option<Restored>) -> TaskResult<AnyInput> {
         let next = downcast_input::<Out>(next.expect("an operator always has a next stage"));
-        let operator = crate::operator::guard_panic(info, || (self.factory)(info))?;
+        let operator = crate::operator::guard_panic(info, || {
+            let mut operator = (self.factory)(info);
+            if let Some(state) = state {
+                operator.restore(state);
+            }
+            operator
+        })?;
         let stage: Box<dyn Input<In>> = Box::new(Link::new(operator, next, info.clone()));
         Ok(Box::new(stage))
     }
@@ -216,21 +236,24 @@ impl<T: Data> NodeImpl for SinkNode<T> {
     fn exchange(&self, _edges: Vec<OutEdge>, _info: &SubtaskInfo) -> AnyInput {
         unreachable!("a sink has no outputs")
     }
-    fn link(&self, _next: Option<AnyInput>, info: &SubtaskInfo) -> TaskResult<AnyInput> {
-        let writer = self
-            .sink
-            .create_writer(info.index, info.parallelism)
-            .map_err(|source| TaskError::Io {
-                operator: info.operator.to_string(),
-                subtask: info.index,
-                what: "opening the sink".into(),
-                source,
-            })?;
+    fn link(&self, _next: Option<AnyInput>, info: &SubtaskInfo, _state: Option<Restored>) -> TaskResult<AnyInput> {
+        let writer = self.sink.create_writer(info.index, info.parallelism).map_err(|source| TaskError::Io {
+            operator: info.operator.to_string(),
+            subtask: info.index,
+            what: "opening the sink".into(),
+            source,
+        })?;
         let stage: Box<dyn Input<T>> = Box::new(SinkInput::new(writer, info.clone()));
         Ok(Box::new(stage))
     }
     fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput> {
         Box::new(Head(downcast_input::<T>(stage)))
+    }
+    fn commit(&self, committable: &[u8]) -> std::io::Result<()> {
+        self.sink.commit(committable)
+    }
+    fn recover(&self, keep: &[Vec<u8>]) -> std::io::Result<()> {
+        self.sink.recover(keep)
     }
 }
 
@@ -250,6 +273,13 @@ pub struct Node {
     pub chainable: bool,
     /// Its typed behaviour.
     pub imp: Box<dyn NodeImpl>,
+}
+
+impl Node {
+    /// The id its state is stored under: the uid, or the name when it has none.
+    pub fn state_id(&self) -> &str {
+        self.uid.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// Settings of a job that apply to every node.
@@ -275,9 +305,7 @@ pub struct JobConfig {
 impl Default for JobConfig {
     fn default() -> Self {
         JobConfig {
-            parallelism: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            parallelism: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             max_parallelism: DEFAULT_MAX_PARALLELISM,
             batch_size: 1024,
             channel_capacity: 16,
@@ -301,9 +329,7 @@ pub struct JobGraph {
 impl JobGraph {
     /// The effective parallelism of `node`.
     pub fn parallelism_of(&self, node: NodeId) -> usize {
-        self.nodes[node.0]
-            .parallelism
-            .unwrap_or(self.config.parallelism)
+        self.nodes[node.0].parallelism.unwrap_or(self.config.parallelism)
     }
 
     /// The consumers of each node, in node order.
@@ -322,9 +348,7 @@ impl JobGraph {
     pub fn validate(&self) -> Result<(), GraphError> {
         let c = &self.config;
         if c.parallelism == 0 {
-            return Err(GraphError(
-                "the default parallelism is 0; set it to at least 1".into(),
-            ));
+            return Err(GraphError("the default parallelism is 0; set it to at least 1".into()));
         }
         if c.max_parallelism == 0 || c.max_parallelism > 32768 {
             return Err(GraphError(format!(
@@ -333,28 +357,22 @@ impl JobGraph {
             )));
         }
         if c.batch_size == 0 || c.channel_capacity == 0 {
-            return Err(GraphError(
-                "batch size and channel capacity must be at least 1".into(),
-            ));
+            return Err(GraphError("batch size and channel capacity must be at least 1".into()));
         }
         if c.tick.is_zero() {
-            return Err(GraphError(
-                "the processing-time tick must be longer than 0".into(),
-            ));
+            return Err(GraphError("the processing-time tick must be longer than 0".into()));
         }
         if !self.nodes.iter().any(|n| n.imp.kind() == NodeKind::Sink) {
             return Err(GraphError(
-                "the job has no sink, so it would compute nothing; end a stream in .sink(..), .print() or .collect()".into(),
+                "the job has no sink, so it would compute nothing; end a stream in .sink(..), .print() or .collect()"
+                    .into(),
             ));
         }
         let mut uids = HashSet::new();
         for node in &self.nodes {
             let p = self.parallelism_of(node.id);
             if p == 0 {
-                return Err(GraphError(format!(
-                    "operator '{}' has parallelism 0; set it to at least 1",
-                    node.name
-                )));
+                return Err(GraphError(format!("operator '{}' has parallelism 0; set it to at least 1", node.name)));
             }
             if let Some(uid) = &node.uid {
                 if !uids.insert(uid.as_str()) {
@@ -371,10 +389,7 @@ impl JobGraph {
                     )));
                 }
             }
-            let keyed = node
-                .inputs
-                .iter()
-                .any(|e| matches!(e.partitioning, Partitioning::Hash(_)));
+            let keyed = node.inputs.iter().any(|e| matches!(e.partitioning, Partitioning::Hash(_)));
             if keyed && p > c.max_parallelism {
                 return Err(GraphError(format!(
                     "keyed operator '{}' has parallelism {p} above the max parallelism {}; raise the max parallelism",
@@ -383,10 +398,7 @@ impl JobGraph {
             }
             for edge in &node.inputs {
                 if edge.from.0 >= node.id.0 {
-                    return Err(GraphError(format!(
-                        "operator '{}' reads from a later node",
-                        node.name
-                    )));
+                    return Err(GraphError(format!("operator '{}' reads from a later node", node.name)));
                 }
             }
         }

@@ -18,21 +18,20 @@ mod message;
 mod operator;
 pub mod operators;
 mod sink;
+pub mod snapshot;
 mod source;
 pub mod testing;
 
 pub use error::{GraphError, TaskError, TaskResult};
 pub use exchange::{ErasedInput, Target};
 pub use graph::{
-    AnyInput, Edge, JobConfig, JobGraph, Node, NodeId, NodeImpl, NodeKind, OperatorNode, OutEdge,
-    Partitioning, SinkNode, SourceNode,
+    AnyInput, Edge, JobConfig, JobGraph, Node, NodeId, NodeImpl, NodeKind, OperatorNode, OutEdge, Partitioning,
+    SinkNode, SourceNode,
 };
 pub use message::{Envelope, Message};
-pub use operator::{
-    guard_panic, now_millis, Input, Link, Operator, OperatorFactory, Output, SubtaskInfo,
-};
+pub use operator::{guard_panic, now_millis, Input, Link, Operator, OperatorFactory, Output, SubtaskInfo};
 pub use sink::{Sink, SinkInput, SinkWriter};
 pub use source::{
-    Poll, Source, SourceReader, SourceRunner, SourceTask, TimestampFn, WatermarkGenerator,
+    Poll, Source, SourceReader, SourceRunner, SourceTask, TaskControl, TaskReport, TimestampFn, WatermarkGenerator,
     WatermarkKind, WatermarkStrategy, Watermarks,
 };

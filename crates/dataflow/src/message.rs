@@ -1,5 +1,6 @@
 //! What travels on an edge between two tasks.
 
+use crate::snapshot::Barrier;
 use sluice_types::Timestamp;
 use std::any::Any;
 
@@ -12,6 +13,8 @@ pub enum Message {
     /// The channel became idle (`true`) or active again (`false`); an idle channel does
     /// not hold back the watermark of the task it feeds.
     Idle(bool),
+    /// A checkpoint barrier.
+    Barrier(Barrier),
     /// The channel has ended: no more messages follow.
     End,
 }
@@ -30,6 +33,7 @@ impl std::fmt::Debug for Message {
             Message::Data(_) => write!(f, "Data(..)"),
             Message::Watermark(w) => write!(f, "Watermark({w})"),
             Message::Idle(i) => write!(f, "Idle({i})"),
+            Message::Barrier(b) => write!(f, "Barrier({})", b.id),
             Message::End => write!(f, "End"),
         }
     }

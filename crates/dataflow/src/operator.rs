@@ -6,16 +6,14 @@
 //! the chain without any queue in between.
 
 use crate::error::{TaskError, TaskResult};
+use crate::snapshot::{Barrier, OperatorState, Restored, SubtaskState};
 use sluice_types::{Record, Timestamp};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// The current wall-clock time in milliseconds since the Unix epoch (processing time).
 pub fn now_millis() -> Timestamp {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Timestamp)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Timestamp).unwrap_or(0)
 }
 
 /// Where an operator subtask stands in the job.
@@ -23,6 +21,8 @@ pub fn now_millis() -> Timestamp {
 pub struct SubtaskInfo {
     /// Name of the operator (for errors and logs).
     pub operator: Arc<str>,
+    /// The id its state is stored under: its uid, or its name when it has none.
+    pub state_id: Arc<str>,
     /// Zero-based index of this subtask.
     pub index: usize,
     /// Number of subtasks of the operator.
@@ -45,8 +45,10 @@ pub trait Input<T>: Send {
     fn processing_time(&mut self, now: Timestamp) -> TaskResult;
     /// Send whatever is buffered (the task has nothing else to do right now).
     fn flush(&mut self) -> TaskResult;
-    /// End of input: finish and pass the end on.
-    fn end(&mut self) -> TaskResult;
+    /// A checkpoint barrier: add this stage's state to `states`, then pass the barrier on.
+    fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult;
+    /// End of input: finish, add the final state to `states`, and pass the end on.
+    fn end(&mut self, states: &mut Vec<SubtaskState>) -> TaskResult;
 }
 
 /// What an operator emits into: buffers single records into batches and passes batches on.
@@ -60,12 +62,7 @@ pub struct Output<T> {
 impl<T: Send + 'static> Output<T> {
     /// An output feeding `next`, batching single records `batch_size` at a time.
     pub fn new(next: Box<dyn Input<T>>, batch_size: usize) -> Self {
-        Output {
-            buffer: Vec::new(),
-            batch_size: batch_size.max(1),
-            next,
-            error: None,
-        }
+        Output { buffer: Vec::new(), batch_size: batch_size.max(1), next, error: None }
     }
 
     /// Emits one record at event time `time`.
@@ -131,11 +128,16 @@ pub trait Operator<In, Out>: Send {
     fn on_processing_time(&mut self, _now: Timestamp, _out: &mut Output<Out>) {}
     /// End of input (after the final watermark of a bounded stream).
     fn finish(&mut self, _out: &mut Output<Out>) {}
+    /// The operator's state at a checkpoint barrier (`None`: it has none).
+    fn snapshot(&mut self, _max_parallelism: usize) -> Option<OperatorState> {
+        None
+    }
+    /// Takes over state from a checkpoint, before the first record.
+    fn restore(&mut self, _state: Restored) {}
 }
 
 /// Creates the operator instance of one subtask.
-pub type OperatorFactory<In, Out> =
-    Arc<dyn Fn(&SubtaskInfo) -> Box<dyn Operator<In, Out>> + Send + Sync>;
+pub type OperatorFactory<In, Out> = Arc<dyn Fn(&SubtaskInfo) -> Box<dyn Operator<In, Out>> + Send + Sync>;
 
 /// Runs `f`, turning a panic into an error that names the operator and the subtask.
 pub fn guard_panic<R>(info: &SubtaskInfo, f: impl FnOnce() -> R) -> TaskResult<R> {
@@ -165,17 +167,9 @@ pub struct Link<In, Out> {
 
 impl<In, Out: Send + 'static> Link<In, Out> {
     /// Chains `operator` in front of `next`.
-    pub fn new(
-        operator: Box<dyn Operator<In, Out>>,
-        next: Box<dyn Input<Out>>,
-        info: SubtaskInfo,
-    ) -> Self {
+    pub fn new(operator: Box<dyn Operator<In, Out>>, next: Box<dyn Input<Out>>, info: SubtaskInfo) -> Self {
         let output = Output::new(next, info.batch_size);
-        Link {
-            operator,
-            output,
-            info,
-        }
+        Link { operator, output, info }
     }
 }
 
@@ -209,9 +203,23 @@ impl<In: Send, Out: Send + 'static> Input<In> for Link<In, Out> {
         self.output.next()?.flush()
     }
 
-    fn end(&mut self) -> TaskResult {
+    fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult {
+        self.output.settle()?;
+        let (op, max_parallelism) = (&mut self.operator, self.info.max_parallelism);
+        if let Some(state) = guard_panic(&self.info, || op.snapshot(max_parallelism))? {
+            states.push(SubtaskState { operator: self.info.state_id.to_string(), subtask: self.info.index, state });
+        }
+        self.output.next.barrier(barrier, states)
+    }
+
+    fn end(&mut self, states: &mut Vec<SubtaskState>) -> TaskResult {
         let (op, out) = (&mut self.operator, &mut self.output);
         guard_panic(&self.info, || op.finish(out))?;
-        self.output.next()?.end()
+        self.output.settle()?;
+        let (op, max_parallelism) = (&mut self.operator, self.info.max_parallelism);
+        if let Some(state) = guard_panic(&self.info, || op.snapshot(max_parallelism))? {
+            states.push(SubtaskState { operator: self.info.state_id.to_string(), subtask: self.info.index, state });
+        }
+        self.output.next.end(states)
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::error::{TaskError, TaskResult};
 use crate::operator::{guard_panic, Input, SubtaskInfo};
+use crate::snapshot::{Barrier, OperatorState, SubtaskState};
 use sluice_types::{Record, Timestamp};
 use std::io;
 
@@ -10,8 +11,18 @@ pub trait Sink<T>: Send + Sync + 'static {
     /// A short name for errors and logs.
     fn name(&self) -> String;
     /// The writer of subtask `index` of `parallelism`.
-    fn create_writer(&self, index: usize, parallelism: usize)
-        -> io::Result<Box<dyn SinkWriter<T>>>;
+    fn create_writer(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SinkWriter<T>>>;
+    /// Makes a pre-committed transaction visible: called once the checkpoint holding it is
+    /// complete, and again after a restart, so it must be idempotent.
+    fn commit(&self, _committable: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    /// Called before a (re)started job writes: abort whatever earlier attempts left behind
+    /// except the transactions in `keep` (those of the checkpoint restored from, which the
+    /// runtime commits).
+    fn recover(&self, _keep: &[Vec<u8>]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes one sink subtask's records.
@@ -30,6 +41,13 @@ pub trait SinkWriter<T>: Send {
     fn finish(&mut self) -> io::Result<()> {
         self.flush()
     }
+    /// At a checkpoint barrier (`Some(id)`) or after [`SinkWriter::finish`] (`None`): make
+    /// what was written durable but not yet visible, and return what commits it (phase one
+    /// of a two-phase commit). Sinks without transactions flush and return `None`.
+    fn pre_commit(&mut self, _checkpoint: Option<u64>) -> io::Result<Option<Vec<u8>>> {
+        self.flush()?;
+        Ok(None)
+    }
 }
 
 /// Ends a chain in a sink writer.
@@ -44,11 +62,7 @@ impl<T> SinkInput<T> {
         SinkInput { writer, info }
     }
 
-    fn call(
-        &mut self,
-        what: &str,
-        f: impl FnOnce(&mut dyn SinkWriter<T>) -> io::Result<()>,
-    ) -> TaskResult {
+    fn call<R>(&mut self, what: &str, f: impl FnOnce(&mut dyn SinkWriter<T>) -> io::Result<R>) -> TaskResult<R> {
         let writer = &mut *self.writer;
         guard_panic(&self.info, || f(writer))?.map_err(|source| TaskError::Io {
             operator: self.info.operator.to_string(),
@@ -56,6 +70,18 @@ impl<T> SinkInput<T> {
             what: what.to_string(),
             source,
         })
+    }
+}
+
+impl<T> SinkInput<T> {
+    fn push_committable(&self, committable: Option<Vec<u8>>, states: &mut Vec<SubtaskState>) {
+        if let Some(bytes) = committable {
+            states.push(SubtaskState {
+                operator: self.info.state_id.to_string(),
+                subtask: self.info.index,
+                state: OperatorState::Committable(bytes),
+            });
+        }
     }
 }
 
@@ -75,7 +101,15 @@ impl<T: Send> Input<T> for SinkInput<T> {
     fn flush(&mut self) -> TaskResult {
         self.call("flushing", |w| w.flush())
     }
-    fn end(&mut self) -> TaskResult {
-        self.call("finishing", |w| w.finish())
+    fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult {
+        let committable = self.call("pre-committing", |w| w.pre_commit(Some(barrier.id)))?;
+        self.push_committable(committable, states);
+        Ok(())
+    }
+    fn end(&mut self, states: &mut Vec<SubtaskState>) -> TaskResult {
+        self.call("finishing", |w| w.finish())?;
+        let committable = self.call("pre-committing", |w| w.pre_commit(None))?;
+        self.push_committable(committable, states);
+        Ok(())
     }
 }

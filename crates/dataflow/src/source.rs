@@ -3,9 +3,11 @@
 
 use crate::error::{TaskError, TaskResult};
 use crate::operator::{guard_panic, now_millis, Input, SubtaskInfo};
+use crate::snapshot::{Barrier, OperatorState, SubtaskState};
 use sluice_types::{Record, Timestamp, MAX_WATERMARK, MIN_WATERMARK, NO_TIMESTAMP};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,11 +31,7 @@ pub trait Source<T>: Send + Sync + 'static {
         None
     }
     /// The reader of subtask `index` of `parallelism`: it reads its share of the input.
-    fn create_reader(
-        &self,
-        index: usize,
-        parallelism: usize,
-    ) -> io::Result<Box<dyn SourceReader<T>>>;
+    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>>;
 }
 
 /// Reads one subtask's share of a source.
@@ -41,6 +39,15 @@ pub trait SourceReader<T>: Send {
     /// Appends up to `max` records to `out`. Records carry their native timestamp or
     /// [`NO_TIMESTAMP`]; a watermark strategy's timestamp assigner overrides it.
     fn poll(&mut self, out: &mut Vec<Record<T>>, max: usize) -> io::Result<Poll>;
+    /// Where the reader stands, to resume from after a failure; `None` if the source cannot
+    /// replay (then it gives no guarantee across failures).
+    fn position(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Moves to a position that [`SourceReader::position`] returned.
+    fn seek(&mut self, _position: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// How the watermark follows the timestamps a source subtask has seen.
@@ -79,11 +86,7 @@ pub struct WatermarkStrategy<T> {
 
 impl<T> Clone for WatermarkStrategy<T> {
     fn clone(&self) -> Self {
-        WatermarkStrategy {
-            kind: self.kind,
-            timestamps: self.timestamps.clone(),
-            idleness: self.idleness,
-        }
+        WatermarkStrategy { kind: self.kind, timestamps: self.timestamps.clone(), idleness: self.idleness }
     }
 }
 
@@ -93,27 +96,15 @@ pub struct Watermarks;
 impl Watermarks {
     /// No event time.
     pub fn none<T>() -> WatermarkStrategy<T> {
-        WatermarkStrategy {
-            kind: WatermarkKind::None,
-            timestamps: None,
-            idleness: None,
-        }
+        WatermarkStrategy { kind: WatermarkKind::None, timestamps: None, idleness: None }
     }
     /// Timestamps increase monotonically per source subtask.
     pub fn monotonic<T>() -> WatermarkStrategy<T> {
-        WatermarkStrategy {
-            kind: WatermarkKind::Monotonic,
-            timestamps: None,
-            idleness: None,
-        }
+        WatermarkStrategy { kind: WatermarkKind::Monotonic, timestamps: None, idleness: None }
     }
     /// Records arrive at most `bound` out of order.
     pub fn bounded<T>(bound: Duration) -> WatermarkStrategy<T> {
-        WatermarkStrategy {
-            kind: WatermarkKind::Bounded(bound),
-            timestamps: None,
-            idleness: None,
-        }
+        WatermarkStrategy { kind: WatermarkKind::Bounded(bound), timestamps: None, idleness: None }
     }
 }
 
@@ -141,10 +132,7 @@ pub struct WatermarkGenerator {
 impl WatermarkGenerator {
     /// A generator following `kind`.
     pub fn new(kind: WatermarkKind) -> Self {
-        WatermarkGenerator {
-            kind,
-            max_timestamp: MIN_WATERMARK,
-        }
+        WatermarkGenerator { kind, max_timestamp: MIN_WATERMARK }
     }
     /// Records a timestamp.
     #[inline]
@@ -161,17 +149,45 @@ impl WatermarkGenerator {
         match self.kind {
             WatermarkKind::None => MIN_WATERMARK,
             WatermarkKind::Monotonic => self.max_timestamp - 1,
-            WatermarkKind::Bounded(bound) => {
-                self.max_timestamp - bound.as_millis() as Timestamp - 1
-            }
+            WatermarkKind::Bounded(bound) => self.max_timestamp - bound.as_millis() as Timestamp - 1,
         }
+    }
+}
+
+/// What a task tells the checkpoint coordinator.
+#[derive(Debug)]
+pub struct TaskReport {
+    /// The task's index in the job.
+    pub task: usize,
+    /// The barrier the task has passed (`Some`), or `None`: the task has finished.
+    pub checkpoint: Option<u64>,
+    /// The state of the task's operators at that point.
+    pub states: Vec<SubtaskState>,
+}
+
+/// A task's link to the checkpoint coordinator.
+pub struct TaskControl {
+    /// The task's index in the job.
+    pub task: usize,
+    /// Barriers to inject (source tasks only).
+    pub barriers: Option<Receiver<Barrier>>,
+    /// Where reports go.
+    pub reports: Sender<TaskReport>,
+}
+
+impl TaskControl {
+    /// Reports a passed barrier (or the end, with `checkpoint` `None`) and the states.
+    pub fn report(&self, checkpoint: Option<u64>, states: Vec<SubtaskState>) {
+        // The coordinator is gone only when the job is being torn down.
+        let _ = self.reports.send(TaskReport { task: self.task, checkpoint, states });
     }
 }
 
 /// A runnable source subtask, type-erased for the runtime.
 pub trait SourceTask: Send {
-    /// Reads until the input ends, the job is cancelled or an error occurs.
-    fn run(&mut self, cancelled: &AtomicBool) -> TaskResult;
+    /// Reads until the input ends, the job is cancelled or an error occurs, injecting the
+    /// barriers `control` delivers.
+    fn run(&mut self, cancelled: &AtomicBool, control: &TaskControl) -> TaskResult;
 }
 
 /// Drives one source subtask: polls its reader, assigns timestamps, emits periodic
@@ -191,8 +207,30 @@ pub struct SourceRunner<T> {
     pub tick: Duration,
 }
 
+impl<T: Send + 'static> SourceRunner<T> {
+    fn position(&self) -> Vec<SubtaskState> {
+        self.reader
+            .position()
+            .map(|p| SubtaskState {
+                operator: self.info.state_id.to_string(),
+                subtask: self.info.index,
+                state: OperatorState::Plain(p),
+            })
+            .into_iter()
+            .collect()
+    }
+
+    /// Ends the stream and reports the final state.
+    fn finish(&mut self, control: &TaskControl) -> TaskResult {
+        let mut states = self.position();
+        self.output.end(&mut states)?;
+        control.report(None, states);
+        Ok(())
+    }
+}
+
 impl<T: Send + 'static> SourceTask for SourceRunner<T> {
-    fn run(&mut self, cancelled: &AtomicBool) -> TaskResult {
+    fn run(&mut self, cancelled: &AtomicBool, control: &TaskControl) -> TaskResult {
         let mut generator = WatermarkGenerator::new(self.strategy.kind);
         let mut emitted_watermark = MIN_WATERMARK;
         let mut last_watermark = Instant::now();
@@ -205,18 +243,22 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 // Cancelled: end the stream without the final watermark, so that no window
                 // fires for input that was never read.
                 self.output.flush()?;
-                return self.output.end();
+                return self.finish(control);
+            }
+            if let Some(barriers) = &control.barriers {
+                while let Ok(barrier) = barriers.try_recv() {
+                    let mut states = self.position();
+                    self.output.barrier(barrier, &mut states)?;
+                    control.report(Some(barrier.id), states);
+                }
             }
             let mut batch = Vec::with_capacity(batch_size);
-            let poll =
-                self.reader
-                    .poll(&mut batch, batch_size)
-                    .map_err(|source| TaskError::Io {
-                        operator: self.info.operator.to_string(),
-                        subtask: self.info.index,
-                        what: "reading the source".into(),
-                        source,
-                    })?;
+            let poll = self.reader.poll(&mut batch, batch_size).map_err(|source| TaskError::Io {
+                operator: self.info.operator.to_string(),
+                subtask: self.info.index,
+                what: "reading the source".into(),
+                source,
+            })?;
             let now = Instant::now();
             match poll {
                 Poll::Ready => {
@@ -254,12 +296,10 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 Poll::Finished => {
                     self.output.flush()?;
                     self.output.watermark(MAX_WATERMARK)?;
-                    return self.output.end();
+                    return self.finish(control);
                 }
             }
-            if self.watermark_interval.is_zero()
-                || now.duration_since(last_watermark) >= self.watermark_interval
-            {
+            if self.watermark_interval.is_zero() || now.duration_since(last_watermark) >= self.watermark_interval {
                 last_watermark = now;
                 let watermark = generator.current();
                 if watermark > emitted_watermark {

@@ -12,6 +12,7 @@
 
 use crate::error::TaskResult;
 use crate::operator::{Input, Link, Operator, SubtaskInfo};
+use crate::snapshot::{Barrier, Restored, SubtaskState};
 use sluice_types::{Record, Timestamp};
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +25,8 @@ pub enum Event<T> {
     Watermark(Timestamp),
     /// Idleness passed on.
     Idle(bool),
+    /// A checkpoint barrier passed on.
+    Barrier(u64),
     /// End of input passed on.
     End,
 }
@@ -56,7 +59,10 @@ impl<T: Send> Input<T> for Capture<T> {
     fn flush(&mut self) -> TaskResult {
         Ok(())
     }
-    fn end(&mut self) -> TaskResult {
+    fn barrier(&mut self, barrier: Barrier, _states: &mut Vec<SubtaskState>) -> TaskResult {
+        self.push(Event::Barrier(barrier.id))
+    }
+    fn end(&mut self, _states: &mut Vec<SubtaskState>) -> TaskResult {
         self.push(Event::End)
     }
 }
@@ -70,9 +76,18 @@ pub struct OperatorHarness<In, Out> {
 impl<In: Send + 'static, Out: Send + 'static> OperatorHarness<In, Out> {
     /// A harness around `operator`, as subtask 0 of 1.
     pub fn new(operator: impl Operator<In, Out> + 'static) -> Self {
+        Self::restored(operator, None)
+    }
+
+    /// A harness around `operator` restored from `state` (as a restart would).
+    pub fn restored(mut operator: impl Operator<In, Out> + 'static, state: Option<Restored>) -> Self {
+        if let Some(state) = state {
+            operator.restore(state);
+        }
         let events = Arc::new(Mutex::new(Vec::new()));
         let info = SubtaskInfo {
             operator: Arc::from("under-test"),
+            state_id: Arc::from("under-test"),
             index: 0,
             parallelism: 1,
             max_parallelism: sluice_types::DEFAULT_MAX_PARALLELISM,
@@ -104,9 +119,18 @@ impl<In: Send + 'static, Out: Send + 'static> OperatorHarness<In, Out> {
         self.link.flush().expect("operator failed");
     }
 
-    /// Ends the input.
-    pub fn end(&mut self) {
-        self.link.end().expect("operator failed");
+    /// Ends the input; returns the final state.
+    pub fn end(&mut self) -> Vec<SubtaskState> {
+        let mut states = Vec::new();
+        self.link.end(&mut states).expect("operator failed");
+        states
+    }
+
+    /// Passes a checkpoint barrier; returns the operator's state at it.
+    pub fn checkpoint(&mut self, id: u64) -> Vec<SubtaskState> {
+        let mut states = Vec::new();
+        self.link.barrier(Barrier { id, timestamp: 0 }, &mut states).expect("operator failed");
+        states
     }
 
     /// Everything emitted since the last call.

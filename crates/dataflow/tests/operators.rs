@@ -2,9 +2,9 @@
 //! checked in order.
 
 use sluice_dataflow::operators::{
-    AggregateWindow, Count, DropLate, KeyFn, KeyedContext, KeyedProcessFunction,
-    KeyedProcessOperator, LateToSideOutput, ProcessWindow, ReduceWindow, RollingReduce,
-    WindowAssigner, WindowOperator, WindowOutput, WindowTime,
+    AggregateWindow, Count, DropLate, KeyFn, KeyedContext, KeyedProcessFunction, KeyedProcessOperator,
+    LateToSideOutput, ProcessWindow, ReduceWindow, RollingReduce, WindowAssigner, WindowOperator, WindowOutput,
+    WindowTime,
 };
 use sluice_dataflow::testing::{Event, OperatorHarness};
 use sluice_types::{TimeWindow, Timestamp};
@@ -16,32 +16,20 @@ fn key() -> KeyFn<Pair, u32> {
     Arc::new(|p: &Pair| p.0)
 }
 
-fn counting(
-    assigner: WindowAssigner,
-    lateness: i64,
-) -> OperatorHarness<Pair, WindowOutput<(u32, i64, u64), Pair>> {
+fn counting(assigner: WindowAssigner, lateness: i64) -> OperatorHarness<Pair, WindowOutput<(u32, i64, u64), Pair>> {
     let finish = Arc::new(|k: &u32, w: &TimeWindow, n: u64| (*k, w.start, n));
     OperatorHarness::new(WindowOperator::<_, _, _, LateToSideOutput>::new(
         key(),
         assigner,
         WindowTime::EventTime,
         lateness,
-        AggregateWindow {
-            aggregate: Count,
-            finish,
-        },
+        AggregateWindow { aggregate: Count, finish },
     ))
 }
 
 #[test]
 fn tumbling_window_fires_when_the_watermark_passes_its_end() {
-    let mut h = counting(
-        WindowAssigner::Tumbling {
-            size: 10,
-            offset: 0,
-        },
-        0,
-    );
+    let mut h = counting(WindowAssigner::Tumbling { size: 10, offset: 0 }, 0);
     h.push((1, 0), 3);
     h.push((1, 0), 9);
     h.push((2, 0), 12);
@@ -49,35 +37,17 @@ fn tumbling_window_fires_when_the_watermark_passes_its_end() {
     h.watermark(8);
     assert_eq!(h.take(), vec![Event::Watermark(8)]);
     h.watermark(9);
-    assert_eq!(
-        h.take(),
-        vec![
-            Event::Record(WindowOutput::Result((1, 0, 2)), 9),
-            Event::Watermark(9)
-        ]
-    );
+    assert_eq!(h.take(), vec![Event::Record(WindowOutput::Result((1, 0, 2)), 9), Event::Watermark(9)]);
     // Late: its window [0, 10) is gone.
     h.push((1, 7), 5);
     assert_eq!(h.take(), vec![Event::Record(WindowOutput::Late((1, 7)), 5)]);
     h.watermark(i64::MAX);
-    assert_eq!(
-        h.take(),
-        vec![
-            Event::Record(WindowOutput::Result((2, 10, 1)), 19),
-            Event::Watermark(i64::MAX)
-        ]
-    );
+    assert_eq!(h.take(), vec![Event::Record(WindowOutput::Result((2, 10, 1)), 19), Event::Watermark(i64::MAX)]);
 }
 
 #[test]
 fn allowed_lateness_refires_then_drops() {
-    let mut h = counting(
-        WindowAssigner::Tumbling {
-            size: 10,
-            offset: 0,
-        },
-        5,
-    );
+    let mut h = counting(WindowAssigner::Tumbling { size: 10, offset: 0 }, 5);
     h.push((1, 0), 1);
     h.watermark(9);
     assert_eq!(h.take_records(), vec![(WindowOutput::Result((1, 0, 1)), 9)]);
@@ -92,11 +62,7 @@ fn allowed_lateness_refires_then_drops() {
 fn sliding_windows_hold_a_record_in_each_overlapping_window() {
     let mut h = OperatorHarness::new(WindowOperator::<_, _, _, DropLate>::new(
         key(),
-        WindowAssigner::Sliding {
-            size: 10,
-            slide: 5,
-            offset: 0,
-        },
+        WindowAssigner::Sliding { size: 10, slide: 5, offset: 0 },
         WindowTime::EventTime,
         0,
         ReduceWindow(Arc::new(|a: Pair, b: Pair| (a.0, a.1 + b.1))),
@@ -104,10 +70,7 @@ fn sliding_windows_hold_a_record_in_each_overlapping_window() {
     h.push((1, 1), 7);
     h.push((1, 10), 12);
     h.watermark(i64::MAX);
-    assert_eq!(
-        h.take_records(),
-        vec![((1, 1), 9), ((1, 11), 14), ((1, 10), 19)]
-    );
+    assert_eq!(h.take_records(), vec![((1, 1), 9), ((1, 11), 14), ((1, 10), 19)]);
 }
 
 #[test]
@@ -117,9 +80,7 @@ fn session_windows_merge_when_a_record_bridges_them() {
         WindowAssigner::Session { gap: 10 },
         WindowTime::EventTime,
         0,
-        ProcessWindow(Arc::new(|k: &u32, w: &TimeWindow, all: &[Pair]| {
-            vec![(*k, w.start, w.end, all.len())]
-        })),
+        ProcessWindow(Arc::new(|k: &u32, w: &TimeWindow, all: &[Pair]| vec![(*k, w.start, w.end, all.len())])),
     ));
     h.push((1, 0), 0);
     h.push((1, 0), 25);
@@ -129,10 +90,7 @@ fn session_windows_merge_when_a_record_bridges_them() {
     assert_eq!(h.take_records(), vec![]);
     h.push((1, 0), 9); // [9, 19) bridges [0, 10) and [14, 24) into [0, 24)
     h.watermark(40);
-    assert_eq!(
-        h.take_records(),
-        vec![((1, 0, 24, 3), 23), ((1, 25, 35, 1), 34)]
-    );
+    assert_eq!(h.take_records(), vec![((1, 0, 24, 3), 23), ((1, 25, 35, 1), 34)]);
     h.watermark(i64::MAX);
     assert_eq!(h.take_records(), vec![((1, 100, 110, 1), 109)]);
 }
@@ -141,16 +99,10 @@ fn session_windows_merge_when_a_record_bridges_them() {
 fn processing_time_windows_fire_on_the_clock_and_at_the_end() {
     let mut h = OperatorHarness::new(WindowOperator::<_, _, _, DropLate>::new(
         key(),
-        WindowAssigner::Tumbling {
-            size: 3_600_000,
-            offset: 0,
-        },
+        WindowAssigner::Tumbling { size: 3_600_000, offset: 0 },
         WindowTime::ProcessingTime,
         0,
-        AggregateWindow {
-            aggregate: Count,
-            finish: Arc::new(|k: &u32, _: &TimeWindow, n: u64| (*k, n)),
-        },
+        AggregateWindow { aggregate: Count, finish: Arc::new(|k: &u32, _: &TimeWindow, n: u64| (*k, n)) },
     ));
     h.push((4, 0), 0);
     h.push((4, 0), 0);
@@ -158,14 +110,7 @@ fn processing_time_windows_fire_on_the_clock_and_at_the_end() {
     assert_eq!(h.take_records(), vec![]);
     h.end();
     assert_eq!(
-        h.take()
-            .into_iter()
-            .map(|e| if let Event::Record(v, _) = e {
-                Some(v)
-            } else {
-                None
-            })
-            .collect::<Vec<_>>(),
+        h.take().into_iter().map(|e| if let Event::Record(v, _) = e { Some(v) } else { None }).collect::<Vec<_>>(),
         vec![Some((4, 2)), None]
     );
 }
@@ -213,36 +158,19 @@ fn keyed_process_function_with_state_and_event_time_timers() {
 
 #[test]
 fn rolling_reduce_emits_every_update() {
-    let mut h = OperatorHarness::new(RollingReduce::new(key(), |a: Pair, b: Pair| {
-        (a.0, a.1 + b.1)
-    }));
+    let mut h = OperatorHarness::new(RollingReduce::new(key(), |a: Pair, b: Pair| (a.0, a.1 + b.1)));
     h.push_batch(vec![
         sluice_types::Record::new((1, 1), 0),
         sluice_types::Record::new((2, 5), 0),
         sluice_types::Record::new((1, 2), 0),
     ]);
-    assert_eq!(
-        h.take_records(),
-        vec![((1, 1), 0), ((2, 5), 0), ((1, 3), 0)]
-    );
+    assert_eq!(h.take_records(), vec![((1, 1), 0), ((2, 5), 0), ((1, 3), 0)]);
 }
 
 #[test]
 fn a_record_without_timestamp_in_an_event_time_window_is_a_clear_failure() {
-    let mut h = counting(
-        WindowAssigner::Tumbling {
-            size: 10,
-            offset: 0,
-        },
-        0,
-    );
-    let result =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.push((1, 0), i64::MIN)));
-    let message = format!(
-        "{:?}",
-        result
-            .err()
-            .and_then(|p| p.downcast_ref::<String>().cloned())
-    );
+    let mut h = counting(WindowAssigner::Tumbling { size: 10, offset: 0 }, 0);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.push((1, 0), i64::MIN)));
+    let message = format!("{:?}", result.err().and_then(|p| p.downcast_ref::<String>().cloned()));
     assert!(message.contains("with_timestamps"), "{message}");
 }

@@ -23,17 +23,11 @@ pub struct Plan {
 /// Whether the edge into `node` from its producer is pointwise (subtask i feeds subtask i).
 pub fn is_pointwise(graph: &JobGraph, node: NodeId, edge: usize) -> bool {
     let e = &graph.nodes[node.0].inputs[edge];
-    matches!(e.partitioning, Partitioning::Forward)
-        && graph.parallelism_of(e.from) == graph.parallelism_of(node)
+    matches!(e.partitioning, Partitioning::Forward) && graph.parallelism_of(e.from) == graph.parallelism_of(node)
 }
 
 /// The producer subtasks that feed subtask `subtask` of `node` through input `edge`.
-pub fn feeding_subtasks(
-    graph: &JobGraph,
-    node: NodeId,
-    edge: usize,
-    subtask: usize,
-) -> std::ops::Range<usize> {
+pub fn feeding_subtasks(graph: &JobGraph, node: NodeId, edge: usize, subtask: usize) -> std::ops::Range<usize> {
     if is_pointwise(graph, node, edge) {
         subtask..subtask + 1
     } else {
@@ -43,25 +37,15 @@ pub fn feeding_subtasks(
 
 /// The channel index at subtask `subtask` of `node` of producer subtask `from_subtask`
 /// on input `edge`: channels are numbered edge by edge, producer subtask by subtask.
-pub fn channel_index(
-    graph: &JobGraph,
-    node: NodeId,
-    edge: usize,
-    subtask: usize,
-    from_subtask: usize,
-) -> u32 {
-    let before: usize = (0..edge)
-        .map(|e| feeding_subtasks(graph, node, e, subtask).len())
-        .sum();
+pub fn channel_index(graph: &JobGraph, node: NodeId, edge: usize, subtask: usize, from_subtask: usize) -> u32 {
+    let before: usize = (0..edge).map(|e| feeding_subtasks(graph, node, e, subtask).len()).sum();
     let range = feeding_subtasks(graph, node, edge, subtask);
     (before + from_subtask - range.start) as u32
 }
 
 /// The number of input channels of subtask `subtask` of `node`.
 pub fn channel_count(graph: &JobGraph, node: NodeId, subtask: usize) -> usize {
-    (0..graph.nodes[node.0].inputs.len())
-        .map(|e| feeding_subtasks(graph, node, e, subtask).len())
-        .sum()
+    (0..graph.nodes[node.0].inputs.len()).map(|e| feeding_subtasks(graph, node, e, subtask).len()).sum()
 }
 
 /// Chains operators into tasks: a node joins its producer's chain when it has that one
@@ -84,10 +68,7 @@ pub fn plan(graph: &JobGraph) -> Plan {
             chain_of.push(chain);
         } else {
             chain_of.push(chains.len());
-            chains.push(PlannedChain {
-                nodes: vec![node.id],
-                parallelism: graph.parallelism_of(node.id),
-            });
+            chains.push(PlannedChain { nodes: vec![node.id], parallelism: graph.parallelism_of(node.id) });
         }
     }
     Plan { chains, chain_of }

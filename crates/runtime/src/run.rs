@@ -3,8 +3,8 @@
 use crate::plan::{channel_count, channel_index, feeding_subtasks, is_pointwise, plan};
 use crate::task::run_inbox_task;
 use sluice_dataflow::{
-    AnyInput, Envelope, ErasedInput, GraphError, JobGraph, NodeKind, OutEdge, Partitioning,
-    SourceTask, SubtaskInfo, Target, TaskError,
+    AnyInput, Envelope, ErasedInput, GraphError, JobGraph, NodeKind, OutEdge, Partitioning, SourceTask, SubtaskInfo,
+    Target, TaskError,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -91,22 +91,15 @@ impl JobHandle {
                 self.stop_sources.store(true, Ordering::SeqCst);
             }
         }
-        let mut errors =
-            std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut errors = std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()));
         // The first failure is the cause; disconnections are its echoes in other tasks.
         let primary = errors.iter().position(|e| !e.is_secondary());
         if let Some(i) = primary {
-            return Err(JobError::Task {
-                job: self.name,
-                source: errors.swap_remove(i),
-            });
+            return Err(JobError::Task { job: self.name, source: errors.swap_remove(i) });
         }
         if let Some(e) = errors.pop() {
             if !self.cancelled.load(Ordering::SeqCst) {
-                return Err(JobError::Task {
-                    job: self.name,
-                    source: e,
-                });
+                return Err(JobError::Task { job: self.name, source: e });
             }
         }
         tracing::info!(job = %self.name, elapsed_ms = self.started.elapsed().as_millis() as u64, "job finished");
@@ -126,11 +119,7 @@ pub fn run(graph: JobGraph) -> Result<JobResult, JobError> {
 
 enum Work {
     Source(Box<dyn SourceTask>),
-    Inbox {
-        head: Box<dyn ErasedInput>,
-        inbox: Receiver<Envelope>,
-        channels: usize,
-    },
+    Inbox { head: Box<dyn ErasedInput>, inbox: Receiver<Envelope>, channels: usize },
 }
 
 /// Starts the job and returns at once.
@@ -146,21 +135,13 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
         .map(|chain| {
             let head = &graph.nodes[chain.nodes[0].0];
             (0..chain.parallelism)
-                .map(|_| {
-                    (head.imp.kind() != NodeKind::Source)
-                        .then(|| sync_channel(config.channel_capacity))
-                })
+                .map(|_| (head.imp.kind() != NodeKind::Source).then(|| sync_channel(config.channel_capacity)))
                 .collect()
         })
         .collect();
     let senders: Vec<Vec<Option<SyncSender<Envelope>>>> = inboxes
         .iter()
-        .map(|subtasks| {
-            subtasks
-                .iter()
-                .map(|i| i.as_ref().map(|(tx, _)| tx.clone()))
-                .collect()
-        })
+        .map(|subtasks| subtasks.iter().map(|i| i.as_ref().map(|(tx, _)| tx.clone())).collect())
         .collect();
     let consumers = graph.consumers();
 
@@ -181,13 +162,9 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
                 for &(consumer, edge) in &consumers[tail.id.0] {
                     let consumer_chain = plan.chain_of[consumer.0];
                     let targets: Vec<Target> = (0..graph.parallelism_of(consumer))
-                        .filter(|&to| {
-                            feeding_subtasks(&graph, consumer, edge, to).contains(&subtask)
-                        })
+                        .filter(|&to| feeding_subtasks(&graph, consumer, edge, to).contains(&subtask))
                         .map(|to| Target {
-                            inbox: senders[consumer_chain][to]
-                                .clone()
-                                .expect("a consumer has an inbox"),
+                            inbox: senders[consumer_chain][to].clone().expect("a consumer has an inbox"),
                             channel: channel_index(&graph, consumer, edge, to, subtask),
                         })
                         .collect();
@@ -196,9 +173,7 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
                         Partitioning::Hash(hash) => OutEdge::Hash(hash.clone(), targets),
                         Partitioning::Broadcast => OutEdge::Broadcast(targets),
                         Partitioning::Forward | Partitioning::Rebalance => {
-                            debug_assert!(
-                                !is_pointwise(&graph, consumer, edge) || targets.len() == 1
-                            );
+                            debug_assert!(!is_pointwise(&graph, consumer, edge) || targets.len() == 1);
                             OutEdge::RoundRobin(rotate(targets, subtask))
                         }
                     });
@@ -215,22 +190,15 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
                         let task = node
                             .imp
                             .source(stage.expect("a source feeds a stage"), &info, &config)
-                            .map_err(|source| JobError::Task {
-                                job: graph.name.clone(),
-                                source,
-                            })?;
+                            .map_err(|source| JobError::Task { job: graph.name.clone(), source })?;
                         source = Some(task);
                     }
                     _ => {
-                        next =
-                            Some(
-                                node.imp
-                                    .link(stage, &info)
-                                    .map_err(|source| JobError::Task {
-                                        job: graph.name.clone(),
-                                        source,
-                                    })?,
-                            )
+                        next = Some(
+                            node.imp
+                                .link(stage, &info)
+                                .map_err(|source| JobError::Task { job: graph.name.clone(), source })?,
+                        )
                     }
                 }
             }
@@ -241,9 +209,7 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
                 None => {
                     let (_, inbox) = inbox.take().expect("one inbox per subtask");
                     Work::Inbox {
-                        head: graph.nodes[head_node.0]
-                            .imp
-                            .head(next.take().expect("a chain has a head stage")),
+                        head: graph.nodes[head_node.0].imp.head(next.take().expect("a chain has a head stage")),
                         inbox,
                         channels: channel_count(&graph, head_node, subtask),
                     }
@@ -267,26 +233,20 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
         let abort_on_spawn_failure = abort.clone();
         let tick = config.tick;
         let thread_name = format!("sluice:{name}");
-        let spawned = std::thread::Builder::new()
-            .name(thread_name)
-            .spawn(move || {
-                let result = match job {
-                    Work::Source(mut task) => task.run(&stop_sources),
-                    Work::Inbox {
-                        mut head,
-                        inbox,
-                        channels,
-                    } => run_inbox_task(&mut *head, inbox, channels, &abort, tick),
-                };
-                if let Err(error) = result {
-                    if !error.is_secondary() {
-                        tracing::error!(task = %name, error = %error, "task failed");
-                    }
-                    abort.store(true, Ordering::SeqCst);
-                    stop_sources.store(true, Ordering::SeqCst);
-                    errors.lock().unwrap_or_else(|e| e.into_inner()).push(error);
+        let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
+            let result = match job {
+                Work::Source(mut task) => task.run(&stop_sources),
+                Work::Inbox { mut head, inbox, channels } => run_inbox_task(&mut *head, inbox, channels, &abort, tick),
+            };
+            if let Err(error) = result {
+                if !error.is_secondary() {
+                    tracing::error!(task = %name, error = %error, "task failed");
                 }
-            });
+                abort.store(true, Ordering::SeqCst);
+                stop_sources.store(true, Ordering::SeqCst);
+                errors.lock().unwrap_or_else(|e| e.into_inner()).push(error);
+            }
+        });
         match spawned {
             Ok(t) => threads.push(t),
             Err(e) => {
@@ -296,15 +256,7 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
         }
     }
     tracing::info!(job = %graph.name, tasks = threads.len(), "job started");
-    Ok(JobHandle {
-        name: graph.name,
-        started,
-        stop_sources,
-        cancelled,
-        abort,
-        errors,
-        threads,
-    })
+    Ok(JobHandle { name: graph.name, started, stop_sources, cancelled, abort, errors, threads })
 }
 
 fn rotate(mut targets: Vec<Target>, by: usize) -> Vec<Target> {

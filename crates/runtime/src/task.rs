@@ -26,14 +26,7 @@ pub(crate) struct Alignment {
 impl Alignment {
     pub(crate) fn new(channels: usize) -> Self {
         Alignment {
-            channels: vec![
-                Channel {
-                    watermark: MIN_WATERMARK,
-                    idle: false,
-                    ended: false
-                };
-                channels
-            ],
+            channels: vec![Channel { watermark: MIN_WATERMARK, idle: false, ended: false }; channels],
             watermark: MIN_WATERMARK,
             idle: false,
             open: channels,
@@ -42,12 +35,7 @@ impl Alignment {
 
     /// The combined watermark if it advanced.
     fn advanced(&mut self) -> Option<Timestamp> {
-        let min = self
-            .channels
-            .iter()
-            .filter(|c| !c.idle && !c.ended)
-            .map(|c| c.watermark)
-            .min()?;
+        let min = self.channels.iter().filter(|c| !c.idle && !c.ended).map(|c| c.watermark).min()?;
         (min > self.watermark).then(|| {
             self.watermark = min;
             min
@@ -55,22 +43,14 @@ impl Alignment {
     }
 
     /// Records a channel's watermark; returns the combined watermark if it advanced.
-    pub(crate) fn on_watermark(
-        &mut self,
-        channel: usize,
-        watermark: Timestamp,
-    ) -> Option<Timestamp> {
+    pub(crate) fn on_watermark(&mut self, channel: usize, watermark: Timestamp) -> Option<Timestamp> {
         let c = &mut self.channels[channel];
         c.watermark = c.watermark.max(watermark);
         self.advanced()
     }
 
     /// Records a channel's idleness; returns (watermark if advanced, new task idleness if changed).
-    pub(crate) fn on_idle(
-        &mut self,
-        channel: usize,
-        idle: bool,
-    ) -> (Option<Timestamp>, Option<bool>) {
+    pub(crate) fn on_idle(&mut self, channel: usize, idle: bool) -> (Option<Timestamp>, Option<bool>) {
         self.channels[channel].idle = idle;
         let all_idle = self.channels.iter().all(|c| c.idle || c.ended);
         let change = (all_idle != self.idle).then(|| {

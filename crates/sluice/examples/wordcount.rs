@@ -47,15 +47,10 @@ fn sentence(i: u64) -> (String, i64) {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let env = StreamEnv::new();
     env.set_parallelism(2);
-    let strategy =
-        Watermarks::bounded(Duration::from_millis(50)).with_timestamps(|s: &(String, i64)| s.1);
+    let strategy = Watermarks::bounded(Duration::from_millis(50)).with_timestamps(|s: &(String, i64)| s.1);
     let sentences = env.source(GeneratorSource::new(0..6_000, sentence), strategy);
     let counts = sentences
-        .flat_map(|(text, _)| {
-            text.split_whitespace()
-                .map(|w| (w.to_lowercase(), 1u64))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|(text, _)| text.split_whitespace().map(|w| (w.to_lowercase(), 1u64)).collect::<Vec<_>>())
         .key_by(|(word, _)| word.clone())
         .window(Tumbling::event_time(Duration::from_secs(1)))
         .reduce(|a, b| (a.0, a.1 + b.1))
@@ -68,11 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut top = counts.to_vec();
             top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             let total: u64 = counts.iter().map(|c| c.1).sum();
-            let shown: Vec<String> = top
-                .iter()
-                .take(5)
-                .map(|(w, n)| format!("{w}={n}"))
-                .collect();
+            let shown: Vec<String> = top.iter().take(5).map(|(w, n)| format!("{w}={n}")).collect();
             vec![format!(
                 "window [{:>5} ms, {:>5} ms): {total:>4} words, top: {}",
                 window.start,
@@ -84,10 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .sink(LinePrinter)
         .parallelism(1);
     let result = env.execute("windowed word count")?;
-    eprintln!(
-        "finished in {:.2?} with {} tasks",
-        result.duration, result.tasks
-    );
+    eprintln!("finished in {:.2?} with {} tasks", result.duration, result.tasks);
     Ok(())
 }
 

@@ -33,8 +33,8 @@ pub use sluice_state as state;
 pub use sluice_types as types;
 
 pub use sluice_api::{
-    DataStream, DataStreamSink, IntervalJoin, JoinSide, KeyedStream, OutputTag, Session, Sliding,
-    StreamEnv, Tumbling, WindowSpec, WindowedStream,
+    DataStream, DataStreamSink, IntervalJoin, JoinSide, KeyedStream, OutputTag, Session, Sliding, StreamEnv, Tumbling,
+    WindowSpec, WindowedStream,
 };
 pub use sluice_runtime::{JobError, JobHandle, JobResult};
 
@@ -44,16 +44,13 @@ use std::sync::{Mutex, OnceLock};
 pub mod prelude {
     pub use crate::Execute;
     pub use sluice_api::{
-        DataStream, JoinSide, KeyedStream, OutputTag, Session, Sliding, StreamEnv, Tumbling,
-        WindowSpec, WindowedStream,
+        DataStream, JoinSide, KeyedStream, OutputTag, Session, Sliding, StreamEnv, Tumbling, WindowSpec, WindowedStream,
     };
     pub use sluice_connectors::{
-        CollectionSource, DiscardSink, GeneratorSource, SequenceSource, SocketTextSource,
-        StdoutSink, TextFileSink, TextFileSource,
+        CollectionSource, DiscardSink, GeneratorSource, SequenceSource, SocketTextSource, StdoutSink, TextFileSink,
+        TextFileSource,
     };
-    pub use sluice_dataflow::operators::{
-        AggregateFunction, Count, KeyedContext, KeyedProcessFunction,
-    };
+    pub use sluice_dataflow::operators::{AggregateFunction, Count, KeyedContext, KeyedProcessFunction};
     pub use sluice_dataflow::{Sink, SinkWriter, Source, SourceReader, Watermarks};
     pub use sluice_state::TimeDomain;
     pub use sluice_types::{Record, TimeWindow, Timestamp};
@@ -92,15 +89,9 @@ impl Execute for StreamEnv {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let handle = self.execute_async(name)?;
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        running_jobs()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((id, Box::new(handle.canceller())));
+        running_jobs().lock().unwrap_or_else(|e| e.into_inner()).push((id, Box::new(handle.canceller())));
         let result = handle.join();
-        running_jobs()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(i, _)| *i != id);
+        running_jobs().lock().unwrap_or_else(|e| e.into_inner()).retain(|(i, _)| *i != id);
         result
     }
 

@@ -15,14 +15,7 @@ type Event = (u32, u64, i64);
 
 /// Events 1 ms apart on average, shuffled by up to `jitter` ms; every `late_every`-th
 /// event is moved `late_by` ms into the past.
-fn events(
-    rng: &mut Rng,
-    n: usize,
-    keys: u64,
-    jitter: i64,
-    late_every: usize,
-    late_by: i64,
-) -> Vec<Event> {
+fn events(rng: &mut Rng, n: usize, keys: u64, jitter: i64, late_every: usize, late_by: i64) -> Vec<Event> {
     (0..n)
         .map(|i| {
             let mut t = i as i64 * 3 - rng.below(jitter as u64 + 1) as i64;
@@ -45,21 +38,12 @@ fn with_seed(test: impl Fn(u64)) {
 
 /// The reference of a tumbling event-time sum with allowed lateness and a late side
 /// output, for one source read in order with a watermark after every record.
-fn reference_tumbling(
-    input: &[Event],
-    size: i64,
-    bound: i64,
-    lateness: i64,
-) -> (HashMap<(u32, i64), u64>, Vec<Event>) {
+fn reference_tumbling(input: &[Event], size: i64, bound: i64, lateness: i64) -> (HashMap<(u32, i64), u64>, Vec<Event>) {
     let mut sums = HashMap::new();
     let mut late = Vec::new();
     let mut max_seen = i64::MIN;
     for &(k, v, t) in input {
-        let watermark = if max_seen == i64::MIN {
-            i64::MIN
-        } else {
-            max_seen - bound - 1
-        };
+        let watermark = if max_seen == i64::MIN { i64::MIN } else { max_seen - bound - 1 };
         let start = window_start(t, size);
         if start + size - 1 + lateness <= watermark {
             late.push((k, v, t));
@@ -84,15 +68,12 @@ fn tumbling_windows_with_out_of_order_and_late_records_match_the_reference() {
             let env = StreamEnv::new();
             // One source subtask and a watermark after every record make lateness
             // deterministic; the windows run at `parallelism` behind a keyed exchange.
-            env.set_parallelism(parallelism)
-                .set_batch_size(1)
-                .set_watermark_interval(Duration::ZERO);
+            env.set_parallelism(parallelism).set_batch_size(1).set_watermark_interval(Duration::ZERO);
             let late_tag = OutputTag::<Event>::new("late");
             let sums = env
                 .source(
                     CollectionSource::new(input.clone()),
-                    Watermarks::bounded(Duration::from_millis(bound as u64))
-                        .with_timestamps(|e: &Event| e.2),
+                    Watermarks::bounded(Duration::from_millis(bound as u64)).with_timestamps(|e: &Event| e.2),
                 )
                 .parallelism(1)
                 .key_by(|e| e.0)
@@ -112,11 +93,7 @@ fn tumbling_windows_with_out_of_order_and_late_records_match_the_reference() {
                 got.insert((k, start), sum);
             }
             assert_eq!(got, want_sums, "parallelism {parallelism}");
-            assert_eq!(
-                sorted(late.values()),
-                sorted(want_late),
-                "parallelism {parallelism}"
-            );
+            assert_eq!(sorted(late.values()), sorted(want_late), "parallelism {parallelism}");
         }
     });
 }
@@ -150,11 +127,7 @@ fn sliding_windows_over_parallel_out_of_order_sources_match_the_reference() {
         // record is late and the result does not depend on timing.
         let event = move |i: u64| -> Event {
             let mut r = Rng::new(seed ^ i.wrapping_mul(0x9e37_79b9));
-            (
-                (r.below(13)) as u32,
-                r.below(1000),
-                (2 * i as i64 - r.below(jitter) as i64).max(0),
-            )
+            ((r.below(13)) as u32, r.below(1000), (2 * i as i64 - r.below(jitter) as i64).max(0))
         };
         let (size, slide) = (300i64, 100i64);
         let mut want: HashMap<(u32, i64), (u64, u64)> = HashMap::new();
@@ -170,43 +143,25 @@ fn sliding_windows_over_parallel_out_of_order_sources_match_the_reference() {
         }
         for parallelism in [1, 3] {
             let env = StreamEnv::new();
-            env.set_parallelism(parallelism)
-                .set_watermark_interval(Duration::from_millis(5));
+            env.set_parallelism(parallelism).set_watermark_interval(Duration::from_millis(5));
             let out = env
                 .source(
                     GeneratorSource::new(0..n, event),
-                    Watermarks::bounded(Duration::from_millis(jitter))
-                        .with_timestamps(|e: &Event| e.2),
+                    Watermarks::bounded(Duration::from_millis(jitter)).with_timestamps(|e: &Event| e.2),
                 )
                 .map(|(k, v, t)| (k, v, v, t))
                 .key_by(|e| e.0)
-                .window(Sliding::event_time(
-                    Duration::from_millis(size as u64),
-                    Duration::from_millis(slide as u64),
-                ))
+                .window(Sliding::event_time(Duration::from_millis(size as u64), Duration::from_millis(slide as u64)))
                 .reduce(|a, b| (a.0, a.1 + b.1, a.2.max(b.2), a.3))
                 .collect();
             env.execute("sliding").unwrap();
             let got: Vec<((u32, i64), (u64, u64))> = out
                 .records()
                 .into_iter()
-                .map(|r| {
-                    (
-                        (r.value.0, window_start(r.time, slide) + slide - size),
-                        (r.value.1, r.value.2),
-                    )
-                })
+                .map(|r| ((r.value.0, window_start(r.time, slide) + slide - size), (r.value.1, r.value.2)))
                 .collect();
-            assert_eq!(
-                got.len(),
-                want.len(),
-                "one result per key and window, parallelism {parallelism}"
-            );
-            assert_eq!(
-                got.into_iter().collect::<HashMap<_, _>>(),
-                want,
-                "parallelism {parallelism}"
-            );
+            assert_eq!(got.len(), want.len(), "one result per key and window, parallelism {parallelism}");
+            assert_eq!(got.into_iter().collect::<HashMap<_, _>>(), want, "parallelism {parallelism}");
         }
     });
 }
@@ -230,10 +185,7 @@ fn session_windows_merge_across_out_of_order_records() {
                 t += gap + rng.below(200) as i64;
             }
         }
-        let mut shuffled: Vec<(i64, (u32, i64))> = input
-            .iter()
-            .map(|&e| (e.1 + rng.below(40) as i64, e))
-            .collect();
+        let mut shuffled: Vec<(i64, (u32, i64))> = input.iter().map(|&e| (e.1 + rng.below(40) as i64, e)).collect();
         shuffled.sort();
         let input: Vec<(u32, i64)> = shuffled.into_iter().map(|(_, e)| e).collect();
         let mut by_key: HashMap<u32, Vec<i64>> = HashMap::new();
@@ -256,24 +208,18 @@ fn session_windows_merge_across_out_of_order_records() {
         }
         for parallelism in [1, 3] {
             let env = StreamEnv::new();
-            env.set_parallelism(parallelism)
-                .set_watermark_interval(Duration::from_millis(2));
+            env.set_parallelism(parallelism).set_watermark_interval(Duration::from_millis(2));
             let out = env
                 .source(
                     CollectionSource::new(input.clone()),
-                    Watermarks::bounded(Duration::from_millis(40))
-                        .with_timestamps(|e: &(u32, i64)| e.1),
+                    Watermarks::bounded(Duration::from_millis(40)).with_timestamps(|e: &(u32, i64)| e.1),
                 )
                 .key_by(|e| e.0)
                 .window(Session::event_time(Duration::from_millis(gap as u64)))
                 .process(|k, w, all| vec![(*k, w.start, w.end, all.len())])
                 .collect();
             env.execute("sessions").unwrap();
-            assert_eq!(
-                sorted(out.values()),
-                sorted(want.clone()),
-                "parallelism {parallelism}, seed {seed}"
-            );
+            assert_eq!(sorted(out.values()), sorted(want.clone()), "parallelism {parallelism}, seed {seed}");
         }
     });
 }
@@ -282,24 +228,10 @@ fn session_windows_merge_across_out_of_order_records() {
 fn window_join_and_interval_join_match_nested_loops() {
     with_seed(|seed| {
         let mut rng = Rng::new(seed);
-        let left: Vec<(u32, i64, u32)> = (0..800)
-            .map(|i| {
-                (
-                    rng.below(10) as u32,
-                    (i * 5 - rng.below(20) as i64).max(0),
-                    i as u32,
-                )
-            })
-            .collect();
-        let right: Vec<(u32, i64, u32)> = (0..600)
-            .map(|i| {
-                (
-                    rng.below(10) as u32,
-                    (i * 7 - rng.below(20) as i64).max(0),
-                    i as u32,
-                )
-            })
-            .collect();
+        let left: Vec<(u32, i64, u32)> =
+            (0..800).map(|i| (rng.below(10) as u32, (i * 5 - rng.below(20) as i64).max(0), i as u32)).collect();
+        let right: Vec<(u32, i64, u32)> =
+            (0..600).map(|i| (rng.below(10) as u32, (i * 7 - rng.below(20) as i64).max(0), i as u32)).collect();
         let size = 100i64;
         let (lower, upper) = (-15i64, 25i64);
         let mut want_window = Vec::new();
@@ -317,12 +249,8 @@ fn window_join_and_interval_join_match_nested_loops() {
         assert!(!want_window.is_empty() && !want_interval.is_empty());
         for parallelism in [1, 3] {
             let env = StreamEnv::new();
-            env.set_parallelism(parallelism)
-                .set_watermark_interval(Duration::from_millis(2));
-            let strategy = || {
-                Watermarks::bounded(Duration::from_millis(25))
-                    .with_timestamps(|e: &(u32, i64, u32)| e.1)
-            };
+            env.set_parallelism(parallelism).set_watermark_interval(Duration::from_millis(2));
+            let strategy = || Watermarks::bounded(Duration::from_millis(25)).with_timestamps(|e: &(u32, i64, u32)| e.1);
             let l = env.source(CollectionSource::new(left.clone()), strategy());
             let r = env.source(CollectionSource::new(right.clone()), strategy());
             let windowed = l
@@ -339,16 +267,8 @@ fn window_join_and_interval_join_match_nested_loops() {
                 .process(|a, b| (a.2, b.2))
                 .collect();
             env.execute("joins").unwrap();
-            assert_eq!(
-                sorted(windowed.values()),
-                sorted(want_window.clone()),
-                "window join, p {parallelism}"
-            );
-            assert_eq!(
-                sorted(interval.values()),
-                sorted(want_interval.clone()),
-                "interval join, p {parallelism}"
-            );
+            assert_eq!(sorted(windowed.values()), sorted(want_window.clone()), "window join, p {parallelism}");
+            assert_eq!(sorted(interval.values()), sorted(want_interval.clone()), "interval join, p {parallelism}");
         }
     });
 }
@@ -359,11 +279,7 @@ fn window_join_and_interval_join_match_nested_loops() {
 struct Bursts;
 
 impl KeyedProcessFunction<u32, (u32, i64), (u32, usize, i64)> for Bursts {
-    fn process_element(
-        &mut self,
-        e: (u32, i64),
-        ctx: &mut KeyedContext<'_, u32, (u32, usize, i64)>,
-    ) {
+    fn process_element(&mut self, e: (u32, i64), ctx: &mut KeyedContext<'_, u32, (u32, usize, i64)>) {
         ctx.list_state::<i64>("times").add(e.1);
         if let Some(old) = ctx.value_state::<i64>("due").clear() {
             ctx.delete_event_time_timer(old);
@@ -377,17 +293,8 @@ impl KeyedProcessFunction<u32, (u32, i64), (u32, usize, i64)> for Bursts {
     fn on_timer(&mut self, _time: Timestamp, ctx: &mut KeyedContext<'_, u32, (u32, usize, i64)>) {
         let times = ctx.list_state::<i64>("times").clear();
         ctx.value_state::<i64>("due").clear();
-        let parity: u64 = ctx
-            .map_state::<bool, u64>("parity")
-            .entries()
-            .iter()
-            .map(|(_, n)| n)
-            .sum();
-        assert_eq!(
-            parity as usize,
-            times.len(),
-            "map state agrees with list state"
-        );
+        let parity: u64 = ctx.map_state::<bool, u64>("parity").entries().iter().map(|(_, n)| n).sum();
+        assert_eq!(parity as usize, times.len(), "map state agrees with list state");
         ctx.map_state::<bool, u64>("parity").clear();
         let key = *ctx.key();
         ctx.emit((key, times.len(), times[0]));
@@ -398,9 +305,7 @@ impl KeyedProcessFunction<u32, (u32, i64), (u32, usize, i64)> for Bursts {
 fn keyed_state_and_event_time_timers_match_the_reference() {
     // Event i at i ms; in each 600 ms block three keys take turns (gaps of 3 ms), and a
     // key's next block is 1800 ms later: bursts are the blocks.
-    let input: Vec<(u32, i64)> = (0..12_000i64)
-        .map(|i| (3 * ((i / 600) % 4) as u32 + (i % 3) as u32, i))
-        .collect();
+    let input: Vec<(u32, i64)> = (0..12_000i64).map(|i| (3 * ((i / 600) % 4) as u32 + (i % 3) as u32, i)).collect();
     let mut want = Vec::new();
     let mut last: HashMap<u32, (usize, i64, i64)> = HashMap::new();
     for &(k, t) in &input {
@@ -421,24 +326,15 @@ fn keyed_state_and_event_time_timers_match_the_reference() {
     want.extend(last.into_iter().map(|(k, b)| (k, b.0, b.1)));
     for parallelism in [1, 3] {
         let env = StreamEnv::new();
-        env.set_parallelism(parallelism)
-            .set_batch_size(1)
-            .set_watermark_interval(Duration::ZERO);
+        env.set_parallelism(parallelism).set_batch_size(1).set_watermark_interval(Duration::ZERO);
         let out = env
-            .source(
-                CollectionSource::new(input.clone()),
-                Watermarks::monotonic().with_timestamps(|e: &(u32, i64)| e.1),
-            )
+            .source(CollectionSource::new(input.clone()), Watermarks::monotonic().with_timestamps(|e: &(u32, i64)| e.1))
             .parallelism(1)
             .key_by(|e| e.0)
             .process(Bursts)
             .collect();
         env.execute("bursts").unwrap();
-        assert_eq!(
-            sorted(out.values()),
-            sorted(want.clone()),
-            "parallelism {parallelism}"
-        );
+        assert_eq!(sorted(out.values()), sorted(want.clone()), "parallelism {parallelism}");
     }
 }
 
@@ -448,10 +344,7 @@ fn processing_time_windows_count_every_record_of_a_bounded_job() {
         let env = StreamEnv::new();
         env.set_parallelism(parallelism);
         let counts = env
-            .source(
-                SequenceSource::new(0..30_000).with_rate_limit(60_000.0),
-                Watermarks::none(),
-            )
+            .source(SequenceSource::new(0..30_000).with_rate_limit(60_000.0), Watermarks::none())
             .key_by(|i| i % 5)
             .window(Tumbling::processing_time(Duration::from_millis(100)))
             .aggregate_with(Count, |k, _, n| (*k, n))
@@ -461,15 +354,8 @@ fn processing_time_windows_count_every_record_of_a_bounded_job() {
         for (k, n) in counts.values() {
             *per_key.entry(k).or_default() += n;
         }
-        assert_eq!(
-            per_key,
-            (0..5).map(|k| (k, 6000)).collect(),
-            "parallelism {parallelism}"
-        );
-        assert!(
-            counts.values().len() > 5,
-            "a 0.5 s job spans several 100 ms windows"
-        );
+        assert_eq!(per_key, (0..5).map(|k| (k, 6000)).collect(), "parallelism {parallelism}");
+        assert!(counts.values().len() > 5, "a 0.5 s job spans several 100 ms windows");
     }
 }
 
@@ -479,9 +365,7 @@ fn stateless_operators_union_and_partitionings_match_the_reference() {
         let env = StreamEnv::new();
         env.set_parallelism(parallelism);
         let a = env.source(SequenceSource::new(0..5000), Watermarks::none());
-        let b = env
-            .from_collection((10_000..10_100u64).collect())
-            .parallelism(1);
+        let b = env.from_collection((10_000..10_100u64).collect()).parallelism(1);
         let out = a
             .map(|v| v * 3)
             .filter(|v| v % 2 == 0)
@@ -497,15 +381,7 @@ fn stateless_operators_union_and_partitionings_match_the_reference() {
             .chain(10_000..10_100)
             .flat_map(|v| vec![v; (v % 3) as usize])
             .collect();
-        assert_eq!(
-            multiset(out.values()),
-            multiset(want),
-            "parallelism {parallelism}"
-        );
-        assert_eq!(
-            broadcast.values().len(),
-            100 * parallelism,
-            "broadcast reaches every subtask"
-        );
+        assert_eq!(multiset(out.values()), multiset(want), "parallelism {parallelism}");
+        assert_eq!(broadcast.values().len(), 100 * parallelism, "broadcast reaches every subtask");
     }
 }

@@ -49,21 +49,12 @@ fn a_panic_in_a_user_function_fails_the_job_naming_operator_and_subtask() {
     let env = StreamEnv::new();
     env.set_parallelism(3);
     env.source(SequenceSource::new(0..100_000), Watermarks::none())
-        .map(|v| {
-            if v == 77_777 {
-                panic!("bad record {v}")
-            } else {
-                v
-            }
-        })
+        .map(|v| if v == 77_777 { panic!("bad record {v}") } else { v })
         .name("parse")
         .discard();
     let error = env.execute("panics").unwrap_err().to_string();
     // 77_777 is read by source subtask 77_777 % 3 = 2, chained with map subtask 2.
-    assert!(
-        error.contains("operator 'parse' (subtask 2 of 3) panicked: bad record 77777"),
-        "{error}"
-    );
+    assert!(error.contains("operator 'parse' (subtask 2 of 3) panicked: bad record 77777"), "{error}");
     assert!(error.contains("job 'panics' failed"), "{error}");
 }
 
@@ -73,19 +64,10 @@ fn a_panic_after_an_exchange_is_reported_and_the_job_stops() {
     env.set_parallelism(2);
     env.source(SequenceSource::unbounded(0), Watermarks::none())
         .key_by(|v| v % 10)
-        .reduce(|a, b| {
-            if b > 50_000 {
-                panic!("reduce overflow")
-            } else {
-                a + b
-            }
-        })
+        .reduce(|a, b| if b > 50_000 { panic!("reduce overflow") } else { a + b })
         .discard();
     let error = env.execute("keyed panic").unwrap_err().to_string();
-    assert!(
-        error.contains("reduce overflow") && error.contains("of 2"),
-        "{error}"
-    );
+    assert!(error.contains("reduce overflow") && error.contains("of 2"), "{error}");
 }
 
 /// Builds a job into an environment.
@@ -111,18 +93,13 @@ fn invalid_graphs_are_rejected_with_a_message_that_names_the_fix() {
         (
             "at least 1",
             Box::new(|env| {
-                env.from_collection(vec![1u64])
-                    .map(|v| v)
-                    .parallelism(0)
-                    .discard();
+                env.from_collection(vec![1u64]).map(|v| v).parallelism(0).discard();
             }),
         ),
         (
             ".parallelism(1)",
             Box::new(|env| {
-                env.source(SocketTextSource::new("127.0.0.1", 9), Watermarks::none())
-                    .parallelism(2)
-                    .discard();
+                env.source(SocketTextSource::new("127.0.0.1", 9), Watermarks::none()).parallelism(2).discard();
             }),
         ),
         (
@@ -139,21 +116,14 @@ fn invalid_graphs_are_rejected_with_a_message_that_names_the_fix() {
             "swap them",
             Box::new(|env| {
                 let a = env.from_collection(vec![1u64]).key_by(|v| *v);
-                a.interval_join(&a)
-                    .between(10, -10)
-                    .process(|x, y| x + y)
-                    .discard();
+                a.interval_join(&a).between(10, -10).process(|x, y| x + y).discard();
             }),
         ),
         (
             "raise the max parallelism",
             Box::new(|env| {
                 env.set_max_parallelism(4);
-                env.from_collection(vec![1u64])
-                    .key_by(|v| *v)
-                    .reduce(|a, _| a)
-                    .parallelism(8)
-                    .discard();
+                env.from_collection(vec![1u64]).key_by(|v| *v).reduce(|a, _| a).parallelism(8).discard();
             }),
         ),
     ];
@@ -196,9 +166,7 @@ fn a_slow_sink_slows_the_source_instead_of_growing_memory() {
     let produced = Arc::new(AtomicU64::new(0));
     let consumed = Arc::new(AtomicU64::new(0));
     let env = StreamEnv::new();
-    env.set_parallelism(1)
-        .set_batch_size(100)
-        .set_channel_capacity(4);
+    env.set_parallelism(1).set_batch_size(100).set_channel_capacity(4);
     let counter = produced.clone();
     env.source(
         GeneratorSource::unbounded_from(0, move |i: u64| {
@@ -211,9 +179,7 @@ fn a_slow_sink_slows_the_source_instead_of_growing_memory() {
     .disable_chaining()
     .sink(SlowSink(consumed.clone()));
     let job = CancelOnDrop(Some(env.execute_async("backpressure").unwrap()));
-    assert!(wait_until(Duration::from_secs(20), || consumed
-        .load(Ordering::SeqCst)
-        >= 20_000));
+    assert!(wait_until(Duration::from_secs(20), || consumed.load(Ordering::SeqCst) >= 20_000));
     // In flight at most: two inboxes of 4 batches, a batch in each task, the batch being
     // generated. An unbounded source without backpressure would be millions ahead.
     let ahead = produced.load(Ordering::SeqCst) - consumed.load(Ordering::SeqCst);
@@ -230,9 +196,7 @@ impl Source<i64> for HalfIdle {
         "half-idle".into()
     }
     fn create_reader(&self, index: usize, _: usize) -> std::io::Result<Box<dyn SourceReader<i64>>> {
-        Ok(Box::new(HalfIdleReader {
-            next: if index == 0 { 0 } else { 3000 },
-        }))
+        Ok(Box::new(HalfIdleReader { next: if index == 0 { 0 } else { 3000 } }))
     }
 }
 
@@ -255,14 +219,11 @@ impl SourceReader<i64> for HalfIdleReader {
 #[test]
 fn an_idle_source_subtask_does_not_hold_back_the_watermark() {
     let env = StreamEnv::new();
-    env.set_parallelism(2)
-        .set_watermark_interval(Duration::from_millis(10));
+    env.set_parallelism(2).set_watermark_interval(Duration::from_millis(10));
     let windows = env
         .source(
             HalfIdle,
-            Watermarks::monotonic()
-                .with_timestamps(|t: &i64| *t)
-                .with_idleness(Duration::from_millis(100)),
+            Watermarks::monotonic().with_timestamps(|t: &i64| *t).with_idleness(Duration::from_millis(100)),
         )
         .key_by(|t| t % 2)
         .window(Tumbling::event_time(Duration::from_secs(1)))
@@ -270,31 +231,19 @@ fn an_idle_source_subtask_does_not_hold_back_the_watermark() {
         .collect();
     let job = CancelOnDrop(Some(env.execute_async("idle").unwrap()));
     // Windows [0,1000) and [1000,2000) can only fire if subtask 1 stops counting.
-    assert!(
-        wait_until(Duration::from_secs(20), || windows.values().len() >= 4),
-        "{:?}",
-        windows.values()
-    );
+    assert!(wait_until(Duration::from_secs(20), || windows.values().len() >= 4), "{:?}", windows.values());
     job.finish().unwrap();
     let mut got = windows.values();
     got.sort();
-    assert_eq!(
-        &got[..4],
-        &[(0, 0, 500), (0, 1000, 500), (1, 0, 500), (1, 1000, 500)]
-    );
+    assert_eq!(&got[..4], &[(0, 0, 500), (0, 1000, 500), (1, 0, 500), (1, 1000, 500)]);
 }
 
 #[test]
 fn cancelling_an_unbounded_job_drains_and_returns() {
     let env = StreamEnv::new();
     env.set_parallelism(2);
-    let out = env
-        .source(
-            SequenceSource::unbounded(0).with_rate_limit(50_000.0),
-            Watermarks::none(),
-        )
-        .map(|v| v)
-        .collect();
+    let out =
+        env.source(SequenceSource::unbounded(0).with_rate_limit(50_000.0), Watermarks::none()).map(|v| v).collect();
     let job = CancelOnDrop(Some(env.execute_async("forever").unwrap()));
     assert!(wait_until(Duration::from_secs(20), || out.values().len() > 1000));
     let result = job.finish().unwrap();
@@ -305,12 +254,7 @@ fn cancelling_an_unbounded_job_drains_and_returns() {
         let mine: Vec<u64> = values.iter().copied().filter(|v| v % 2 == s).collect();
         let mut sorted = mine.clone();
         sorted.sort();
-        assert_eq!(
-            sorted,
-            (0..mine.len() as u64)
-                .map(|k| k * 2 + s)
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(sorted, (0..mine.len() as u64).map(|k| k * 2 + s).collect::<Vec<_>>());
     }
 }
 
@@ -331,30 +275,18 @@ fn text_files_are_read_split_and_written_line_for_line() {
     let output = dir.path().join("out");
     let env = StreamEnv::new();
     env.set_parallelism(3);
-    env.source(
-        TextFileSource::new(&input).with_min_split_bytes(10_000),
-        Watermarks::none(),
-    )
-    .map(|line| line.to_uppercase())
-    .write_as_text(&output);
+    env.source(TextFileSource::new(&input).with_min_split_bytes(10_000), Watermarks::none())
+        .map(|line| line.to_uppercase())
+        .write_as_text(&output);
     env.execute("files").unwrap();
     let mut got = Vec::new();
     for part in std::fs::read_dir(&output).unwrap() {
-        got.extend(
-            std::fs::read_to_string(part.unwrap().path())
-                .unwrap()
-                .lines()
-                .map(str::to_string),
-        );
+        got.extend(std::fs::read_to_string(part.unwrap().path()).unwrap().lines().map(str::to_string));
     }
     got.sort();
     want.sort();
     assert_eq!(got, want);
-    assert_eq!(
-        std::fs::read_dir(&output).unwrap().count(),
-        3,
-        "a part file per sink subtask"
-    );
+    assert_eq!(std::fs::read_dir(&output).unwrap().count(), 3, "a part file per sink subtask");
 }
 
 #[test]
@@ -384,20 +316,12 @@ fn the_socket_source_reads_every_line_until_the_server_closes() {
     server.join().unwrap();
     let values = words.values();
     assert_eq!(values.len(), 10_000);
-    assert_eq!(
-        values.iter().filter(|&&n| n == 500).count(),
-        10,
-        "each word0..9 reaches 500"
-    );
+    assert_eq!(values.iter().filter(|&&n| n == 500).count(), 10, "each word0..9 reaches 500");
 }
 
 #[test]
 fn a_socket_that_cannot_be_reached_is_a_clear_error() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let env = StreamEnv::new();
     env.socket_text_stream("127.0.0.1", port).discard();
     let error = env.execute("no server").unwrap_err().to_string();

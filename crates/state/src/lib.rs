@@ -7,8 +7,10 @@
 //! the group beside each entry. The crate knows nothing of tasks, channels or time sources:
 //! the operator decides when timers are due and which key is current.
 
+mod snapshot;
 mod store;
 mod timers;
 
+pub use snapshot::{by_key_group, decode_entries};
 pub use store::{KeyedStateStore, ListState, MapState, ValueState};
 pub use timers::{TimeDomain, TimerQueue, TimerService};

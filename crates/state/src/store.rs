@@ -1,23 +1,30 @@
 //! Named keyed state tables and the handles a user function reads and writes them through.
 
+use crate::snapshot::{by_key_group, decode_entries};
 use sluice_types::{Data, FastMap, Key};
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::hash::Hash;
 
 /// One named state, type-erased so that a store can hold states of different value types.
 trait StateTable: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn type_name(&self) -> &'static str;
+    /// The entries, serialized per key group.
+    fn snapshot(&self, max_parallelism: usize) -> BTreeMap<u32, Vec<u8>>;
 }
 
-struct Table<T>(T);
+struct Table<K, V>(FastMap<K, V>);
 
-impl<T: Send + 'static> StateTable for Table<T> {
+impl<K: Key, V: Data> StateTable for Table<K, V> {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         &mut self.0
     }
     fn type_name(&self) -> &'static str {
-        std::any::type_name::<T>()
+        std::any::type_name::<V>()
+    }
+    fn snapshot(&self, max_parallelism: usize) -> BTreeMap<u32, Vec<u8>> {
+        by_key_group(self.0.iter(), max_parallelism)
     }
 }
 
@@ -34,61 +41,72 @@ impl<T: Send + 'static> StateTable for Table<T> {
 /// ```
 pub struct KeyedStateStore<K> {
     tables: FastMap<String, Box<dyn StateTable>>,
+    /// Restored chunks (key group, entries) of states not touched since the restore: their
+    /// types are known only when the function first uses them.
+    pending: FastMap<String, Vec<(u32, Vec<u8>)>>,
     _key: std::marker::PhantomData<fn() -> K>,
 }
 
 impl<K> Default for KeyedStateStore<K> {
     fn default() -> Self {
-        KeyedStateStore {
-            tables: FastMap::default(),
-            _key: std::marker::PhantomData,
-        }
+        KeyedStateStore { tables: FastMap::default(), pending: FastMap::default(), _key: std::marker::PhantomData }
     }
 }
 
 impl<K: Key> KeyedStateStore<K> {
-    fn table<T: Default + Send + 'static>(&mut self, name: &str) -> &mut T {
+    fn table<V: Data>(&mut self, name: &str) -> &mut FastMap<K, V> {
         if !self.tables.contains_key(name) {
-            self.tables
-                .insert(name.to_string(), Box::new(Table(T::default())));
+            let mut map = FastMap::default();
+            for (_, chunk) in self.pending.remove(name).unwrap_or_default() {
+                map.extend(decode_entries::<K, V>(&chunk, name));
+            }
+            self.tables.insert(name.to_string(), Box::new(Table(map)));
         }
         let table = self.tables.get_mut(name).expect("inserted above");
         let found = table.type_name();
-        match table.as_any_mut().downcast_mut::<T>() {
+        match table.as_any_mut().downcast_mut::<FastMap<K, V>>() {
             Some(t) => t,
             None => panic!(
                 "state '{name}' is used as {} but was first declared as {found}; give each state its own name",
-                std::any::type_name::<T>()
+                std::any::type_name::<V>()
             ),
         }
     }
 
+    /// Every state's entries, per key group: `group -> [(state name, entries)]`.
+    pub fn snapshot(&self, max_parallelism: usize) -> BTreeMap<u32, Vec<(String, Vec<u8>)>> {
+        let mut groups: BTreeMap<u32, Vec<(String, Vec<u8>)>> = BTreeMap::new();
+        for (name, table) in &self.tables {
+            for (group, bytes) in table.snapshot(max_parallelism) {
+                groups.entry(group).or_default().push((name.clone(), bytes));
+            }
+        }
+        for (name, chunks) in &self.pending {
+            for (group, bytes) in chunks {
+                groups.entry(*group).or_default().push((name.clone(), bytes.clone()));
+            }
+        }
+        groups
+    }
+
+    /// Takes over one state's entries of one key group from a snapshot.
+    pub fn restore(&mut self, group: u32, name: String, entries: Vec<u8>) {
+        self.pending.entry(name).or_default().push((group, entries));
+    }
+
     /// The value state `name` of `key`.
     pub fn value<'a, V: Data>(&'a mut self, name: &str, key: &'a K) -> ValueState<'a, K, V> {
-        ValueState {
-            map: self.table::<FastMap<K, V>>(name),
-            key,
-        }
+        ValueState { map: self.table::<V>(name), key }
     }
 
     /// The list state `name` of `key`.
     pub fn list<'a, V: Data>(&'a mut self, name: &str, key: &'a K) -> ListState<'a, K, V> {
-        ListState {
-            map: self.table::<FastMap<K, Vec<V>>>(name),
-            key,
-        }
+        ListState { map: self.table::<Vec<V>>(name), key }
     }
 
     /// The map state `name` of `key`.
-    pub fn map<'a, UK: Key, UV: Data>(
-        &'a mut self,
-        name: &str,
-        key: &'a K,
-    ) -> MapState<'a, K, UK, UV> {
-        MapState {
-            map: self.table::<FastMap<K, FastMap<UK, UV>>>(name),
-            key,
-        }
+    pub fn map<'a, UK: Key, UV: Data>(&'a mut self, name: &str, key: &'a K) -> MapState<'a, K, UK, UV> {
+        MapState { map: self.table::<FastMap<UK, UV>>(name), key }
     }
 
     /// How many named states exist.
@@ -183,10 +201,7 @@ impl<K: Key, UK: Key + Hash + Eq, UV: Data> MapState<'_, K, UK, UV> {
         if !self.map.contains_key(self.key) {
             self.map.insert(self.key.clone(), FastMap::default());
         }
-        self.map
-            .get_mut(self.key)
-            .expect("inserted above")
-            .insert(user_key, value);
+        self.map.get_mut(self.key).expect("inserted above").insert(user_key, value);
     }
     /// Removes the value under `user_key`.
     pub fn remove(&mut self, user_key: &UK) -> Option<UV> {
@@ -199,10 +214,7 @@ impl<K: Key, UK: Key + Hash + Eq, UV: Data> MapState<'_, K, UK, UV> {
     }
     /// All entries of this key, in no particular order.
     pub fn entries(&self) -> Vec<(UK, UV)> {
-        self.map
-            .get(self.key)
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default()
+        self.map.get(self.key).map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
     }
     /// Removes every entry of this key.
     pub fn clear(&mut self) {
@@ -229,6 +241,38 @@ mod tests {
         list.retain(|v| *v > 1);
         assert_eq!(list.get(), &[2]);
         assert_eq!(store.state_count(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_restores_by_key_group_even_into_untouched_states() {
+        let mut store = KeyedStateStore::<u32>::default();
+        for k in 0..50u32 {
+            store.value::<u64>("v", &k).update(k as u64 * 10);
+            store.list::<u8>("l", &k).add(k as u8);
+        }
+        let snapshot = store.snapshot(8);
+        assert!(snapshot.len() > 1 && snapshot.keys().all(|g| *g < 8));
+        // Two new subtasks take half of the groups each; state survives a second snapshot
+        // before it is ever read.
+        let mut halves = [KeyedStateStore::<u32>::default(), KeyedStateStore::<u32>::default()];
+        for (group, tables) in snapshot {
+            for (name, entries) in tables {
+                halves[(group / 4) as usize].restore(group, name, entries);
+            }
+        }
+        let again = halves[0].snapshot(8);
+        let mut restored = KeyedStateStore::<u32>::default();
+        for (group, tables) in again {
+            for (name, entries) in tables {
+                restored.restore(group, name, entries);
+            }
+        }
+        for k in 0..50u32 {
+            let group = sluice_types::key_group_of(&k, 8).0;
+            let store = if group < 4 { &mut restored } else { &mut halves[1] };
+            assert_eq!(store.value::<u64>("v", &k).get(), Some(&(k as u64 * 10)));
+            assert_eq!(store.list::<u8>("l", &k).get(), &[k as u8]);
+        }
     }
 
     #[test]

@@ -21,10 +21,7 @@ pub struct TimerQueue<K> {
 
 impl<K> Default for TimerQueue<K> {
     fn default() -> Self {
-        TimerQueue {
-            by_time: BTreeMap::new(),
-            live: FastSet::default(),
-        }
+        TimerQueue { by_time: BTreeMap::new(), live: FastSet::default() }
     }
 }
 
@@ -73,6 +70,11 @@ impl<K: Key> TimerQueue<K> {
         self.live.len()
     }
 
+    /// The live timers, as (time, key).
+    pub fn entries(&self) -> impl Iterator<Item = &(Timestamp, K)> {
+        self.live.iter()
+    }
+
     /// Whether no timer is registered.
     pub fn is_empty(&self) -> bool {
         self.live.is_empty()
@@ -89,10 +91,7 @@ pub struct TimerService<K> {
 
 impl<K> Default for TimerService<K> {
     fn default() -> Self {
-        TimerService {
-            event: TimerQueue::default(),
-            processing: TimerQueue::default(),
-        }
+        TimerService { event: TimerQueue::default(), processing: TimerQueue::default() }
     }
 }
 

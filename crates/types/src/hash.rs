@@ -166,9 +166,6 @@ mod tests {
         assert_eq!(stable_hash("word"), stable_hash(&String::from("word")));
         assert_ne!(stable_hash(&1u64), stable_hash(&2u64));
         let pinned = stable_hash(&12345u64);
-        assert_eq!(
-            pinned,
-            fmix64((0u64.rotate_left(5) ^ 12345).wrapping_mul(MULTIPLIER))
-        );
+        assert_eq!(pinned, fmix64((0u64.rotate_left(5) ^ 12345).wrapping_mul(MULTIPLIER)));
     }
 }

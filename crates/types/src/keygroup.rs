@@ -50,11 +50,7 @@ mod tests {
                 for i in 0..p {
                     let range = key_group_range(i, p, max);
                     for g in range.clone() {
-                        assert_eq!(
-                            subtask_for_key_group(KeyGroup(g), max, p),
-                            i,
-                            "max {max} p {p}"
-                        );
+                        assert_eq!(subtask_for_key_group(KeyGroup(g), max, p), i, "max {max} p {p}");
                     }
                     assert_eq!(range.start as usize, covered);
                     covered = range.end as usize;

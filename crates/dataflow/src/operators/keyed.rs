@@ -2,9 +2,31 @@
 //! reduce/aggregate (one updated result per input record, as Flink's keyed reduce).
 
 use crate::operator::{now_millis, Operator, Output};
-use sluice_state::{KeyedStateStore, ListState, MapState, TimeDomain, TimerService, ValueState};
-use sluice_types::{Data, FastMap, Key, Record, Timestamp, MIN_WATERMARK, NO_TIMESTAMP};
+use crate::snapshot::{decode, encode, OperatorState, Restored};
+use serde::{Deserialize, Serialize};
+use sluice_state::{
+    by_key_group, decode_entries, KeyedStateStore, ListState, MapState, TimeDomain, TimerService, ValueState,
+};
+use sluice_types::{key_group_of, Data, FastMap, Key, Record, Timestamp, MIN_WATERMARK, NO_TIMESTAMP};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// One key group of a keyed process operator's snapshot.
+#[derive(Serialize, Deserialize)]
+struct ProcessChunk<K> {
+    tables: Vec<(String, Vec<u8>)>,
+    event_timers: Vec<(Timestamp, K)>,
+    processing_timers: Vec<(Timestamp, K)>,
+}
+
+/// Restores `(key, value)` chunks of a keyed map.
+fn restore_map<K: Key, V: Data>(map: &mut FastMap<K, V>, state: Restored, what: &str) {
+    if let Restored::Keyed(chunks) = state {
+        for (_, chunk) in chunks {
+            map.extend(decode_entries::<K, V>(&chunk, what));
+        }
+    }
+}
 
 /// Extracts the key of a record.
 pub type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
@@ -159,6 +181,39 @@ impl<K: Key, T: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, T,
     fn on_processing_time(&mut self, now: Timestamp, out: &mut Output<O>) {
         self.fire(TimeDomain::ProcessingTime, now, out);
     }
+
+    fn snapshot(&mut self, max_parallelism: usize) -> Option<OperatorState> {
+        let mut chunks: BTreeMap<u32, ProcessChunk<K>> = BTreeMap::new();
+        let empty = || ProcessChunk { tables: Vec::new(), event_timers: Vec::new(), processing_timers: Vec::new() };
+        for (group, tables) in self.state.snapshot(max_parallelism) {
+            chunks.entry(group).or_insert_with(empty).tables = tables;
+        }
+        for (time, key) in self.timers.event.entries() {
+            let group = key_group_of(key, max_parallelism).0;
+            chunks.entry(group).or_insert_with(empty).event_timers.push((*time, key.clone()));
+        }
+        for (time, key) in self.timers.processing.entries() {
+            let group = key_group_of(key, max_parallelism).0;
+            chunks.entry(group).or_insert_with(empty).processing_timers.push((*time, key.clone()));
+        }
+        Some(OperatorState::Keyed(chunks.into_iter().map(|(g, c)| (g, encode(&c))).collect()))
+    }
+
+    fn restore(&mut self, state: Restored) {
+        let Restored::Keyed(chunks) = state else { return };
+        for (group, bytes) in chunks {
+            let chunk: ProcessChunk<K> = decode(&bytes, "a keyed process function");
+            for (name, entries) in chunk.tables {
+                self.state.restore(group, name, entries);
+            }
+            for (time, key) in chunk.event_timers {
+                self.timers.event.register(time, &key);
+            }
+            for (time, key) in chunk.processing_timers {
+                self.timers.processing.register(time, &key);
+            }
+        }
+    }
 }
 
 /// Aggregates values into an accumulator (Flink's `AggregateFunction`).
@@ -205,11 +260,7 @@ pub struct RollingReduce<K, T, F> {
 impl<K, T, F> RollingReduce<K, T, F> {
     /// Reduces values of each key with `f`.
     pub fn new(key_fn: KeyFn<T, K>, f: F) -> Self {
-        RollingReduce {
-            key_fn,
-            f,
-            values: FastMap::default(),
-        }
+        RollingReduce { key_fn, f, values: FastMap::default() }
     }
 }
 
@@ -225,6 +276,14 @@ impl<K: Key, T: Data, F: Fn(T, T) -> T + Send> Operator<T, T> for RollingReduce<
             self.values.insert(key, reduced);
         }
     }
+
+    fn snapshot(&mut self, max_parallelism: usize) -> Option<OperatorState> {
+        Some(OperatorState::Keyed(by_key_group(self.values.iter(), max_parallelism)))
+    }
+
+    fn restore(&mut self, state: Restored) {
+        restore_map(&mut self.values, state, "a rolling reduce");
+    }
 }
 
 /// Keyed rolling aggregate: emits the aggregate's result after every record.
@@ -237,27 +296,26 @@ pub struct RollingAggregate<K, T, A: AggregateFunction<T>> {
 impl<K, T, A: AggregateFunction<T>> RollingAggregate<K, T, A> {
     /// Aggregates values of each key with `aggregate`.
     pub fn new(key_fn: KeyFn<T, K>, aggregate: A) -> Self {
-        RollingAggregate {
-            key_fn,
-            aggregate,
-            accumulators: FastMap::default(),
-        }
+        RollingAggregate { key_fn, aggregate, accumulators: FastMap::default() }
     }
 }
 
-impl<K: Key, T: Send + 'static, A: AggregateFunction<T>> Operator<T, A::Out>
-    for RollingAggregate<K, T, A>
-{
+impl<K: Key, T: Send + 'static, A: AggregateFunction<T>> Operator<T, A::Out> for RollingAggregate<K, T, A> {
     fn process_batch(&mut self, batch: Vec<Record<T>>, out: &mut Output<A::Out>) {
         for record in batch {
             let key = (self.key_fn)(&record.value);
-            let acc = self
-                .accumulators
-                .entry(key)
-                .or_insert_with(|| self.aggregate.create_accumulator());
+            let acc = self.accumulators.entry(key).or_insert_with(|| self.aggregate.create_accumulator());
             self.aggregate.add(acc, record.value);
             out.emit(self.aggregate.get_result(acc), record.time);
         }
+    }
+
+    fn snapshot(&mut self, max_parallelism: usize) -> Option<OperatorState> {
+        Some(OperatorState::Keyed(by_key_group(self.accumulators.iter(), max_parallelism)))
+    }
+
+    fn restore(&mut self, state: Restored) {
+        restore_map(&mut self.accumulators, state, "a rolling aggregate");
     }
 }
 

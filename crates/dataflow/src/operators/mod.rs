@@ -9,11 +9,11 @@ mod stateless;
 mod window;
 
 pub use keyed::{
-    AggregateFunction, Count, KeyFn, KeyedContext, KeyedProcessFunction, KeyedProcessOperator,
-    RollingAggregate, RollingReduce,
+    AggregateFunction, Count, KeyFn, KeyedContext, KeyedProcessFunction, KeyedProcessOperator, RollingAggregate,
+    RollingReduce,
 };
 pub use stateless::{FilterOp, FlatMapOp, MapOp};
 pub use window::{
-    AggregateWindow, DropLate, LatePolicy, LateToSideOutput, ProcessWindow, ReduceWindow,
-    WindowAssigner, WindowFunction, WindowOperator, WindowOutput, WindowTime,
+    AggregateWindow, DropLate, LatePolicy, LateToSideOutput, ProcessWindow, ReduceWindow, WindowAssigner,
+    WindowFunction, WindowOperator, WindowOutput, WindowTime,
 };

@@ -14,10 +14,7 @@ pub struct MapOp<F, In, Out> {
 impl<F, In, Out> MapOp<F, In, Out> {
     /// A map with `f`.
     pub fn new(f: F) -> Self {
-        MapOp {
-            f,
-            _types: PhantomData,
-        }
+        MapOp { f, _types: PhantomData }
     }
 }
 
@@ -26,13 +23,7 @@ impl<F: Fn(In) -> Out + Send, In, Out: Send + 'static> Operator<In, Out> for Map
         let f = &self.f;
         // Collecting from the input's own iterator reuses its allocation when the record
         // types have the same layout.
-        let mapped: Vec<Record<Out>> = batch
-            .into_iter()
-            .map(|r| Record {
-                time: r.time,
-                value: f(r.value),
-            })
-            .collect();
+        let mapped: Vec<Record<Out>> = batch.into_iter().map(|r| Record { time: r.time, value: f(r.value) }).collect();
         out.emit_batch(mapped);
     }
 }
@@ -67,10 +58,7 @@ pub struct FlatMapOp<F, In> {
 impl<F, In> FlatMapOp<F, In> {
     /// A flat map with `f`.
     pub fn new(f: F) -> Self {
-        FlatMapOp {
-            f,
-            _types: PhantomData,
-        }
+        FlatMapOp { f, _types: PhantomData }
     }
 }
 

@@ -9,9 +9,10 @@
 
 use crate::operator::{now_millis, Operator, Output};
 use crate::operators::keyed::{AggregateFunction, KeyFn};
+use crate::snapshot::{decode, encode, OperatorState, Restored};
 use serde::{Deserialize, Serialize};
 use sluice_state::TimerQueue;
-use sluice_types::{FastMap, Key, Record, TimeWindow, Timestamp, MIN_WATERMARK, NO_TIMESTAMP};
+use sluice_types::{key_group_of, Data, FastMap, Key, Record, TimeWindow, Timestamp, MIN_WATERMARK, NO_TIMESTAMP};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -59,11 +60,7 @@ impl WindowAssigner {
                 let start = timestamp - (timestamp - offset).rem_euclid(size);
                 out.push(TimeWindow::new(start, start + size));
             }
-            WindowAssigner::Sliding {
-                size,
-                slide,
-                offset,
-            } => {
+            WindowAssigner::Sliding { size, slide, offset } => {
                 let last_start = timestamp - (timestamp - offset).rem_euclid(slide);
                 let mut start = last_start;
                 while start > timestamp - size {
@@ -71,9 +68,7 @@ impl WindowAssigner {
                     start -= slide;
                 }
             }
-            WindowAssigner::Session { gap } => {
-                out.push(TimeWindow::new(timestamp, timestamp + gap))
-            }
+            WindowAssigner::Session { gap } => out.push(TimeWindow::new(timestamp, timestamp + gap)),
         }
     }
 
@@ -86,7 +81,7 @@ impl WindowAssigner {
 /// What a window computes: an accumulator per key and window, and what it emits.
 pub trait WindowFunction<K, T>: Send + 'static {
     /// Per key and window state.
-    type Acc: Send + 'static;
+    type Acc: Data;
     /// What the window emits.
     type Out: Send + 'static;
     /// A new accumulator.
@@ -102,9 +97,7 @@ pub trait WindowFunction<K, T>: Send + 'static {
 /// Incremental reduce: keeps one value per key and window.
 pub struct ReduceWindow<F>(pub Arc<F>);
 
-impl<K, T: Clone + Send + 'static, F: Fn(T, T) -> T + Send + Sync + 'static> WindowFunction<K, T>
-    for ReduceWindow<F>
-{
+impl<K, T: Data, F: Fn(T, T) -> T + Send + Sync + 'static> WindowFunction<K, T> for ReduceWindow<F> {
     type Acc = Option<T>;
     type Out = T;
     fn create(&self) -> Option<T> {
@@ -164,7 +157,7 @@ pub struct ProcessWindow<F>(pub Arc<F>);
 
 impl<K, T, F, I> WindowFunction<K, T> for ProcessWindow<F>
 where
-    T: Send + 'static,
+    T: Data,
     F: Fn(&K, &TimeWindow, &[T]) -> I + Send + Sync + 'static,
     I: IntoIterator,
     I::Item: Send + 'static,
@@ -233,6 +226,20 @@ impl<T: Send + 'static, O: Send + 'static> LatePolicy<T, O> for LateToSideOutput
     }
 }
 
+/// One key group of a window operator's snapshot.
+#[derive(Serialize, Deserialize)]
+struct WindowChunk<K, A> {
+    aligned: Vec<(TimeWindow, bool, Vec<(K, A)>)>,
+    sessions: Vec<(K, Vec<(TimeWindow, A, bool)>)>,
+}
+
+/// The same, borrowed from the operator, for writing.
+#[derive(Serialize)]
+struct WindowChunkRef<'a, K, A> {
+    aligned: Vec<(TimeWindow, bool, Vec<(&'a K, &'a A)>)>,
+    sessions: Vec<(&'a K, Vec<(TimeWindow, &'a A, bool)>)>,
+}
+
 struct Bucket<K, A> {
     accumulators: FastMap<K, A>,
     fired: bool,
@@ -260,26 +267,14 @@ pub struct WindowOperator<K, T, W: WindowFunction<K, T>, L> {
     _late: PhantomData<fn() -> L>,
 }
 
-impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>>
-    WindowOperator<K, T, W, L>
-{
+impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowOperator<K, T, W, L> {
     /// A window operator; `lateness` in milliseconds (event time only).
-    pub fn new(
-        key_fn: KeyFn<T, K>,
-        assigner: WindowAssigner,
-        time: WindowTime,
-        lateness: i64,
-        function: W,
-    ) -> Self {
+    pub fn new(key_fn: KeyFn<T, K>, assigner: WindowAssigner, time: WindowTime, lateness: i64, function: W) -> Self {
         WindowOperator {
             key_fn,
             assigner,
             time,
-            lateness: if time == WindowTime::EventTime {
-                lateness.max(0)
-            } else {
-                0
-            },
+            lateness: if time == WindowTime::EventTime { lateness.max(0) } else { 0 },
             function,
             aligned: BTreeMap::new(),
             sessions: FastMap::default(),
@@ -323,28 +318,20 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
         };
         let mut value = Some(value);
         for (i, window) in windows.iter().enumerate() {
-            let v = if i == last {
-                value.take().expect("taken once")
-            } else {
-                value.clone().expect("present")
-            };
-            let bucket = self.aligned.entry(*window).or_insert_with(|| Bucket {
-                accumulators: FastMap::default(),
-                fired: false,
-            });
+            let v = if i == last { value.take().expect("taken once") } else { value.clone().expect("present") };
+            let bucket = self
+                .aligned
+                .entry(*window)
+                .or_insert_with(|| Bucket { accumulators: FastMap::default(), fired: false });
             let acc = match bucket.accumulators.get_mut(&key) {
                 Some(acc) => acc,
-                None => bucket
-                    .accumulators
-                    .entry(key.clone())
-                    .or_insert_with(|| self.function.create()),
+                None => bucket.accumulators.entry(key.clone()).or_insert_with(|| self.function.create()),
             };
             self.function.add(acc, v);
             if bucket.fired {
                 // A late record within the allowed lateness: fire again with the update.
                 let at = window.max_timestamp();
-                self.function
-                    .emit(&key, window, acc, &mut |o| out.emit(L::result(o), at));
+                self.function.emit(&key, window, acc, &mut |o| out.emit(L::result(o), at));
             }
         }
         self.scratch = windows;
@@ -357,9 +344,7 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
         };
         let fresh = TimeWindow::new(time, time + gap);
         let existing = self.sessions.remove(&key).unwrap_or_default();
-        let (hits, mut kept): (Vec<_>, Vec<_>) = existing
-            .into_iter()
-            .partition(|s| s.window.intersects(&fresh));
+        let (hits, mut kept): (Vec<_>, Vec<_>) = existing.into_iter().partition(|s| s.window.intersects(&fresh));
         if hits.is_empty() && self.is_late(&fresh) {
             if !kept.is_empty() {
                 self.sessions.insert(key, kept);
@@ -375,20 +360,13 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
             self.session_timers.delete(old.window.max_timestamp(), &key);
         }
         self.session_timers.register(window.max_timestamp(), &key);
-        let mut session = Session {
-            window,
-            acc,
-            fired: false,
-        };
+        let mut session = Session { window, acc, fired: false };
         if self.time == WindowTime::EventTime && window.max_timestamp() <= self.watermark {
             // Merged into a session whose end has passed, within the allowed lateness.
             let at = window.max_timestamp();
-            self.function.emit(&key, &window, &session.acc, &mut |o| {
-                out.emit(L::result(o), at)
-            });
+            self.function.emit(&key, &window, &session.acc, &mut |o| out.emit(L::result(o), at));
             session.fired = true;
-            self.session_timers
-                .register(self.cleanup_time(&window), &key);
+            self.session_timers.register(self.cleanup_time(&window), &key);
         }
         kept.push(session);
         self.sessions.insert(key, kept);
@@ -414,8 +392,7 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
                 bucket.fired = true;
                 let at = window.max_timestamp();
                 for (key, acc) in &bucket.accumulators {
-                    self.function
-                        .emit(key, window, acc, &mut |o| out.emit(L::result(o), at));
+                    self.function.emit(key, window, acc, &mut |o| out.emit(L::result(o), at));
                 }
             }
             if window.max_timestamp().saturating_add(self.lateness) <= upto {
@@ -438,19 +415,14 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
                     session.fired = true;
                     let at = session.window.max_timestamp();
                     let window = session.window;
-                    self.function.emit(&key, &window, &session.acc, &mut |o| {
-                        out.emit(L::result(o), at)
-                    });
+                    self.function.emit(&key, &window, &session.acc, &mut |o| out.emit(L::result(o), at));
                     if self.lateness > 0 {
-                        self.session_timers
-                            .register(self.cleanup_time(&window), &key);
+                        self.session_timers.register(self.cleanup_time(&window), &key);
                     }
                 }
             }
             let lateness = self.lateness;
-            sessions.retain(|s| {
-                !(s.fired && s.window.max_timestamp().saturating_add(lateness) <= upto)
-            });
+            sessions.retain(|s| !(s.fired && s.window.max_timestamp().saturating_add(lateness) <= upto));
             if !sessions.is_empty() {
                 self.sessions.insert(key, sessions);
             }
@@ -461,7 +433,7 @@ impl<K: Key, T: Clone + Send + 'static, W: WindowFunction<K, T>, L: LatePolicy<T
 impl<K, T, W, L> Operator<T, L::Out> for WindowOperator<K, T, W, L>
 where
     K: Key,
-    T: Clone + Send + 'static,
+    T: Data,
     W: WindowFunction<K, T>,
     L: LatePolicy<T, W::Out>,
 {
@@ -505,16 +477,54 @@ where
         }
     }
 
+    fn snapshot(&mut self, max_parallelism: usize) -> Option<OperatorState> {
+        let mut chunks: BTreeMap<u32, WindowChunkRef<'_, K, W::Acc>> = BTreeMap::new();
+        let empty = || WindowChunkRef { aligned: Vec::new(), sessions: Vec::new() };
+        for (window, bucket) in &self.aligned {
+            let mut by_group: BTreeMap<u32, Vec<(&K, &W::Acc)>> = BTreeMap::new();
+            for (key, acc) in &bucket.accumulators {
+                by_group.entry(key_group_of(key, max_parallelism).0).or_default().push((key, acc));
+            }
+            for (group, entries) in by_group {
+                chunks.entry(group).or_insert_with(empty).aligned.push((*window, bucket.fired, entries));
+            }
+        }
+        for (key, sessions) in &self.sessions {
+            let sessions = sessions.iter().map(|s| (s.window, &s.acc, s.fired)).collect();
+            chunks.entry(key_group_of(key, max_parallelism).0).or_insert_with(empty).sessions.push((key, sessions));
+        }
+        Some(OperatorState::Keyed(chunks.into_iter().map(|(g, c)| (g, encode(&c))).collect()))
+    }
+
+    fn restore(&mut self, state: Restored) {
+        let Restored::Keyed(chunks) = state else { return };
+        for (_, bytes) in chunks {
+            let chunk: WindowChunk<K, W::Acc> = decode(&bytes, "a window");
+            for (window, fired, entries) in chunk.aligned {
+                let bucket = self
+                    .aligned
+                    .entry(window)
+                    .or_insert_with(|| Bucket { accumulators: FastMap::default(), fired });
+                bucket.accumulators.extend(entries);
+            }
+            for (key, sessions) in chunk.sessions {
+                for (window, _, fired) in &sessions {
+                    let due = if *fired { self.cleanup_time(window) } else { window.max_timestamp() };
+                    self.session_timers.register(due, &key);
+                }
+                let sessions = sessions.into_iter().map(|(window, acc, fired)| Session { window, acc, fired }).collect();
+                self.sessions.insert(key, sessions);
+            }
+        }
+    }
+
     fn finish(&mut self, out: &mut Output<L::Out>) {
         if self.time == WindowTime::ProcessingTime {
             // A bounded job's end would otherwise drop the open windows' records.
             self.advance(Timestamp::MAX, out);
         }
         if self.late_dropped > 0 {
-            tracing::info!(
-                late_dropped = self.late_dropped,
-                "window dropped late records"
-            );
+            tracing::info!(late_dropped = self.late_dropped, "window dropped late records");
         }
     }
 }
@@ -526,26 +536,13 @@ mod tests {
     #[test]
     fn assigners() {
         let mut out = Vec::new();
-        WindowAssigner::Tumbling {
-            size: 10,
-            offset: 0,
-        }
-        .assign(-3, &mut out);
+        WindowAssigner::Tumbling { size: 10, offset: 0 }.assign(-3, &mut out);
         assert_eq!(out, vec![TimeWindow::new(-10, 0)]);
         out.clear();
-        WindowAssigner::Sliding {
-            size: 10,
-            slide: 5,
-            offset: 0,
-        }
-        .assign(12, &mut out);
+        WindowAssigner::Sliding { size: 10, slide: 5, offset: 0 }.assign(12, &mut out);
         assert_eq!(out, vec![TimeWindow::new(10, 20), TimeWindow::new(5, 15)]);
         out.clear();
-        WindowAssigner::Tumbling {
-            size: 10,
-            offset: 3,
-        }
-        .assign(12, &mut out);
+        WindowAssigner::Tumbling { size: 10, offset: 3 }.assign(12, &mut out);
         assert_eq!(out, vec![TimeWindow::new(3, 13)]);
     }
 }

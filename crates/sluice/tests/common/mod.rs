@@ -28,10 +28,7 @@ impl Rng {
 
 /// The seed of a test run: `SLUICE_TEST_SEED` if set, else a fixed default.
 pub fn seed() -> u64 {
-    std::env::var("SLUICE_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed)
+    std::env::var("SLUICE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed)
 }
 
 /// Sorted copy, for comparing multisets.

@@ -1,0 +1,311 @@
+//! Checkpoint storage through `object_store`: a folder per checkpoint
+//! (`<job>/chk-<id>/`), one state file per operator subtask with its CRC-32 in the
+//! manifest, and `_manifest.json` written last. `object_store` writes each object through a
+//! temporary file and a rename, so a manifest is either whole or absent.
+
+use crate::manifest::{Manifest, StateEntry, StateKind, FORMAT};
+use crate::recovery::pick_restorable;
+use futures::executor::block_on;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutPayload};
+use sluice_dataflow::snapshot::{OperatorState, SubtaskState};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const MANIFEST: &str = "_manifest.json";
+
+/// A storage failure, naming the object.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The location cannot be used.
+    #[error("checkpoint location '{location}': {message}")]
+    Location {
+        /// The location given.
+        location: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// An object could not be read or written.
+    #[error("checkpoint storage, '{path}': {source}")]
+    Io {
+        /// The object.
+        path: String,
+        /// The cause.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A checkpoint is unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A checkpoint read back, verified.
+#[derive(Clone, Debug)]
+pub struct LoadedCheckpoint {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its states.
+    pub states: Vec<SubtaskState>,
+}
+
+/// The checkpoints of one job at one location.
+#[derive(Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    location: String,
+    job: String,
+}
+
+fn sanitize(job: &str) -> String {
+    job.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+}
+
+fn open_local(location: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    if location.contains("://") && !location.starts_with("file://") {
+        return Err(StoreError::Location {
+            location: location.into(),
+            message: "only local folders (a path or file://) are supported in this build; object stores such as \
+                      s3:// need the object_store backend enabled (see docs/checkpoints.md)"
+                .into(),
+        });
+    }
+    let path = location.trim_start_matches("file://");
+    std::fs::create_dir_all(path).map_err(|e| StoreError::Location {
+        location: location.into(),
+        message: format!("cannot create the folder: {e}"),
+    })?;
+    let fs = LocalFileSystem::new_with_prefix(path)
+        .map_err(|e| StoreError::Location { location: location.into(), message: e.to_string() })?;
+    Ok(Arc::new(fs))
+}
+
+impl CheckpointStore {
+    /// The checkpoints of `job` under `location` (a folder, created if missing).
+    pub fn open(location: &str, job: &str) -> Result<Self, StoreError> {
+        Ok(CheckpointStore { store: open_local(location)?, location: location.into(), job: sanitize(job) })
+    }
+
+    fn folder(&self, id: u64, savepoint: bool) -> String {
+        let kind = if savepoint { "savepoint" } else { "chk" };
+        format!("{}/{kind}-{id:012}", self.job)
+    }
+
+    /// Where a checkpoint's folder is, for logs and for restoring from it by path.
+    pub fn path_of(&self, id: u64, savepoint: bool) -> String {
+        format!("{}/{}", self.location.trim_end_matches('/'), self.folder(id, savepoint))
+    }
+
+    fn put(&self, path: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        block_on(self.store.put(&Path::from(path), PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|source| StoreError::Io { path: path.into(), source })
+    }
+
+    fn get(&self, path: &str) -> Result<Vec<u8>, StoreError> {
+        block_on(async {
+            let object = self.store.get(&Path::from(path)).await?;
+            object.bytes().await
+        })
+        .map(|b| b.to_vec())
+        .map_err(|source| StoreError::Io { path: path.into(), source })
+    }
+
+    /// Writes the states, then the manifest; returns the manifest.
+    pub fn write(
+        &self,
+        id: u64,
+        savepoint: bool,
+        finished: bool,
+        timestamp_ms: i64,
+        max_parallelism: usize,
+        parallelism: BTreeMap<String, usize>,
+        states: &[SubtaskState],
+    ) -> Result<Manifest, StoreError> {
+        let folder = self.folder(id, savepoint);
+        let mut entries = Vec::with_capacity(states.len());
+        for (index, state) in states.iter().enumerate() {
+            let bytes = bincode::serialize(&state.state).expect("state always serializes");
+            let file = format!("s{index}.state");
+            let entry = StateEntry {
+                operator: state.operator.clone(),
+                subtask: state.subtask,
+                kind: match state.state {
+                    OperatorState::Keyed(_) => StateKind::Keyed,
+                    OperatorState::Plain(_) => StateKind::Plain,
+                    OperatorState::Committable(_) => StateKind::Committable,
+                },
+                file: file.clone(),
+                bytes: bytes.len() as u64,
+                crc32: crc32fast::hash(&bytes),
+            };
+            self.put(&format!("{folder}/{file}"), bytes)?;
+            entries.push(entry);
+        }
+        let manifest = Manifest {
+            format: FORMAT,
+            job: self.job.clone(),
+            checkpoint: id,
+            savepoint,
+            finished,
+            timestamp_ms,
+            max_parallelism,
+            parallelism,
+            states: entries,
+        };
+        self.put(&format!("{folder}/{MANIFEST}"), manifest.to_json())?;
+        Ok(manifest)
+    }
+
+    /// Reads and verifies every state file of a manifest.
+    fn read_states(&self, folder: &str, manifest: &Manifest) -> Result<Vec<SubtaskState>, String> {
+        let mut states = Vec::with_capacity(manifest.states.len());
+        for entry in &manifest.states {
+            let path = format!("{folder}/{}", entry.file);
+            let bytes = self.get(&path).map_err(|e| format!("missing state file {path}: {e}"))?;
+            if bytes.len() as u64 != entry.bytes || crc32fast::hash(&bytes) != entry.crc32 {
+                return Err(format!("state file {path} is corrupted (length or checksum differs)"));
+            }
+            let state: OperatorState =
+                bincode::deserialize(&bytes).map_err(|e| format!("state file {path} is unreadable: {e}"))?;
+            states.push(SubtaskState { operator: entry.operator.clone(), subtask: entry.subtask, state });
+        }
+        Ok(states)
+    }
+
+    /// Ids of the checkpoints (not savepoints) that have a folder, complete or not.
+    pub fn checkpoint_ids(&self) -> Result<Vec<u64>, StoreError> {
+        let prefix = Path::from(self.job.as_str());
+        let listing = block_on(self.store.list_with_delimiter(Some(&prefix)))
+            .map_err(|source| StoreError::Io { path: self.job.clone(), source })?;
+        let mut ids: Vec<u64> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename()?.strip_prefix("chk-")?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The newest checkpoint whose manifest and files verify; a corrupted or partial newer
+    /// one is logged (naming the file) and passed over.
+    pub fn latest(&self) -> Result<Option<LoadedCheckpoint>, StoreError> {
+        let candidates = self
+            .checkpoint_ids()?
+            .into_iter()
+            .map(|id| {
+                let folder = self.folder(id, false);
+                let manifest = self
+                    .get(&format!("{folder}/{MANIFEST}"))
+                    .map_err(|_| format!("no manifest in {folder} (it never completed)"))
+                    .and_then(|bytes| Manifest::parse(&bytes));
+                (id, manifest)
+            })
+            .collect();
+        let (found, problems) =
+            pick_restorable(candidates, |m| self.read_states(&self.folder(m.checkpoint, false), m));
+        for problem in problems {
+            tracing::error!(location = %self.location, "skipping {problem}");
+        }
+        Ok(found.map(|(manifest, states)| LoadedCheckpoint { manifest, states }))
+    }
+
+    /// Reads the checkpoint or savepoint in folder `path` (as given by a user).
+    pub fn load_path(path: &str) -> Result<LoadedCheckpoint, StoreError> {
+        let meta = std::fs::metadata(path.trim_start_matches("file://"));
+        if meta.map(|m| !m.is_dir()).unwrap_or(true) {
+            return Err(StoreError::Invalid(format!(
+                "'{path}' is not a checkpoint: no such folder; give the folder of a checkpoint or savepoint (it holds {MANIFEST})"
+            )));
+        }
+        let store = CheckpointStore { store: open_local(path)?, location: path.into(), job: String::new() };
+        let bytes = store.get(MANIFEST).map_err(|_| {
+            StoreError::Invalid(format!("'{path}' is not a checkpoint: it has no {MANIFEST} (incomplete or not a checkpoint)"))
+        })?;
+        let manifest = Manifest::parse(&bytes).map_err(|e| StoreError::Invalid(format!("'{path}': {e}")))?;
+        let states = store.read_states("", &manifest).map_err(|e| StoreError::Invalid(format!("'{path}': {e}")))?;
+        Ok(LoadedCheckpoint { manifest, states })
+    }
+
+    /// Deletes a checkpoint's folder.
+    pub fn delete(&self, id: u64) -> Result<(), StoreError> {
+        let prefix = Path::from(self.folder(id, false));
+        block_on(async {
+            let objects: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+            for object in objects {
+                self.store.delete(&object.location).await?;
+            }
+            Ok::<_, object_store::Error>(())
+        })
+        .map_err(|source| StoreError::Io { path: prefix.to_string(), source })?;
+        // object_store removes files, not folders: remove the empty folder of a local store.
+        let local = format!("{}/{}", self.location.trim_start_matches("file://"), self.folder(id, false));
+        let _ = std::fs::remove_dir_all(local);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn states(tag: u8) -> Vec<SubtaskState> {
+        vec![
+            SubtaskState { operator: "src".into(), subtask: 0, state: OperatorState::Plain(vec![tag]) },
+            SubtaskState {
+                operator: "win".into(),
+                subtask: 0,
+                state: OperatorState::Keyed(BTreeMap::from([(3, vec![tag, 1]), (5, vec![tag, 2])])),
+            },
+        ]
+    }
+
+    fn write(store: &CheckpointStore, id: u64) {
+        let parallelism = BTreeMap::from([("src".to_string(), 1), ("win".to_string(), 1)]);
+        store.write(id, false, false, 0, 8, parallelism, &states(id as u8)).unwrap();
+    }
+
+    #[test]
+    fn a_corrupted_or_partial_latest_checkpoint_falls_back_to_the_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let store = CheckpointStore::open(root, "my job").unwrap();
+        assert!(store.latest().unwrap().is_none());
+        for id in 1..=3 {
+            write(&store, id);
+        }
+        assert_eq!(store.latest().unwrap().unwrap().manifest.checkpoint, 3);
+        // Flip a byte of a state file of checkpoint 3.
+        let file = dir.path().join("my_job/chk-000000000003/s1.state");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        let latest = store.latest().unwrap().unwrap();
+        assert_eq!(latest.manifest.checkpoint, 2);
+        assert_eq!(latest.states, states(2));
+        // A checkpoint that never wrote its manifest does not exist.
+        std::fs::remove_file(dir.path().join("my_job/chk-000000000002/_manifest.json")).unwrap();
+        assert_eq!(store.latest().unwrap().unwrap().manifest.checkpoint, 1);
+        // A missing state file.
+        std::fs::remove_file(dir.path().join("my_job/chk-000000000001/s0.state")).unwrap();
+        assert!(store.latest().unwrap().is_none());
+        store.delete(3).unwrap();
+        assert_eq!(store.checkpoint_ids().unwrap(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_path_given_by_the_user_must_be_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "j").unwrap();
+        write(&store, 7);
+        let loaded = CheckpointStore::load_path(&store.path_of(7, false)).unwrap();
+        assert_eq!(loaded.states, states(7));
+        let err = CheckpointStore::load_path("/no/such/folder").unwrap_err().to_string();
+        assert!(err.contains("no such folder"), "{err}");
+        let err = CheckpointStore::load_path(dir.path().to_str().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("has no _manifest.json"), "{err}");
+        let err = CheckpointStore::open("s3://bucket/x", "j").err().unwrap().to_string();
+        assert!(err.contains("only local folders"), "{err}");
+    }
+}
