@@ -34,7 +34,7 @@ pub fn pick_restorable<T>(
     mut candidates: Vec<(u64, Result<Manifest, String>)>,
     mut verify: impl FnMut(&Manifest) -> Result<T, String>,
 ) -> (Option<(Manifest, T)>, Vec<String>) {
-    candidates.sort_by(|a, b| b.0.cmp(&a.0));
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
     let mut problems = Vec::new();
     for (id, manifest) in candidates {
         match manifest.and_then(|m| verify(&m).map(|t| (m, t))) {

@@ -41,6 +41,23 @@ pub enum StoreError {
     Invalid(String),
 }
 
+/// What a manifest says about a checkpoint besides its files.
+#[derive(Clone, Debug)]
+pub struct CheckpointMeta {
+    /// The checkpoint id.
+    pub id: u64,
+    /// Whether it is a savepoint.
+    pub savepoint: bool,
+    /// Whether the job's bounded input had ended.
+    pub finished: bool,
+    /// When it was triggered (milliseconds since the epoch).
+    pub timestamp_ms: i64,
+    /// Number of key groups.
+    pub max_parallelism: usize,
+    /// Parallelism of each operator, by state id.
+    pub parallelism: BTreeMap<String, usize>,
+}
+
 /// A checkpoint read back, verified.
 #[derive(Clone, Debug)]
 pub struct LoadedCheckpoint {
@@ -113,16 +130,8 @@ impl CheckpointStore {
     }
 
     /// Writes the states, then the manifest; returns the manifest.
-    pub fn write(
-        &self,
-        id: u64,
-        savepoint: bool,
-        finished: bool,
-        timestamp_ms: i64,
-        max_parallelism: usize,
-        parallelism: BTreeMap<String, usize>,
-        states: &[SubtaskState],
-    ) -> Result<Manifest, StoreError> {
+    pub fn write(&self, meta: CheckpointMeta, states: &[SubtaskState]) -> Result<Manifest, StoreError> {
+        let CheckpointMeta { id, savepoint, finished, timestamp_ms, max_parallelism, parallelism } = meta;
         let folder = self.folder(id, savepoint);
         let mut entries = Vec::with_capacity(states.len());
         for (index, state) in states.iter().enumerate() {
@@ -179,11 +188,8 @@ impl CheckpointStore {
         let prefix = Path::from(self.job.as_str());
         let listing = block_on(self.store.list_with_delimiter(Some(&prefix)))
             .map_err(|source| StoreError::Io { path: self.job.clone(), source })?;
-        let mut ids: Vec<u64> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename()?.strip_prefix("chk-")?.parse().ok())
-            .collect();
+        let mut ids: Vec<u64> =
+            listing.common_prefixes.iter().filter_map(|p| p.filename()?.strip_prefix("chk-")?.parse().ok()).collect();
         ids.sort_unstable();
         Ok(ids)
     }
@@ -203,8 +209,7 @@ impl CheckpointStore {
                 (id, manifest)
             })
             .collect();
-        let (found, problems) =
-            pick_restorable(candidates, |m| self.read_states(&self.folder(m.checkpoint, false), m));
+        let (found, problems) = pick_restorable(candidates, |m| self.read_states(&self.folder(m.checkpoint, false), m));
         for problem in problems {
             tracing::error!(location = %self.location, "skipping {problem}");
         }
@@ -221,7 +226,9 @@ impl CheckpointStore {
         }
         let store = CheckpointStore { store: open_local(path)?, location: path.into(), job: String::new() };
         let bytes = store.get(MANIFEST).map_err(|_| {
-            StoreError::Invalid(format!("'{path}' is not a checkpoint: it has no {MANIFEST} (incomplete or not a checkpoint)"))
+            StoreError::Invalid(format!(
+                "'{path}' is not a checkpoint: it has no {MANIFEST} (incomplete or not a checkpoint)"
+            ))
         })?;
         let manifest = Manifest::parse(&bytes).map_err(|e| StoreError::Invalid(format!("'{path}': {e}")))?;
         let states = store.read_states("", &manifest).map_err(|e| StoreError::Invalid(format!("'{path}': {e}")))?;
@@ -263,7 +270,9 @@ mod tests {
 
     fn write(store: &CheckpointStore, id: u64) {
         let parallelism = BTreeMap::from([("src".to_string(), 1), ("win".to_string(), 1)]);
-        store.write(id, false, false, 0, 8, parallelism, &states(id as u8)).unwrap();
+        let meta =
+            CheckpointMeta { id, savepoint: false, finished: false, timestamp_ms: 0, max_parallelism: 8, parallelism };
+        store.write(meta, &states(id as u8)).unwrap();
     }
 
     #[test]

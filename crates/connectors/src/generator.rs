@@ -158,7 +158,10 @@ impl<T: Send + 'static, F: IndexFn<T>> SourceReader<T> for GeneratorReader<F> {
 
     fn seek(&mut self, position: &[u8]) -> io::Result<()> {
         let bytes: [u8; 8] = position.try_into().map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, "a generator position is 8 bytes; the checkpoint is not from this source")
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a generator position is 8 bytes; the checkpoint is not from this source",
+            )
         })?;
         self.next = u64::from_le_bytes(bytes);
         // The rate limit counts from the resume.

@@ -177,7 +177,7 @@ mod tests {
         assert_eq!(visible(dir.path()), vec!["1", "2"]);
         // A restart from checkpoint 1: the in-progress file with 3 is aborted.
         let second = writer.pre_commit(Some(2)).unwrap().unwrap();
-        sink.recover(&[first.clone()]).unwrap();
+        sink.recover(std::slice::from_ref(&first)).unwrap();
         assert!(sink.commit(&second).is_err(), "an aborted transaction cannot be committed");
         sink.commit(&first).unwrap();
         assert_eq!(visible(dir.path()), vec!["1", "2"]);

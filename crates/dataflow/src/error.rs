@@ -33,6 +33,9 @@ pub enum TaskError {
         #[source]
         source: io::Error,
     },
+    /// Checkpointing failed (storage, too many failed checkpoints, a failed commit).
+    #[error("checkpointing: {0}")]
+    Checkpoint(String),
     /// A downstream task is gone: the job is being cancelled or has failed elsewhere.
     #[error("a downstream task has stopped")]
     Disconnected,

@@ -178,7 +178,9 @@ impl<T: Data> NodeImpl for SourceNode<T> {
         let mut reader =
             self.source.create_reader(info.index, info.parallelism).map_err(|e| io_error("opening the source", e))?;
         match state {
-            Some(Restored::Plain(position)) => reader.seek(&position).map_err(|e| io_error("resuming the source", e))?,
+            Some(Restored::Plain(position)) => {
+                reader.seek(&position).map_err(|e| io_error("resuming the source", e))?
+            }
             Some(Restored::Keyed(_)) => unreachable!("sources have no keyed state"),
             None => {}
         }
@@ -300,6 +302,139 @@ pub struct JobConfig {
     pub tick: Duration,
     /// Whether operators are chained into tasks where partitioning allows.
     pub chaining: bool,
+    /// Checkpointing, if on.
+    pub checkpointing: Option<CheckpointConfig>,
+    /// What happens when a task fails.
+    pub restart: RestartStrategy,
+}
+
+/// How barriers are aligned at tasks with several input channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointMode {
+    /// Channels that delivered the barrier wait for the others: state and output are
+    /// exactly-once.
+    ExactlyOnce,
+    /// No waiting: lower latency, but records after the barrier on a fast channel may be
+    /// replayed after a restore (at-least-once).
+    AtLeastOnce,
+}
+
+/// Where a job starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The latest completed checkpoint of the same job name and location, if any.
+    Latest,
+    /// Nothing: ignore existing checkpoints.
+    Fresh,
+    /// The checkpoint or savepoint in this folder.
+    Path(String),
+}
+
+/// A test hook: called at named points ("upload" before a checkpoint's manifest is written,
+/// "commit" between a checkpoint's completion and its sink commits); an `Err` is a failure
+/// injected there.
+pub type Failpoint = Arc<dyn Fn(&str, u64) -> Result<(), String> + Send + Sync>;
+
+/// Checkpoint settings.
+#[derive(Clone)]
+pub struct CheckpointConfig {
+    /// Time between checkpoint triggers.
+    pub interval: Duration,
+    /// A checkpoint not complete after this long is abandoned (and counts as failed).
+    pub timeout: Duration,
+    /// Least time between the end of one checkpoint and the start of the next.
+    pub min_pause: Duration,
+    /// Failed checkpoints in a row tolerated before the job fails.
+    pub tolerable_failures: u32,
+    /// Barrier alignment.
+    pub mode: CheckpointMode,
+    /// Folder (or `file://` URL) checkpoints go to.
+    pub location: String,
+    /// Completed checkpoints kept.
+    pub retain: usize,
+    /// Where the job starts from.
+    pub start: StartFrom,
+    /// Drop restored state that no operator of the job claims, instead of failing.
+    pub allow_non_restored_state: bool,
+    /// Injected failures, for tests.
+    pub failpoint: Option<Failpoint>,
+}
+
+impl std::fmt::Debug for CheckpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointConfig")
+            .field("interval", &self.interval)
+            .field("mode", &self.mode)
+            .field("location", &self.location)
+            .field("start", &self.start)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckpointConfig {
+    /// Checkpoints every `interval` into folder `location`, with Flink's defaults otherwise
+    /// (exactly-once, 10 min timeout, no pause, no tolerated failure), keeping 3.
+    pub fn new(interval: Duration, location: impl Into<String>) -> Self {
+        CheckpointConfig {
+            interval,
+            timeout: Duration::from_secs(600),
+            min_pause: Duration::ZERO,
+            tolerable_failures: 0,
+            mode: CheckpointMode::ExactlyOnce,
+            location: location.into(),
+            retain: 3,
+            start: StartFrom::Latest,
+            allow_non_restored_state: false,
+            failpoint: None,
+        }
+    }
+}
+
+/// What happens when a task fails (Flink's restart strategies).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RestartStrategy {
+    /// The job fails.
+    None,
+    /// Up to `attempts` restarts, `delay` apart.
+    FixedDelay {
+        /// Restarts allowed.
+        attempts: u32,
+        /// Wait before each.
+        delay: Duration,
+    },
+    /// Restarts without limit, the wait growing from `initial` by `multiplier` up to `max`,
+    /// back to `initial` after `reset_after` without failure.
+    ExponentialDelay {
+        /// First wait.
+        initial: Duration,
+        /// Longest wait.
+        max: Duration,
+        /// Growth per failure.
+        multiplier: f64,
+        /// Quiet time that resets the wait.
+        reset_after: Duration,
+    },
+    /// Restarts while fewer than `max_failures` happen within `interval`.
+    FailureRate {
+        /// Failures allowed per interval.
+        max_failures: u32,
+        /// The measuring interval.
+        interval: Duration,
+        /// Wait before each restart.
+        delay: Duration,
+    },
+}
+
+impl RestartStrategy {
+    /// The default with checkpointing on: exponential delay from 100 ms to 10 s.
+    pub fn default_exponential() -> Self {
+        RestartStrategy::ExponentialDelay {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+            multiplier: 2.0,
+            reset_after: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for JobConfig {
@@ -312,6 +447,8 @@ impl Default for JobConfig {
             watermark_interval: Duration::from_millis(200),
             tick: Duration::from_millis(10),
             chaining: true,
+            checkpointing: None,
+            restart: RestartStrategy::None,
         }
     }
 }
@@ -358,6 +495,17 @@ impl JobGraph {
         }
         if c.batch_size == 0 || c.channel_capacity == 0 {
             return Err(GraphError("batch size and channel capacity must be at least 1".into()));
+        }
+        if let Some(cp) = &c.checkpointing {
+            if cp.interval < Duration::from_millis(10) {
+                return Err(GraphError(format!(
+                    "the checkpoint interval {:?} is too short; use at least 10 ms",
+                    cp.interval
+                )));
+            }
+            if cp.location.trim().is_empty() {
+                return Err(GraphError("checkpointing needs a location: a folder for the checkpoints".into()));
+            }
         }
         if c.tick.is_zero() {
             return Err(GraphError("the processing-time tick must be longer than 0".into()));

@@ -25,8 +25,8 @@ pub mod testing;
 pub use error::{GraphError, TaskError, TaskResult};
 pub use exchange::{ErasedInput, Target};
 pub use graph::{
-    AnyInput, Edge, JobConfig, JobGraph, Node, NodeId, NodeImpl, NodeKind, OperatorNode, OutEdge, Partitioning,
-    SinkNode, SourceNode,
+    AnyInput, CheckpointConfig, CheckpointMode, Edge, Failpoint, JobConfig, JobGraph, Node, NodeId, NodeImpl, NodeKind,
+    OperatorNode, OutEdge, Partitioning, RestartStrategy, SinkNode, SourceNode, StartFrom,
 };
 pub use message::{Envelope, Message};
 pub use operator::{guard_panic, now_millis, Input, Link, Operator, OperatorFactory, Output, SubtaskInfo};

@@ -8,11 +8,14 @@
 //! and aligns watermarks over each task's input channels. The runtime never names a
 //! record type.
 
+mod attempt;
 pub mod plan;
+pub mod restart;
 mod run;
 mod task;
 
 pub use plan::{plan, Plan, PlannedChain};
+pub use restart::RestartTracker;
 pub use run::{run, spawn, JobError, JobHandle, JobResult};
 use sluice_dataflow::JobGraph;
 

@@ -1,19 +1,14 @@
-//! Builds the tasks of a planned job, runs them on threads and collects the outcome.
+//! The job supervisor: restores from the latest checkpoint, runs attempts, and restarts
+//! failed ones as the restart strategy says, from the latest completed checkpoint.
 
-use crate::plan::{channel_count, channel_index, feeding_subtasks, is_pointwise, plan};
-use crate::task::run_inbox_task;
-use sluice_dataflow::{
-    AnyInput, Envelope, ErasedInput, GraphError, JobGraph, NodeKind, OutEdge, Partitioning, SourceTask, SubtaskInfo,
-    Target, TaskError,
-};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use crate::attempt::{commit_sinks, run_attempt, Checkpointing, Flags};
+use crate::restart::RestartTracker;
+use sluice_checkpoint::{plan_restore, CheckpointStore, LoadedCheckpoint, OperatorShape, RestorePlan};
+use sluice_dataflow::{GraphError, JobGraph, NodeKind, StartFrom, TaskError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// A task's inbox: the sender its producers clone, the receiver it reads.
-type Inbox = (SyncSender<Envelope>, Receiver<Envelope>);
 
 /// Why a job did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -21,17 +16,25 @@ pub enum JobError {
     /// The graph cannot run.
     #[error(transparent)]
     Graph(#[from] GraphError),
-    /// A task failed; the job was stopped.
+    /// A task failed and the restart strategy gave up (or there is none).
     #[error("job '{job}' failed: {source}")]
     Task {
         /// The job's name.
         job: String,
-        /// The first failure.
+        /// The last failure.
         #[source]
         source: TaskError,
     },
+    /// The checkpoint to start from cannot be used.
+    #[error("job '{job}' cannot start: {message}")]
+    Restore {
+        /// The job's name.
+        job: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
     /// A thread could not be started.
-    #[error("could not start a task thread: {0}")]
+    #[error("could not start the job: {0}")]
     Spawn(#[from] std::io::Error),
 }
 
@@ -42,72 +45,51 @@ pub struct JobResult {
     pub name: String,
     /// Wall time from start to end.
     pub duration: Duration,
-    /// Number of tasks (threads) the job ran as.
+    /// Number of tasks (threads) the last attempt ran as.
     pub tasks: usize,
     /// Whether it ended because it was cancelled.
     pub cancelled: bool,
+    /// Restarts after failures.
+    pub restarts: u32,
+    /// The checkpoint the job started from, if any.
+    pub restored_from: Option<u64>,
+    /// Duration and size in bytes of each completed checkpoint.
+    pub checkpoints: Vec<(Duration, u64)>,
 }
 
 /// A running job.
 pub struct JobHandle {
-    name: String,
-    started: Instant,
-    stop_sources: Arc<AtomicBool>,
-    cancelled: Arc<AtomicBool>,
-    abort: Arc<AtomicBool>,
-    errors: Arc<Mutex<Vec<TaskError>>>,
-    threads: Vec<JoinHandle<()>>,
+    flags: Arc<Flags>,
+    supervisor: JoinHandle<Result<JobResult, JobError>>,
 }
 
 impl JobHandle {
     /// Stops the sources; the rest of the job drains what they emitted, sinks finish,
-    /// and [`JobHandle::join`] returns. Event-time windows that did not close are not fired.
+    /// and [`JobHandle::join`] returns. Event-time windows that did not close are not fired
+    /// (with checkpointing on, their state goes into a final checkpoint to resume from).
     pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-        self.stop_sources.store(true, Ordering::SeqCst);
+        self.flags.cancelled.store(true, Ordering::SeqCst);
+        self.flags.stop_sources.store(true, Ordering::SeqCst);
     }
 
     /// A function that cancels the job (for a Ctrl-C handler on another thread).
     pub fn canceller(&self) -> impl Fn() + Send + Sync + 'static {
-        let (cancelled, stop) = (self.cancelled.clone(), self.stop_sources.clone());
+        let flags = self.flags.clone();
         move || {
-            cancelled.store(true, Ordering::SeqCst);
-            stop.store(true, Ordering::SeqCst);
+            flags.cancelled.store(true, Ordering::SeqCst);
+            flags.stop_sources.store(true, Ordering::SeqCst);
         }
     }
 
-    /// Whether every task has ended.
+    /// Whether the job has ended.
     pub fn is_finished(&self) -> bool {
-        self.threads.iter().all(|t| t.is_finished())
+        self.supervisor.is_finished()
     }
 
     /// Waits for the job to end.
     pub fn join(self) -> Result<JobResult, JobError> {
-        let tasks = self.threads.len();
-        for thread in self.threads {
-            if thread.join().is_err() {
-                // A panic outside user code (user code panics are caught and reported).
-                self.abort.store(true, Ordering::SeqCst);
-                self.stop_sources.store(true, Ordering::SeqCst);
-            }
-        }
-        let mut errors = std::mem::take(&mut *self.errors.lock().unwrap_or_else(|e| e.into_inner()));
-        // The first failure is the cause; disconnections are its echoes in other tasks.
-        let primary = errors.iter().position(|e| !e.is_secondary());
-        if let Some(i) = primary {
-            return Err(JobError::Task { job: self.name, source: errors.swap_remove(i) });
-        }
-        if let Some(e) = errors.pop() {
-            if !self.cancelled.load(Ordering::SeqCst) {
-                return Err(JobError::Task { job: self.name, source: e });
-            }
-        }
-        tracing::info!(job = %self.name, elapsed_ms = self.started.elapsed().as_millis() as u64, "job finished");
-        Ok(JobResult {
-            name: self.name,
-            duration: self.started.elapsed(),
-            tasks,
-            cancelled: self.cancelled.load(Ordering::SeqCst),
+        self.supervisor.join().unwrap_or_else(|_| {
+            Err(JobError::Task { job: "?".into(), source: TaskError::Checkpoint("the job supervisor panicked".into()) })
         })
     }
 }
@@ -117,152 +99,134 @@ pub fn run(graph: JobGraph) -> Result<JobResult, JobError> {
     spawn(graph)?.join()
 }
 
-enum Work {
-    Source(Box<dyn SourceTask>),
-    Inbox { head: Box<dyn ErasedInput>, inbox: Receiver<Envelope>, channels: usize },
-}
-
-/// Starts the job and returns at once.
+/// Checks the graph and the checkpoint to start from, then starts the job and returns.
 pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
     graph.validate()?;
-    let plan = plan(&graph);
-    let config = graph.config.clone();
-
-    // One bounded inbox per subtask of every chain that is not headed by a source.
-    let mut inboxes: Vec<Vec<Option<Inbox>>> = plan
-        .chains
-        .iter()
-        .map(|chain| {
-            let head = &graph.nodes[chain.nodes[0].0];
-            (0..chain.parallelism)
-                .map(|_| (head.imp.kind() != NodeKind::Source).then(|| sync_channel(config.channel_capacity)))
-                .collect()
-        })
-        .collect();
-    let senders: Vec<Vec<Option<SyncSender<Envelope>>>> = inboxes
-        .iter()
-        .map(|subtasks| subtasks.iter().map(|i| i.as_ref().map(|(tx, _)| tx.clone())).collect())
-        .collect();
-    let consumers = graph.consumers();
-
-    let mut work = Vec::new();
-    for (chain, chain_inboxes) in plan.chains.iter().zip(inboxes.iter_mut()) {
-        for (subtask, inbox) in chain_inboxes.iter_mut().enumerate() {
-            let info_of = |node: usize| SubtaskInfo {
-                operator: Arc::from(graph.nodes[node].name.as_str()),
-                index: subtask,
-                parallelism: chain.parallelism,
-                max_parallelism: config.max_parallelism,
-                batch_size: config.batch_size,
-            };
-            let tail = &graph.nodes[chain.nodes.last().expect("a chain has a node").0];
-            let mut next: Option<AnyInput> = None;
-            if tail.imp.kind() != NodeKind::Sink {
-                let mut edges = Vec::new();
-                for &(consumer, edge) in &consumers[tail.id.0] {
-                    let consumer_chain = plan.chain_of[consumer.0];
-                    let targets: Vec<Target> = (0..graph.parallelism_of(consumer))
-                        .filter(|&to| feeding_subtasks(&graph, consumer, edge, to).contains(&subtask))
-                        .map(|to| Target {
-                            inbox: senders[consumer_chain][to].clone().expect("a consumer has an inbox"),
-                            channel: channel_index(&graph, consumer, edge, to, subtask),
-                        })
-                        .collect();
-                    let partitioning = &graph.nodes[consumer.0].inputs[edge].partitioning;
-                    edges.push(match partitioning {
-                        Partitioning::Hash(hash) => OutEdge::Hash(hash.clone(), targets),
-                        Partitioning::Broadcast => OutEdge::Broadcast(targets),
-                        Partitioning::Forward | Partitioning::Rebalance => {
-                            debug_assert!(!is_pointwise(&graph, consumer, edge) || targets.len() == 1);
-                            OutEdge::RoundRobin(rotate(targets, subtask))
-                        }
-                    });
-                }
-                next = Some(tail.imp.exchange(edges, &info_of(tail.id.0)));
-            }
-            let mut source = None;
-            for node_id in chain.nodes.iter().rev() {
-                let node = &graph.nodes[node_id.0];
-                let info = info_of(node_id.0);
-                let stage = next.take();
-                match node.imp.kind() {
-                    NodeKind::Source => {
-                        let task = node
-                            .imp
-                            .source(stage.expect("a source feeds a stage"), &info, &config)
-                            .map_err(|source| JobError::Task { job: graph.name.clone(), source })?;
-                        source = Some(task);
-                    }
-                    _ => {
-                        next = Some(
-                            node.imp
-                                .link(stage, &info)
-                                .map_err(|source| JobError::Task { job: graph.name.clone(), source })?,
-                        )
-                    }
-                }
-            }
-            let head_node = chain.nodes[0];
-            let name = format!("{}#{}", graph.nodes[head_node.0].name, subtask);
-            let job = match source {
-                Some(task) => Work::Source(task),
-                None => {
-                    let (_, inbox) = inbox.take().expect("one inbox per subtask");
-                    Work::Inbox {
-                        head: graph.nodes[head_node.0].imp.head(next.take().expect("a chain has a head stage")),
-                        inbox,
-                        channels: channel_count(&graph, head_node, subtask),
-                    }
-                }
-            };
-            work.push((name, job));
-        }
+    let job = graph.name.clone();
+    let restore_error = |message: String| JobError::Restore { job: job.clone(), message };
+    let mut checkpointing = None;
+    let mut start = None;
+    if let Some(config) = graph.config.checkpointing.clone() {
+        let store = CheckpointStore::open(&config.location, &graph.name).map_err(|e| restore_error(e.to_string()))?;
+        let existing = store.checkpoint_ids().map_err(|e| restore_error(e.to_string()))?;
+        start = match &config.start {
+            StartFrom::Fresh => None,
+            StartFrom::Latest => store.latest().map_err(|e| restore_error(e.to_string()))?,
+            StartFrom::Path(path) => Some(CheckpointStore::load_path(path).map_err(|e| restore_error(e.to_string()))?),
+        };
+        let next_id =
+            existing.iter().copied().chain(start.iter().map(|s| s.manifest.checkpoint)).max().unwrap_or(0) + 1;
+        let completed = start.iter().filter(|s| !s.manifest.savepoint).map(|s| s.manifest.checkpoint).collect();
+        checkpointing = Some(Checkpointing { config, store, next_id, completed, restored: None, stats: Vec::new() });
     }
-    // The planner's own senders must go, or inboxes would never see their producers leave.
-    drop(senders);
-    drop(inboxes);
-
-    let stop_sources = Arc::new(AtomicBool::new(false));
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let abort = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let mut threads = Vec::new();
-    let started = Instant::now();
-    for (name, job) in work {
-        let (stop_sources, abort, errors) = (stop_sources.clone(), abort.clone(), errors.clone());
-        let abort_on_spawn_failure = abort.clone();
-        let tick = config.tick;
-        let thread_name = format!("sluice:{name}");
-        let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
-            let result = match job {
-                Work::Source(mut task) => task.run(&stop_sources),
-                Work::Inbox { mut head, inbox, channels } => run_inbox_task(&mut *head, inbox, channels, &abort, tick),
-            };
-            if let Err(error) = result {
-                if !error.is_secondary() {
-                    tracing::error!(task = %name, error = %error, "task failed");
-                }
-                abort.store(true, Ordering::SeqCst);
-                stop_sources.store(true, Ordering::SeqCst);
-                errors.lock().unwrap_or_else(|e| e.into_inner()).push(error);
-            }
-        });
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                abort_on_spawn_failure.store(true, Ordering::SeqCst);
-                return Err(JobError::Spawn(e));
-            }
-        }
+    // A bad checkpoint to start from is an error now, not after the job has started.
+    if let Some(loaded) = &start {
+        restore_plan(&graph, loaded).map_err(&restore_error)?;
     }
-    tracing::info!(job = %graph.name, tasks = threads.len(), "job started");
-    Ok(JobHandle { name: graph.name, started, stop_sources, cancelled, abort, errors, threads })
+    let flags =
+        Arc::new(Flags { stop_sources: Default::default(), cancelled: Default::default(), abort: Default::default() });
+    let supervisor_flags = flags.clone();
+    let supervisor = std::thread::Builder::new()
+        .name(format!("sluice:{}", graph.name))
+        .spawn(move || supervise(graph, start, checkpointing, supervisor_flags))?;
+    Ok(JobHandle { flags, supervisor })
 }
 
-fn rotate(mut targets: Vec<Target>, by: usize) -> Vec<Target> {
-    if !targets.is_empty() {
-        let n = by % targets.len();
-        targets.rotate_left(n);
+fn shapes(graph: &JobGraph) -> Vec<OperatorShape> {
+    graph
+        .nodes
+        .iter()
+        .map(|n| OperatorShape { state_id: n.state_id().to_string(), parallelism: graph.parallelism_of(n.id) })
+        .collect()
+}
+
+fn restore_plan(graph: &JobGraph, loaded: &LoadedCheckpoint) -> Result<RestorePlan, String> {
+    let allow = graph.config.checkpointing.as_ref().map(|c| c.allow_non_restored_state).unwrap_or(false);
+    plan_restore(&loaded.manifest, loaded.states.clone(), &shapes(graph), graph.config.max_parallelism, allow)
+}
+
+/// Before an attempt: abort what failed attempts left in the sinks, and commit the
+/// transactions of the checkpoint restored from (again: commits are idempotent).
+fn settle_sinks(graph: &JobGraph, plan: Option<&RestorePlan>) -> Result<(), TaskError> {
+    let empty = Default::default();
+    let committables = plan.map(|p| &p.committables).unwrap_or(&empty);
+    for node in graph.nodes.iter().filter(|n| n.imp.kind() == NodeKind::Sink) {
+        let keep = committables.get(node.state_id()).cloned().unwrap_or_default();
+        node.imp.recover(&keep).map_err(|source| TaskError::Io {
+            operator: node.name.clone(),
+            subtask: 0,
+            what: "recovering".into(),
+            source,
+        })?;
     }
-    targets
+    commit_sinks(graph, committables)
+}
+
+fn supervise(
+    graph: JobGraph,
+    mut start: Option<LoadedCheckpoint>,
+    mut checkpointing: Option<Checkpointing>,
+    flags: Arc<Flags>,
+) -> Result<JobResult, JobError> {
+    let started = Instant::now();
+    let job = graph.name.clone();
+    let strategy = graph.config.restart.clone();
+    let mut restarts = RestartTracker::new(strategy);
+    let mut restored_from = None;
+    loop {
+        let plan = match &start {
+            Some(loaded) => {
+                Some(restore_plan(&graph, loaded).map_err(|message| JobError::Restore { job: job.clone(), message })?)
+            }
+            None => None,
+        };
+        if let Some(p) = &plan {
+            tracing::info!(job = %job, checkpoint = p.checkpoint, "restoring");
+            restored_from.get_or_insert(p.checkpoint);
+            if let Some(cp) = checkpointing.as_mut() {
+                cp.restored = Some(p.checkpoint);
+            }
+        }
+        let outcome = settle_sinks(&graph, plan.as_ref()).and_then(|()| {
+            if plan.as_ref().is_some_and(|p| p.finished) {
+                tracing::info!(job = %job, "the job had already finished: its last output is committed");
+                return Ok(0);
+            }
+            run_attempt(&graph, plan.as_ref(), &flags, checkpointing.as_mut())
+        });
+        match outcome {
+            Ok(tasks) => {
+                return Ok(JobResult {
+                    name: job,
+                    duration: started.elapsed(),
+                    tasks,
+                    cancelled: flags.cancelled.load(Ordering::SeqCst),
+                    restarts: restarts.restarts(),
+                    restored_from,
+                    checkpoints: checkpointing.map(|c| c.stats).unwrap_or_default(),
+                })
+            }
+            Err(error) => {
+                let delay =
+                    if flags.cancelled.load(Ordering::SeqCst) { None } else { restarts.on_failure(Instant::now()) };
+                let Some(delay) = delay else {
+                    return Err(JobError::Task { job, source: error });
+                };
+                tracing::warn!(job = %job, error = %error, delay_ms = delay.as_millis() as u64, "restarting after a failure");
+                let wake = Instant::now() + delay;
+                while Instant::now() < wake && !flags.cancelled.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5).min(wake.saturating_duration_since(Instant::now())));
+                }
+                flags.abort.store(false, Ordering::SeqCst);
+                flags.stop_sources.store(flags.cancelled.load(Ordering::SeqCst), Ordering::SeqCst);
+                if let Some(cp) = &checkpointing {
+                    if let Some(latest) =
+                        cp.store.latest().map_err(|e| JobError::Restore { job: job.clone(), message: e.to_string() })?
+                    {
+                        start = Some(latest);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -2,8 +2,10 @@
 //! watermarks over the input channels (the minimum over channels that are neither idle
 //! nor ended), passes idleness on, ticks processing time and ends when every channel has.
 
-use sluice_dataflow::{now_millis, Envelope, ErasedInput, Message, TaskError, TaskResult};
+use sluice_dataflow::snapshot::Barrier;
+use sluice_dataflow::{now_millis, Envelope, ErasedInput, Message, TaskControl, TaskError, TaskResult};
 use sluice_types::{Timestamp, MIN_WATERMARK};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
@@ -70,6 +72,27 @@ impl Alignment {
     }
 }
 
+/// Barrier alignment: which channels have delivered the current barrier, and what arrived
+/// on them since (held back in exactly-once mode until every channel has delivered it).
+struct Barriers {
+    exactly_once: bool,
+    current: Option<Barrier>,
+    delivered: Vec<bool>,
+    held: VecDeque<Envelope>,
+}
+
+impl Barriers {
+    fn holds(&self, channel: usize) -> bool {
+        self.exactly_once && self.current.is_some() && self.delivered[channel]
+    }
+
+    /// Whether every channel that has not ended has delivered the current barrier.
+    fn complete(&self, alignment: &Alignment) -> bool {
+        self.current.is_some()
+            && self.delivered.iter().zip(&alignment.channels).all(|(delivered, c)| *delivered || c.ended)
+    }
+}
+
 /// Runs a task until its inputs end (`Ok`), it fails (`Err`) or the job aborts.
 pub(crate) fn run_inbox_task(
     head: &mut dyn ErasedInput,
@@ -77,29 +100,43 @@ pub(crate) fn run_inbox_task(
     channels: usize,
     abort: &AtomicBool,
     tick: Duration,
+    control: &TaskControl,
+    exactly_once: bool,
 ) -> TaskResult {
     let mut alignment = Alignment::new(channels);
+    let mut barriers =
+        Barriers { exactly_once, current: None, delivered: vec![false; channels], held: VecDeque::new() };
+    // Messages held back during an alignment, to be processed once it completes.
+    let mut replay: VecDeque<Envelope> = VecDeque::new();
     let mut last_tick = Instant::now();
     loop {
         if abort.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let envelope = match inbox.try_recv() {
-            Ok(envelope) => Some(envelope),
-            Err(TryRecvError::Empty) => {
-                // Nothing waiting: pass on what is buffered rather than hold it back.
-                head.flush()?;
-                match inbox.recv_timeout(tick) {
-                    Ok(envelope) => Some(envelope),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return Err(TaskError::Disconnected),
+        let envelope = if let Some(envelope) = replay.pop_front() {
+            Some(envelope)
+        } else {
+            match inbox.try_recv() {
+                Ok(envelope) => Some(envelope),
+                Err(TryRecvError::Empty) => {
+                    // Nothing waiting: pass on what is buffered rather than hold it back.
+                    head.flush()?;
+                    match inbox.recv_timeout(tick) {
+                        Ok(envelope) => Some(envelope),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => return Err(TaskError::Disconnected),
+                    }
                 }
+                Err(TryRecvError::Disconnected) => return Err(TaskError::Disconnected),
             }
-            Err(TryRecvError::Disconnected) => return Err(TaskError::Disconnected),
         };
-        if let Some(Envelope { channel, message }) = envelope {
-            let channel = channel as usize;
-            match message {
+        if let Some(envelope) = envelope {
+            let channel = envelope.channel as usize;
+            if barriers.holds(channel) {
+                barriers.held.push_back(envelope);
+                continue;
+            }
+            match envelope.message {
                 Message::Data(batch) => head.batch(batch)?,
                 Message::Watermark(w) => {
                     if let Some(w) = alignment.on_watermark(channel, w) {
@@ -115,15 +152,48 @@ pub(crate) fn run_inbox_task(
                         head.idle(idle)?;
                     }
                 }
+                Message::Barrier(barrier) => {
+                    match barriers.current {
+                        Some(current) if current.id > barrier.id => {} // a stale barrier of an abandoned checkpoint
+                        Some(current) if current.id == barrier.id => barriers.delivered[channel] = true,
+                        _ => {
+                            // A newer checkpoint: any alignment in progress was abandoned.
+                            replay.extend(barriers.held.drain(..));
+                            barriers.current = Some(barrier);
+                            barriers.delivered.iter_mut().for_each(|d| *d = false);
+                            barriers.delivered[channel] = true;
+                        }
+                    }
+                }
                 Message::End => {
                     let (watermark, all_ended) = alignment.on_end(channel);
                     if let Some(w) = watermark {
                         head.watermark(w)?;
                     }
-                    if all_ended {
+                    if all_ended && barriers.current.is_none() {
                         head.flush()?;
-                        return head.end();
+                        let mut states = Vec::new();
+                        head.end(&mut states)?;
+                        control.report(None, states);
+                        return Ok(());
                     }
+                }
+            }
+            if barriers.complete(&alignment) {
+                let barrier = barriers.current.take().expect("complete implies a barrier");
+                let mut states = Vec::new();
+                head.barrier(barrier, &mut states)?;
+                control.report(Some(barrier.id), states);
+                // What was held back comes first, in arrival order, before anything newer.
+                let mut held = std::mem::take(&mut barriers.held);
+                held.extend(replay.drain(..));
+                replay = held;
+                if alignment.open == 0 && replay.is_empty() {
+                    head.flush()?;
+                    let mut states = Vec::new();
+                    head.end(&mut states)?;
+                    control.report(None, states);
+                    return Ok(());
                 }
             }
         }

@@ -501,10 +501,8 @@ where
         for (_, bytes) in chunks {
             let chunk: WindowChunk<K, W::Acc> = decode(&bytes, "a window");
             for (window, fired, entries) in chunk.aligned {
-                let bucket = self
-                    .aligned
-                    .entry(window)
-                    .or_insert_with(|| Bucket { accumulators: FastMap::default(), fired });
+                let bucket =
+                    self.aligned.entry(window).or_insert_with(|| Bucket { accumulators: FastMap::default(), fired });
                 bucket.accumulators.extend(entries);
             }
             for (key, sessions) in chunk.sessions {
@@ -512,7 +510,8 @@ where
                     let due = if *fired { self.cleanup_time(window) } else { window.max_timestamp() };
                     self.session_timers.register(due, &key);
                 }
-                let sessions = sessions.into_iter().map(|(window, acc, fired)| Session { window, acc, fired }).collect();
+                let sessions =
+                    sessions.into_iter().map(|(window, acc, fired)| Session { window, acc, fired }).collect();
                 self.sessions.insert(key, sessions);
             }
         }

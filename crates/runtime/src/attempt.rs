@@ -1,0 +1,462 @@
+//! One attempt of a job: build its tasks (restored from a checkpoint if there is one), run
+//! them, and coordinate checkpoints while they run: trigger barriers at the sources,
+//! collect every task's state, have it written in the background, commit the sinks'
+//! transactions once a checkpoint is complete, and write a final checkpoint when the
+//! tasks finish.
+
+use crate::plan::{channel_count, channel_index, feeding_subtasks, is_pointwise, plan};
+use crate::task::run_inbox_task;
+use sluice_checkpoint::{to_prune, CheckpointMeta, CheckpointStore, RestorePlan};
+use sluice_dataflow::snapshot::{Barrier, OperatorState, SubtaskState};
+use sluice_dataflow::{
+    now_millis, AnyInput, CheckpointConfig, CheckpointMode, Envelope, ErasedInput, JobGraph, NodeKind, OutEdge,
+    Partitioning, SourceTask, SubtaskInfo, Target, TaskControl, TaskError, TaskReport, TaskResult,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Flags shared by the supervisor, the attempt and its tasks.
+pub(crate) struct Flags {
+    /// Sources stop (cancellation, or an abort).
+    pub stop_sources: AtomicBool,
+    /// The user cancelled the job.
+    pub cancelled: AtomicBool,
+    /// The current attempt is failing: every task stops now.
+    pub abort: AtomicBool,
+}
+
+/// Checkpointing state carried from attempt to attempt.
+pub(crate) struct Checkpointing {
+    pub config: CheckpointConfig,
+    pub store: CheckpointStore,
+    /// The next checkpoint id (ids grow across restarts).
+    pub next_id: u64,
+    /// Completed checkpoints, oldest first.
+    pub completed: Vec<u64>,
+    /// The checkpoint this attempt was restored from.
+    pub restored: Option<u64>,
+    /// Durations and sizes of completed checkpoints, for reports.
+    pub stats: Vec<(Duration, u64)>,
+}
+
+enum Work {
+    Source(Box<dyn SourceTask>, TaskControl),
+    Inbox { head: Box<dyn ErasedInput>, inbox: Receiver<Envelope>, channels: usize, control: TaskControl },
+}
+
+type Inbox = (SyncSender<Envelope>, Receiver<Envelope>);
+
+/// The tasks of an attempt, built and not yet started.
+struct Built {
+    work: Vec<(String, Work)>,
+    barrier_senders: Vec<(usize, Sender<Barrier>)>,
+    reports: Receiver<TaskReport>,
+}
+
+fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
+    let plan = plan(graph);
+    let config = &graph.config;
+    let mut inboxes: Vec<Vec<Option<Inbox>>> = plan
+        .chains
+        .iter()
+        .map(|chain| {
+            let head = &graph.nodes[chain.nodes[0].0];
+            (0..chain.parallelism)
+                .map(|_| (head.imp.kind() != NodeKind::Source).then(|| sync_channel(config.channel_capacity)))
+                .collect()
+        })
+        .collect();
+    let senders: Vec<Vec<Option<SyncSender<Envelope>>>> = inboxes
+        .iter()
+        .map(|subtasks| subtasks.iter().map(|i| i.as_ref().map(|(tx, _)| tx.clone())).collect())
+        .collect();
+    let consumers = graph.consumers();
+    let (report_tx, reports) = channel();
+    let mut barrier_senders = Vec::new();
+    let mut work = Vec::new();
+    for (chain, chain_inboxes) in plan.chains.iter().zip(inboxes.iter_mut()) {
+        for (subtask, inbox) in chain_inboxes.iter_mut().enumerate() {
+            let info_of = |node: usize| SubtaskInfo {
+                operator: Arc::from(graph.nodes[node].name.as_str()),
+                state_id: Arc::from(graph.nodes[node].state_id()),
+                index: subtask,
+                parallelism: chain.parallelism,
+                max_parallelism: config.max_parallelism,
+                batch_size: config.batch_size,
+            };
+            let restored = |node: usize| {
+                restore.and_then(|r| r.states.get(&(graph.nodes[node].state_id().to_string(), subtask)).cloned())
+            };
+            let tail = &graph.nodes[chain.nodes.last().expect("a chain has a node").0];
+            let mut next: Option<AnyInput> = None;
+            if tail.imp.kind() != NodeKind::Sink {
+                let mut edges = Vec::new();
+                for &(consumer, edge) in &consumers[tail.id.0] {
+                    let consumer_chain = plan.chain_of[consumer.0];
+                    let targets: Vec<Target> = (0..graph.parallelism_of(consumer))
+                        .filter(|&to| feeding_subtasks(graph, consumer, edge, to).contains(&subtask))
+                        .map(|to| Target {
+                            inbox: senders[consumer_chain][to].clone().expect("a consumer has an inbox"),
+                            channel: channel_index(graph, consumer, edge, to, subtask),
+                        })
+                        .collect();
+                    edges.push(match &graph.nodes[consumer.0].inputs[edge].partitioning {
+                        Partitioning::Hash(hash) => OutEdge::Hash(hash.clone(), targets),
+                        Partitioning::Broadcast => OutEdge::Broadcast(targets),
+                        Partitioning::Forward | Partitioning::Rebalance => {
+                            debug_assert!(!is_pointwise(graph, consumer, edge) || targets.len() == 1);
+                            OutEdge::RoundRobin(rotate(targets, subtask))
+                        }
+                    });
+                }
+                next = Some(tail.imp.exchange(edges, &info_of(tail.id.0)));
+            }
+            let task = work.len();
+            let control = |barriers| TaskControl { task, barriers, reports: report_tx.clone() };
+            let mut source = None;
+            for node_id in chain.nodes.iter().rev() {
+                let node = &graph.nodes[node_id.0];
+                let info = info_of(node_id.0);
+                let stage = next.take();
+                if node.imp.kind() == NodeKind::Source {
+                    let state = restored(node_id.0);
+                    if restore.is_some() && state.is_none() {
+                        tracing::warn!(
+                            source = %node.name,
+                            "this source has no checkpointed position (it cannot replay): records it delivered \
+                             since the last checkpoint are lost (at-most-once)"
+                        );
+                    }
+                    source = Some(node.imp.source(stage.expect("a source feeds a stage"), &info, config, state)?);
+                } else {
+                    next = Some(node.imp.link(stage, &info, restored(node_id.0))?);
+                }
+            }
+            let head_node = chain.nodes[0];
+            let name = format!("{}#{}", graph.nodes[head_node.0].name, subtask);
+            let job = match source {
+                Some(task_impl) => {
+                    let (tx, rx) = channel();
+                    barrier_senders.push((task, tx));
+                    Work::Source(task_impl, control(Some(rx)))
+                }
+                None => {
+                    let (_, inbox) = inbox.take().expect("one inbox per subtask");
+                    Work::Inbox {
+                        head: graph.nodes[head_node.0].imp.head(next.take().expect("a chain has a head stage")),
+                        inbox,
+                        channels: channel_count(graph, head_node, subtask),
+                        control: control(None),
+                    }
+                }
+            };
+            work.push((name, job));
+        }
+    }
+    Ok(Built { work, barrier_senders, reports })
+}
+
+fn rotate(mut targets: Vec<Target>, by: usize) -> Vec<Target> {
+    if !targets.is_empty() {
+        let n = by % targets.len();
+        targets.rotate_left(n);
+    }
+    targets
+}
+
+/// Commits sinks' transactions: `committables` by sink state id.
+pub(crate) fn commit_sinks(graph: &JobGraph, committables: &HashMap<String, Vec<Vec<u8>>>) -> TaskResult {
+    for node in graph.nodes.iter().filter(|n| n.imp.kind() == NodeKind::Sink) {
+        for committable in committables.get(node.state_id()).into_iter().flatten() {
+            node.imp.commit(committable).map_err(|source| TaskError::Io {
+                operator: node.name.clone(),
+                subtask: 0,
+                what: "committing".into(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn committables_of(states: &[SubtaskState]) -> HashMap<String, Vec<Vec<u8>>> {
+    let mut by_sink: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    for s in states {
+        if let OperatorState::Committable(bytes) = &s.state {
+            by_sink.entry(s.operator.clone()).or_default().push(bytes.clone());
+        }
+    }
+    by_sink
+}
+
+struct Pending {
+    id: u64,
+    started: Instant,
+    awaiting: HashSet<usize>,
+    states: Vec<SubtaskState>,
+}
+
+type UploadResult = (u64, Instant, Result<(u64, Vec<SubtaskState>), String>);
+
+/// Writes a checkpoint (runs on the uploader thread).
+fn upload(
+    ckpt: &CheckpointStore,
+    failpoint: Option<&sluice_dataflow::Failpoint>,
+    graph_shape: &(usize, BTreeMap<String, usize>),
+    id: u64,
+    finished: bool,
+    states: Vec<SubtaskState>,
+) -> Result<(u64, Vec<SubtaskState>), String> {
+    if let Some(fp) = failpoint {
+        fp("upload", id)?;
+    }
+    let meta = CheckpointMeta {
+        id,
+        savepoint: false,
+        finished,
+        timestamp_ms: now_millis(),
+        max_parallelism: graph_shape.0,
+        parallelism: graph_shape.1.clone(),
+    };
+    let manifest = ckpt.write(meta, &states).map_err(|e| e.to_string())?;
+    Ok((manifest.states.iter().map(|s| s.bytes).sum(), states))
+}
+
+/// Runs one attempt to its end.
+pub(crate) fn run_attempt(
+    graph: &JobGraph,
+    restore: Option<&RestorePlan>,
+    flags: &Arc<Flags>,
+    mut checkpointing: Option<&mut Checkpointing>,
+) -> TaskResult<usize> {
+    let Built { work, barrier_senders, reports } = build(graph, restore)?;
+    let tasks = work.len();
+    let errors: Arc<Mutex<Vec<TaskError>>> = Arc::new(Mutex::new(Vec::new()));
+    let exactly_once =
+        graph.config.checkpointing.as_ref().map(|c| c.mode == CheckpointMode::ExactlyOnce).unwrap_or(true);
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (name, job) in work {
+        let (task_flags, errors) = (flags.clone(), errors.clone());
+        let tick = graph.config.tick;
+        let spawned = std::thread::Builder::new().name(format!("sluice:{name}")).spawn(move || {
+            let flags = task_flags;
+            let result = match job {
+                Work::Source(mut task, control) => task.run(&flags.stop_sources, &control),
+                Work::Inbox { mut head, inbox, channels, control } => {
+                    run_inbox_task(&mut *head, inbox, channels, &flags.abort, tick, &control, exactly_once)
+                }
+            };
+            if let Err(error) = result {
+                if !error.is_secondary() {
+                    tracing::error!(task = %name, error = %error, "task failed");
+                }
+                flags.abort.store(true, Ordering::SeqCst);
+                flags.stop_sources.store(true, Ordering::SeqCst);
+                errors.lock().unwrap_or_else(|e| e.into_inner()).push(error);
+            }
+        });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                flags.abort.store(true, Ordering::SeqCst);
+                flags.stop_sources.store(true, Ordering::SeqCst);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(TaskError::Checkpoint(format!("could not start a task thread: {e}")));
+            }
+        }
+    }
+    tracing::info!(job = %graph.name, tasks, "attempt started");
+
+    let shape = (
+        graph.config.max_parallelism,
+        graph.nodes.iter().map(|n| (n.state_id().to_string(), graph.parallelism_of(n.id))).collect::<BTreeMap<_, _>>(),
+    );
+    let mut finished: HashMap<usize, Vec<SubtaskState>> = HashMap::new();
+    let mut pending: Option<Pending> = None;
+    let mut uploading: Option<Receiver<UploadResult>> = None;
+    let mut failed_in_a_row = 0u32;
+    let mut last_trigger = Instant::now();
+    let mut last_done = Instant::now();
+    let mut coordinator_error: Option<TaskError> = None;
+    let live_sources: HashSet<usize> = barrier_senders.iter().map(|(t, _)| *t).collect();
+
+    let fail = |error: TaskError, flags: &Flags| {
+        flags.abort.store(true, Ordering::SeqCst);
+        flags.stop_sources.store(true, Ordering::SeqCst);
+        error
+    };
+
+    while finished.len() < tasks && !flags.abort.load(Ordering::SeqCst) {
+        match reports.recv_timeout(Duration::from_millis(5)) {
+            Ok(TaskReport { task, checkpoint: Some(id), states }) => {
+                if let Some(p) = pending.as_mut().filter(|p| p.id == id) {
+                    if p.awaiting.remove(&task) {
+                        p.states.extend(states);
+                    }
+                }
+            }
+            Ok(TaskReport { task, checkpoint: None, states }) => {
+                if let Some(p) = pending.as_mut() {
+                    // It ended before passing the barrier: its final state is its state at it.
+                    if p.awaiting.remove(&task) {
+                        p.states.extend(states.iter().cloned());
+                    }
+                }
+                finished.insert(task, states);
+            }
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+        let Some(cp) = checkpointing.as_deref_mut() else { continue };
+        if let Some(p) = pending.as_ref() {
+            if p.awaiting.is_empty() {
+                let p = pending.take().expect("checked above");
+                let (tx, rx) = channel();
+                let (store, failpoint, shape) = (cp.store.clone(), cp.config.failpoint.clone(), shape.clone());
+                std::thread::spawn(move || {
+                    let result = upload(&store, failpoint.as_ref(), &shape, p.id, false, p.states);
+                    let _ = tx.send((p.id, p.started, result));
+                });
+                uploading = Some(rx);
+            } else if p.started.elapsed() > cp.config.timeout {
+                tracing::warn!(checkpoint = p.id, "checkpoint timed out");
+                pending = None;
+                failed_in_a_row += 1;
+                last_done = Instant::now();
+            }
+        }
+        if let Some(rx) = uploading.as_ref() {
+            if let Ok((id, started, result)) = rx.try_recv() {
+                uploading = None;
+                last_done = Instant::now();
+                match result {
+                    Ok((bytes, states)) => {
+                        failed_in_a_row = 0;
+                        cp.stats.push((started.elapsed(), bytes));
+                        tracing::info!(
+                            checkpoint = id,
+                            bytes,
+                            ms = started.elapsed().as_millis() as u64,
+                            "checkpoint complete"
+                        );
+                        if let Err(e) = complete(graph, cp, id, &states) {
+                            coordinator_error = Some(fail(e, flags));
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(checkpoint = id, error = %e, "checkpoint failed");
+                        failed_in_a_row += 1;
+                    }
+                }
+            }
+        }
+        if failed_in_a_row > cp.config.tolerable_failures {
+            coordinator_error = Some(fail(
+                TaskError::Checkpoint(format!(
+                    "{failed_in_a_row} checkpoint(s) failed in a row, more than the {} tolerated",
+                    cp.config.tolerable_failures
+                )),
+                flags,
+            ));
+            break;
+        }
+        let due = last_trigger.elapsed() >= cp.config.interval && last_done.elapsed() >= cp.config.min_pause;
+        let sources_running = live_sources.iter().any(|t| !finished.contains_key(t));
+        if pending.is_none()
+            && uploading.is_none()
+            && due
+            && sources_running
+            && !flags.stop_sources.load(Ordering::SeqCst)
+        {
+            let id = cp.next_id;
+            cp.next_id += 1;
+            last_trigger = Instant::now();
+            let barrier = Barrier { id, timestamp: now_millis() };
+            let mut p = Pending { id, started: Instant::now(), awaiting: HashSet::new(), states: Vec::new() };
+            for task in 0..tasks {
+                match finished.get(&task) {
+                    Some(states) => p.states.extend(states.iter().cloned()),
+                    None => {
+                        p.awaiting.insert(task);
+                    }
+                }
+            }
+            for (task, tx) in &barrier_senders {
+                if !finished.contains_key(task) {
+                    let _ = tx.send(barrier);
+                }
+            }
+            pending = Some(p);
+        }
+    }
+
+    for t in threads {
+        if t.join().is_err() {
+            flags.abort.store(true, Ordering::SeqCst);
+        }
+    }
+    let mut errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Some(e) = coordinator_error {
+        return Err(e);
+    }
+    if let Some(i) = errors.iter().position(|e| !e.is_secondary()) {
+        return Err(errors.swap_remove(i));
+    }
+    if let Some(e) = errors.pop() {
+        if !flags.cancelled.load(Ordering::SeqCst) {
+            return Err(e);
+        }
+    }
+    if flags.abort.load(Ordering::SeqCst) {
+        return Err(TaskError::Checkpoint("a task stopped unexpectedly".into()));
+    }
+    // Every task has finished: a final checkpoint holds their last state and the sinks'
+    // last transactions, then those are committed.
+    let mut states: Vec<SubtaskState> = finished.into_values().flatten().collect();
+    match checkpointing {
+        Some(cp) => {
+            if let Some(rx) = uploading.take() {
+                if let Ok((id, started, Ok((bytes, done)))) = rx.recv() {
+                    cp.stats.push((started.elapsed(), bytes));
+                    complete(graph, cp, id, &done)?;
+                }
+            }
+            let id = cp.next_id;
+            cp.next_id += 1;
+            let finished_input = !flags.cancelled.load(Ordering::SeqCst);
+            let started = Instant::now();
+            let (bytes, states) = upload(&cp.store, cp.config.failpoint.as_ref(), &shape, id, finished_input, states)
+                .map_err(TaskError::Checkpoint)?;
+            cp.stats.push((started.elapsed(), bytes));
+            complete(graph, cp, id, &states)?;
+        }
+        None => {
+            // Without checkpoints, sinks commit what they pre-committed at the end.
+            states.retain(|s| matches!(s.state, OperatorState::Committable(_)));
+            commit_sinks(graph, &committables_of(&states))?;
+        }
+    }
+    Ok(tasks)
+}
+
+/// A checkpoint is durable: commit its transactions, then drop old checkpoints.
+fn complete(graph: &JobGraph, cp: &mut Checkpointing, id: u64, states: &[SubtaskState]) -> TaskResult {
+    cp.completed.push(id);
+    if let Some(fp) = &cp.config.failpoint {
+        fp("commit", id).map_err(TaskError::Checkpoint)?;
+    }
+    commit_sinks(graph, &committables_of(states))?;
+    for old in to_prune(&cp.completed, cp.config.retain, &[]) {
+        if let Err(e) = cp.store.delete(old) {
+            tracing::warn!(checkpoint = old, error = %e, "could not delete an old checkpoint");
+        }
+        cp.completed.retain(|c| *c != old);
+    }
+    Ok(())
+}
