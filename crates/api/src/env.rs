@@ -3,7 +3,8 @@
 use crate::stream::DataStream;
 use sluice_connectors::{CollectionSource, SocketTextSource, TextFileSource};
 use sluice_dataflow::{
-    Edge, GraphError, JobConfig, JobGraph, Node, NodeId, NodeImpl, Source, SourceNode, WatermarkStrategy, Watermarks,
+    CheckpointConfig, CheckpointMode, Edge, GraphError, JobConfig, JobGraph, Node, NodeId, NodeImpl, RestartStrategy,
+    Source, SourceNode, StartFrom, WatermarkStrategy, Watermarks,
 };
 use sluice_types::Data;
 use std::any::Any;
@@ -90,6 +91,140 @@ impl StreamEnv {
     pub fn disable_operator_chaining(&self) -> &Self {
         self.state.borrow_mut().config.chaining = false;
         self
+    }
+
+    /// Takes a checkpoint every `interval` into folder `location` (under a folder named after
+    /// the job), exactly-once, and restarts failed jobs from the latest one (exponential delay
+    /// from 100 ms to 10 s unless another strategy is set). A job started again with the same
+    /// name and location resumes from its latest completed checkpoint.
+    ///
+    /// ```
+    /// # use sluice::prelude::*;
+    /// # use std::time::Duration;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let env = StreamEnv::new();
+    /// env.enable_checkpointing(Duration::from_millis(100), dir.path().to_str().unwrap());
+    /// let out = env.source(SequenceSource::new(0..1000), Watermarks::none()).map(|v| v + 1).collect();
+    /// let result = env.execute("checkpointed").unwrap();
+    /// assert_eq!(out.values().len(), 1000);
+    /// assert!(!result.checkpoints.is_empty(), "a bounded job ends with a final checkpoint");
+    /// ```
+    pub fn enable_checkpointing(&self, interval: Duration, location: &str) -> &Self {
+        let mut state = self.state.borrow_mut();
+        state.config.checkpointing = Some(CheckpointConfig::new(interval, location));
+        if state.config.restart == RestartStrategy::None {
+            state.config.restart = RestartStrategy::default_exponential();
+        }
+        drop(state);
+        self
+    }
+
+    fn checkpointing(&self, what: &str, f: impl FnOnce(&mut CheckpointConfig)) -> &Self {
+        let mut state = self.state.borrow_mut();
+        match state.config.checkpointing.as_mut() {
+            Some(c) => f(c),
+            None => state.errors.push(format!("{what} needs checkpointing: call enable_checkpointing first")),
+        }
+        drop(state);
+        self
+    }
+
+    /// Exactly-once (aligned barriers, the default) or at-least-once.
+    pub fn set_checkpoint_mode(&self, mode: CheckpointMode) -> &Self {
+        self.checkpointing("set_checkpoint_mode", |c| c.mode = mode)
+    }
+
+    /// Abandons a checkpoint not complete after `timeout` (default 10 min).
+    pub fn set_checkpoint_timeout(&self, timeout: Duration) -> &Self {
+        self.checkpointing("set_checkpoint_timeout", |c| c.timeout = timeout)
+    }
+
+    /// Least time between the end of a checkpoint and the start of the next (default 0).
+    pub fn set_min_pause_between_checkpoints(&self, pause: Duration) -> &Self {
+        self.checkpointing("set_min_pause_between_checkpoints", |c| c.min_pause = pause)
+    }
+
+    /// Failed checkpoints in a row tolerated before the job fails and restarts (default 0).
+    pub fn set_tolerable_checkpoint_failures(&self, failures: u32) -> &Self {
+        self.checkpointing("set_tolerable_checkpoint_failures", |c| c.tolerable_failures = failures)
+    }
+
+    /// Completed checkpoints kept (default 3); older ones are deleted.
+    pub fn set_retained_checkpoints(&self, count: usize) -> &Self {
+        self.checkpointing("set_retained_checkpoints", |c| c.retain = count.max(1))
+    }
+
+    /// Where the job starts: the latest checkpoint (default), nothing, or a given checkpoint
+    /// or savepoint folder.
+    pub fn start_from(&self, start: StartFrom) -> &Self {
+        self.checkpointing("start_from", |c| c.start = start)
+    }
+
+    /// Drops restored state that no operator claims (by uid) instead of refusing to start.
+    pub fn allow_non_restored_state(&self) -> &Self {
+        self.checkpointing("allow_non_restored_state", |c| c.allow_non_restored_state = true)
+    }
+
+    /// Installs a failure-injection hook (for tests; see [`sluice_dataflow::Failpoint`]).
+    pub fn set_failpoint(&self, failpoint: sluice_dataflow::Failpoint) -> &Self {
+        self.checkpointing("set_failpoint", |c| c.failpoint = Some(failpoint))
+    }
+
+    /// What happens when a task fails.
+    pub fn set_restart_strategy(&self, strategy: RestartStrategy) -> &Self {
+        self.state.borrow_mut().config.restart = strategy;
+        self
+    }
+
+    /// Applies the command-line flags of a job binary:
+    /// `--parallelism N`, `--checkpoint-dir DIR` (with `--checkpoint-interval-ms MS`,
+    /// default 1000), `--fresh` (ignore existing checkpoints), `--from PATH` (start from a
+    /// checkpoint or savepoint folder), `--allow-non-restored-state`. Other arguments are
+    /// left to the program.
+    pub fn apply_args(&self, args: &[String]) -> Result<&Self, GraphError> {
+        let value =
+            |i: usize, flag: &str| args.get(i + 1).cloned().ok_or_else(|| GraphError(format!("{flag} needs a value")));
+        let number = |i: usize, flag: &str| -> Result<u64, GraphError> {
+            let v = value(i, flag)?;
+            v.parse().map_err(|_| GraphError(format!("{flag} {v}: expected a whole number")))
+        };
+        let mut interval = Duration::from_millis(1000);
+        for (i, arg) in args.iter().enumerate() {
+            match arg.as_str() {
+                "--parallelism" => {
+                    self.set_parallelism(number(i, arg)? as usize);
+                }
+                "--checkpoint-interval-ms" => interval = Duration::from_millis(number(i, arg)?),
+                _ => {}
+            }
+        }
+        for (i, arg) in args.iter().enumerate() {
+            match arg.as_str() {
+                "--checkpoint-dir" => {
+                    self.enable_checkpointing(interval, &value(i, arg)?);
+                }
+                "--fresh" => {
+                    self.start_from(StartFrom::Fresh);
+                }
+                "--from" => {
+                    self.start_from(StartFrom::Path(value(i, arg)?));
+                }
+                "--allow-non-restored-state" => {
+                    self.allow_non_restored_state();
+                }
+                _ => {}
+            }
+        }
+        Ok(self)
+    }
+
+    /// An environment configured from this process's command line (see
+    /// [`StreamEnv::apply_args`]).
+    pub fn from_args() -> Result<Self, GraphError> {
+        let env = StreamEnv::new();
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        env.apply_args(&args)?;
+        Ok(env)
     }
 
     /// The current settings.

@@ -48,10 +48,12 @@ pub mod prelude {
     };
     pub use sluice_connectors::{
         CollectionSource, DiscardSink, GeneratorSource, SequenceSource, SocketTextSource, StdoutSink, TextFileSink,
-        TextFileSource,
+        TextFileSource, TransactionalFileSink,
     };
     pub use sluice_dataflow::operators::{AggregateFunction, Count, KeyedContext, KeyedProcessFunction};
-    pub use sluice_dataflow::{Sink, SinkWriter, Source, SourceReader, Watermarks};
+    pub use sluice_dataflow::{
+        CheckpointMode, RestartStrategy, Sink, SinkWriter, Source, SourceReader, StartFrom, Watermarks,
+    };
     pub use sluice_state::TimeDomain;
     pub use sluice_types::{Record, TimeWindow, Timestamp};
 }
