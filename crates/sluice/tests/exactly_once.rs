@@ -129,12 +129,18 @@ fn a_finished_job_started_again_only_settles_its_commits() {
     let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
     let env = StreamEnv::new();
     env.set_parallelism(2).enable_checkpointing(Duration::from_millis(50), checkpoints.to_str().unwrap());
-    env.source(SequenceSource::new(0..1000), Watermarks::none()).uid("n").sink(TransactionalFileSink::new(&out)).uid("f");
+    env.source(SequenceSource::new(0..1000), Watermarks::none())
+        .uid("n")
+        .sink(TransactionalFileSink::new(&out))
+        .uid("f");
     env.execute("twice").unwrap();
     assert_eq!(committed_lines(&out).len(), 1000);
     let env = StreamEnv::new();
     env.set_parallelism(2).enable_checkpointing(Duration::from_millis(50), checkpoints.to_str().unwrap());
-    env.source(SequenceSource::new(0..1000), Watermarks::none()).uid("n").sink(TransactionalFileSink::new(&out)).uid("f");
+    env.source(SequenceSource::new(0..1000), Watermarks::none())
+        .uid("n")
+        .sink(TransactionalFileSink::new(&out))
+        .uid("f");
     let again = env.execute("twice").unwrap();
     assert!(again.restored_from.is_some());
     assert_eq!(committed_lines(&out).len(), 1000, "nothing is written twice");
