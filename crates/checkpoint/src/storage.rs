@@ -235,6 +235,45 @@ impl CheckpointStore {
         Ok(LoadedCheckpoint { manifest, states })
     }
 
+    /// Keeps checkpoint `id` as a savepoint: its files are copied to a `savepoint-<id>`
+    /// folder (never deleted by retention), the manifest last. Returns the folder's path.
+    pub fn keep_as_savepoint(&self, id: u64) -> Result<String, StoreError> {
+        let (from, to) = (self.folder(id, false), self.folder(id, true));
+        let bytes = self.get(&format!("{from}/{MANIFEST}"))?;
+        let mut manifest = Manifest::parse(&bytes).map_err(StoreError::Invalid)?;
+        for entry in &manifest.states {
+            let (src, dst) = (format!("{from}/{}", entry.file), format!("{to}/{}", entry.file));
+            block_on(self.store.copy(&Path::from(src.as_str()), &Path::from(dst.as_str())))
+                .map_err(|source| StoreError::Io { path: src, source })?;
+        }
+        manifest.savepoint = true;
+        self.put(&format!("{to}/{MANIFEST}"), manifest.to_json())?;
+        Ok(self.path_of(id, true))
+    }
+
+    fn request_path(&self) -> String {
+        format!("{}/{}/_savepoint_request", self.location.trim_start_matches("file://"), self.job)
+    }
+
+    /// Asks the running job to take a savepoint (what the command line does); returns the
+    /// file its answer will be written to.
+    pub fn request_savepoint(&self) -> Result<std::path::PathBuf, StoreError> {
+        let token = format!("{}-{}", std::process::id(), sluice_dataflow::now_millis());
+        let request = std::path::PathBuf::from(self.request_path());
+        let io = |e: std::io::Error| StoreError::Invalid(format!("cannot write '{}': {e}", request.display()));
+        std::fs::create_dir_all(request.parent().expect("a request has a folder")).map_err(io)?;
+        std::fs::write(&request, &token).map_err(io)?;
+        Ok(request.with_file_name(format!("_savepoint_{token}")))
+    }
+
+    /// Takes a pending command-line savepoint request, if any (the running job polls this).
+    pub fn take_savepoint_request(&self) -> Option<std::path::PathBuf> {
+        let request = std::path::PathBuf::from(self.request_path());
+        let token = std::fs::read_to_string(&request).ok()?;
+        std::fs::remove_file(&request).ok()?;
+        Some(request.with_file_name(format!("_savepoint_{}", token.trim())))
+    }
+
     /// Deletes a checkpoint's folder.
     pub fn delete(&self, id: u64) -> Result<(), StoreError> {
         let prefix = Path::from(self.folder(id, false));
@@ -301,6 +340,22 @@ mod tests {
         assert!(store.latest().unwrap().is_none());
         store.delete(3).unwrap();
         assert_eq!(store.checkpoint_ids().unwrap(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_checkpoint_kept_as_a_savepoint_survives_its_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "j").unwrap();
+        write(&store, 4);
+        let path = store.keep_as_savepoint(4).unwrap();
+        store.delete(4).unwrap();
+        let loaded = CheckpointStore::load_path(&path).unwrap();
+        assert!(loaded.manifest.savepoint);
+        assert_eq!(loaded.states, states(4));
+        assert!(store.take_savepoint_request().is_none());
+        let answer = store.request_savepoint().unwrap();
+        assert_eq!(store.take_savepoint_request(), Some(answer));
+        assert!(store.take_savepoint_request().is_none(), "a request is taken once");
     }
 
     #[test]

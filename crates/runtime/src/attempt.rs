@@ -27,6 +27,33 @@ pub(crate) struct Flags {
     pub cancelled: AtomicBool,
     /// The current attempt is failing: every task stops now.
     pub abort: AtomicBool,
+    /// Savepoints asked for through the API, answered with the savepoint's path.
+    pub savepoint_requests: Mutex<Vec<Sender<Result<String, String>>>>,
+}
+
+/// Someone waiting for a savepoint: an API caller, or a command-line request's answer file.
+enum SavepointWaiter {
+    Api(Sender<Result<String, String>>),
+    File(std::path::PathBuf),
+}
+
+impl SavepointWaiter {
+    fn answer(self, result: Result<String, String>) {
+        match self {
+            SavepointWaiter::Api(tx) => {
+                let _ = tx.send(result);
+            }
+            SavepointWaiter::File(path) => {
+                let text = match result {
+                    Ok(p) => format!("ok {p}"),
+                    Err(e) => format!("error {e}"),
+                };
+                if let Err(e) = std::fs::write(&path, text) {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot answer a savepoint request");
+                }
+            }
+        }
+    }
 }
 
 /// Checkpointing state carried from attempt to attempt.
@@ -195,12 +222,13 @@ fn committables_of(states: &[SubtaskState]) -> HashMap<String, Vec<Vec<u8>>> {
 
 struct Pending {
     id: u64,
+    savepoint: bool,
     started: Instant,
     awaiting: HashSet<usize>,
     states: Vec<SubtaskState>,
 }
 
-type UploadResult = (u64, Instant, Result<(u64, Vec<SubtaskState>), String>);
+type UploadResult = (u64, bool, Instant, Result<(u64, Vec<SubtaskState>), String>);
 
 /// Writes a checkpoint (runs on the uploader thread).
 fn upload(
@@ -285,6 +313,8 @@ pub(crate) fn run_attempt(
     let mut last_done = Instant::now();
     let mut coordinator_error: Option<TaskError> = None;
     let live_sources: HashSet<usize> = barrier_senders.iter().map(|(t, _)| *t).collect();
+    let mut waiters: Vec<SavepointWaiter> = Vec::new();
+    let mut last_request_poll = Instant::now();
 
     let fail = |error: TaskError, flags: &Flags| {
         flags.abort.store(true, Ordering::SeqCst);
@@ -320,7 +350,7 @@ pub(crate) fn run_attempt(
                 let (store, failpoint, shape) = (cp.store.clone(), cp.config.failpoint.clone(), shape.clone());
                 std::thread::spawn(move || {
                     let result = upload(&store, failpoint.as_ref(), &shape, p.id, false, p.states);
-                    let _ = tx.send((p.id, p.started, result));
+                    let _ = tx.send((p.id, p.savepoint, p.started, result));
                 });
                 uploading = Some(rx);
             } else if p.started.elapsed() > cp.config.timeout {
@@ -331,7 +361,7 @@ pub(crate) fn run_attempt(
             }
         }
         if let Some(rx) = uploading.as_ref() {
-            if let Ok((id, started, result)) = rx.try_recv() {
+            if let Ok((id, savepoint, started, result)) = rx.try_recv() {
                 uploading = None;
                 last_done = Instant::now();
                 match result {
@@ -348,10 +378,20 @@ pub(crate) fn run_attempt(
                             coordinator_error = Some(fail(e, flags));
                             break;
                         }
+                        if savepoint {
+                            let kept = cp.store.keep_as_savepoint(id).map_err(|e| e.to_string());
+                            if let Ok(path) = &kept {
+                                tracing::info!(checkpoint = id, path = %path, "savepoint taken");
+                            }
+                            waiters.drain(..).for_each(|w| w.answer(kept.clone()));
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(checkpoint = id, error = %e, "checkpoint failed");
                         failed_in_a_row += 1;
+                        if savepoint {
+                            waiters.drain(..).for_each(|w| w.answer(Err(e.clone())));
+                        }
                     }
                 }
             }
@@ -366,8 +406,20 @@ pub(crate) fn run_attempt(
             ));
             break;
         }
-        let due = last_trigger.elapsed() >= cp.config.interval && last_done.elapsed() >= cp.config.min_pause;
+        waiters.extend(
+            flags.savepoint_requests.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(SavepointWaiter::Api),
+        );
+        if last_request_poll.elapsed() >= Duration::from_millis(100) {
+            last_request_poll = Instant::now();
+            waiters.extend(cp.store.take_savepoint_request().map(SavepointWaiter::File));
+        }
+        let savepoint = !waiters.is_empty();
+        let due = savepoint
+            || (last_trigger.elapsed() >= cp.config.interval && last_done.elapsed() >= cp.config.min_pause);
         let sources_running = live_sources.iter().any(|t| !finished.contains_key(t));
+        if savepoint && !sources_running {
+            waiters.drain(..).for_each(|w| w.answer(Err("the job's sources have finished".into())));
+        }
         if pending.is_none()
             && uploading.is_none()
             && due
@@ -378,7 +430,7 @@ pub(crate) fn run_attempt(
             cp.next_id += 1;
             last_trigger = Instant::now();
             let barrier = Barrier { id, timestamp: now_millis() };
-            let mut p = Pending { id, started: Instant::now(), awaiting: HashSet::new(), states: Vec::new() };
+            let mut p = Pending { id, savepoint, started: Instant::now(), awaiting: HashSet::new(), states: Vec::new() };
             for task in 0..tasks {
                 match finished.get(&task) {
                     Some(states) => p.states.extend(states.iter().cloned()),
@@ -401,6 +453,7 @@ pub(crate) fn run_attempt(
             flags.abort.store(true, Ordering::SeqCst);
         }
     }
+    waiters.drain(..).for_each(|w| w.answer(Err("the job stopped before the savepoint completed".into())));
     let mut errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|e| e.into_inner()));
     if let Some(e) = coordinator_error {
         return Err(e);
@@ -422,7 +475,7 @@ pub(crate) fn run_attempt(
     match checkpointing {
         Some(cp) => {
             if let Some(rx) = uploading.take() {
-                if let Ok((id, started, Ok((bytes, done)))) = rx.recv() {
+                if let Ok((id, _, started, Ok((bytes, done)))) = rx.recv() {
                     cp.stats.push((started.elapsed(), bytes));
                     complete(graph, cp, id, &done)?;
                 }

@@ -81,6 +81,15 @@ impl JobHandle {
         }
     }
 
+    /// Takes a savepoint: a checkpoint kept in a `savepoint-<id>` folder beside the job's
+    /// checkpoints, never deleted by retention. Returns its path (start a job from it with
+    /// `StartFrom::Path`). Needs checkpointing.
+    pub fn trigger_savepoint(&self, timeout: Duration) -> Result<String, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.flags.savepoint_requests.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        rx.recv_timeout(timeout).map_err(|_| format!("no savepoint within {timeout:?}; is checkpointing on?"))?
+    }
+
     /// Whether the job has ended.
     pub fn is_finished(&self) -> bool {
         self.supervisor.is_finished()
@@ -124,7 +133,12 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
         restore_plan(&graph, loaded).map_err(&restore_error)?;
     }
     let flags =
-        Arc::new(Flags { stop_sources: Default::default(), cancelled: Default::default(), abort: Default::default() });
+        Arc::new(Flags {
+        stop_sources: Default::default(),
+        cancelled: Default::default(),
+        abort: Default::default(),
+        savepoint_requests: Default::default(),
+    });
     let supervisor_flags = flags.clone();
     let supervisor = std::thread::Builder::new()
         .name(format!("sluice:{}", graph.name))
