@@ -145,3 +145,55 @@ fn a_finished_job_started_again_only_settles_its_commits() {
     assert!(again.restored_from.is_some());
     assert_eq!(committed_lines(&out).len(), 1000, "nothing is written twice");
 }
+
+#[test]
+fn a_corrupted_latest_checkpoint_falls_back_to_the_previous_and_output_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let corrupt = Trigger::new(4);
+    let corrupted_file = Arc::new(std::sync::Mutex::new(None));
+    let env = StreamEnv::new();
+    env.set_parallelism(2)
+        .set_watermark_interval(Duration::from_millis(20))
+        .enable_checkpointing(Duration::from_millis(40), checkpoints.to_str().unwrap())
+        .set_restart_strategy(RestartStrategy::FixedDelay { attempts: 3, delay: Duration::from_millis(20) });
+    let (trigger, root, seen) = (corrupt.clone(), checkpoints.clone(), corrupted_file.clone());
+    // Checkpoint 4 completes, then its window state is damaged on disk and the job dies
+    // before committing: the restart must skip 4, restore 3, and abort 4's transactions.
+    env.set_failpoint(Arc::new(move |point: &str, id: u64| {
+        if point == "commit" && trigger.hit(id) {
+            let folder = root.join("exactly-once-corrupt").join(format!("chk-{id:012}"));
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(folder.join("_manifest.json")).unwrap()).unwrap();
+            let file = manifest["states"].as_array().unwrap().iter().find(|s| s["kind"] == "keyed").unwrap()["file"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let path = folder.join(file);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x5a;
+            std::fs::write(&path, bytes).unwrap();
+            *seen.lock().unwrap() = Some(path);
+            return Err(format!("injected crash after completing checkpoint {id}"));
+        }
+        Ok(())
+    }));
+    env.source(
+        SequenceSource::new(0..N).with_rate_limit(150_000.0),
+        Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
+    )
+    .uid("events")
+    .key_by(|i| key_of(*i))
+    .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
+    .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
+    .uid("counts")
+    .sink(TransactionalFileSink::new(&out))
+    .uid("files");
+    let result = env.execute("exactly-once-corrupt").unwrap();
+    assert!(corrupted_file.lock().unwrap().is_some(), "checkpoint 4 was corrupted");
+    assert_eq!(result.restarts, 1);
+    let got = committed_lines(&out);
+    assert_eq!(got.len(), reference().len());
+    assert_eq!(multiset(got), multiset(reference()));
+}
