@@ -10,7 +10,7 @@ use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
-use sluice_dataflow::snapshot::{OperatorState, SubtaskState};
+use sluice_dataflow::snapshot::{read_state, write_state, OperatorState, SubtaskState};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -135,7 +135,7 @@ impl CheckpointStore {
         let folder = self.folder(id, savepoint);
         let mut entries = Vec::with_capacity(states.len());
         for (index, state) in states.iter().enumerate() {
-            let bytes = bincode::serialize(&state.state).expect("state always serializes");
+            let bytes = write_state(&state.state);
             let file = format!("s{index}.state");
             let entry = StateEntry {
                 operator: state.operator.clone(),
@@ -176,8 +176,7 @@ impl CheckpointStore {
             if bytes.len() as u64 != entry.bytes || crc32fast::hash(&bytes) != entry.crc32 {
                 return Err(format!("state file {path} is corrupted (length or checksum differs)"));
             }
-            let state: OperatorState =
-                bincode::deserialize(&bytes).map_err(|e| format!("state file {path} is unreadable: {e}"))?;
+            let state = read_state(&bytes).ok_or_else(|| format!("state file {path} is unreadable"))?;
             states.push(SubtaskState { operator: entry.operator.clone(), subtask: entry.subtask, state });
         }
         Ok(states)

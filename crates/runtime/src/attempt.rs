@@ -414,8 +414,8 @@ pub(crate) fn run_attempt(
             waiters.extend(cp.store.take_savepoint_request().map(SavepointWaiter::File));
         }
         let savepoint = !waiters.is_empty();
-        let due = savepoint
-            || (last_trigger.elapsed() >= cp.config.interval && last_done.elapsed() >= cp.config.min_pause);
+        let due =
+            savepoint || (last_trigger.elapsed() >= cp.config.interval && last_done.elapsed() >= cp.config.min_pause);
         let sources_running = live_sources.iter().any(|t| !finished.contains_key(t));
         if savepoint && !sources_running {
             waiters.drain(..).for_each(|w| w.answer(Err("the job's sources have finished".into())));
@@ -430,7 +430,8 @@ pub(crate) fn run_attempt(
             cp.next_id += 1;
             last_trigger = Instant::now();
             let barrier = Barrier { id, timestamp: now_millis() };
-            let mut p = Pending { id, savepoint, started: Instant::now(), awaiting: HashSet::new(), states: Vec::new() };
+            let mut p =
+                Pending { id, savepoint, started: Instant::now(), awaiting: HashSet::new(), states: Vec::new() };
             for task in 0..tasks {
                 match finished.get(&task) {
                     Some(states) => p.states.extend(states.iter().cloned()),

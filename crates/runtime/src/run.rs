@@ -132,8 +132,7 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
     if let Some(loaded) = &start {
         restore_plan(&graph, loaded).map_err(&restore_error)?;
     }
-    let flags =
-        Arc::new(Flags {
+    let flags = Arc::new(Flags {
         stop_sources: Default::default(),
         cancelled: Default::default(),
         abort: Default::default(),

@@ -59,6 +59,17 @@ impl Alignment {
             self.idle = all_idle;
             all_idle
         });
+        if all_idle {
+            // The last active channel went idle: as Flink's watermark valve does, move to the
+            // largest watermark any channel has reached, so records already received are
+            // not held back until some channel wakes up.
+            let max = self.channels.iter().filter(|c| !c.ended).map(|c| c.watermark).max();
+            if let Some(max) = max.filter(|m| *m > self.watermark) {
+                self.watermark = max;
+                return (Some(max), change);
+            }
+            return (None, change);
+        }
         (self.advanced(), change)
     }
 
@@ -222,6 +233,11 @@ mod tests {
         assert_eq!(a.on_end(2), (None, false));
         assert_eq!(a.on_idle(0, true), (Some(20), None));
         assert_eq!(a.on_idle(1, true), (None, Some(true)));
+        // All idle: the largest watermark any channel reached is passed on.
+        let mut b = Alignment::new(2);
+        assert_eq!(b.on_watermark(0, 30), None);
+        assert_eq!(b.on_idle(0, true), (None, None));
+        assert_eq!(b.on_idle(1, true), (Some(30), Some(true)));
         assert_eq!(a.on_idle(1, false), (None, Some(false)));
         assert!(!a.on_end(0).1);
         assert!(a.on_end(1).1);

@@ -264,6 +264,8 @@ pub struct WindowOperator<K, T, W: WindowFunction<K, T>, L> {
     watermark: Timestamp,
     scratch: Vec<TimeWindow>,
     late_dropped: u64,
+    /// Keys in the last window that fired (the capacity new windows start with).
+    typical_keys: usize,
     _late: PhantomData<fn() -> L>,
 }
 
@@ -282,6 +284,7 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
             watermark: MIN_WATERMARK,
             scratch: Vec::new(),
             late_dropped: 0,
+            typical_keys: 0,
             _late: PhantomData,
         }
     }
@@ -319,10 +322,12 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
         let mut value = Some(value);
         for (i, window) in windows.iter().enumerate() {
             let v = if i == last { value.take().expect("taken once") } else { value.clone().expect("present") };
-            let bucket = self
-                .aligned
-                .entry(*window)
-                .or_insert_with(|| Bucket { accumulators: FastMap::default(), fired: false });
+            let typical = self.typical_keys;
+            let bucket = self.aligned.entry(*window).or_insert_with(|| Bucket {
+                // Sized like the last window that fired: no rehashing as the window fills.
+                accumulators: FastMap::with_capacity_and_hasher(typical, Default::default()),
+                fired: false,
+            });
             let acc = match bucket.accumulators.get_mut(&key) {
                 Some(acc) => acc,
                 None => bucket.accumulators.entry(key.clone()).or_insert_with(|| self.function.create()),
@@ -390,6 +395,7 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
             }
             if !bucket.fired {
                 bucket.fired = true;
+                self.typical_keys = bucket.accumulators.len();
                 let at = window.max_timestamp();
                 for (key, acc) in &bucket.accumulators {
                     self.function.emit(key, window, acc, &mut |o| out.emit(L::result(o), at));
@@ -480,13 +486,15 @@ where
     fn snapshot(&mut self, max_parallelism: usize) -> Option<OperatorState> {
         let mut chunks: BTreeMap<u32, WindowChunkRef<'_, K, W::Acc>> = BTreeMap::new();
         let empty = || WindowChunkRef { aligned: Vec::new(), sessions: Vec::new() };
+        // One slot per key group, reused for every window.
+        let mut by_group: Vec<Vec<(&K, &W::Acc)>> = (0..max_parallelism).map(|_| Vec::new()).collect();
         for (window, bucket) in &self.aligned {
-            let mut by_group: BTreeMap<u32, Vec<(&K, &W::Acc)>> = BTreeMap::new();
             for (key, acc) in &bucket.accumulators {
-                by_group.entry(key_group_of(key, max_parallelism).0).or_default().push((key, acc));
+                by_group[key_group_of(key, max_parallelism).0 as usize].push((key, acc));
             }
-            for (group, entries) in by_group {
-                chunks.entry(group).or_insert_with(empty).aligned.push((*window, bucket.fired, entries));
+            for (group, entries) in by_group.iter_mut().enumerate().filter(|(_, e)| !e.is_empty()) {
+                let entries = std::mem::take(entries);
+                chunks.entry(group as u32).or_insert_with(empty).aligned.push((*window, bucket.fired, entries));
             }
         }
         for (key, sessions) in &self.sessions {
