@@ -184,13 +184,37 @@ impl CheckpointStore {
 
     /// Ids of the checkpoints (not savepoints) that have a folder, complete or not.
     pub fn checkpoint_ids(&self) -> Result<Vec<u64>, StoreError> {
+        Ok(self.all_ids()?.into_iter().filter(|(_, savepoint)| !savepoint).map(|(id, _)| id).collect())
+    }
+
+    /// (id, is a savepoint) of every checkpoint and savepoint folder, oldest first.
+    pub fn all_ids(&self) -> Result<Vec<(u64, bool)>, StoreError> {
         let prefix = Path::from(self.job.as_str());
         let listing = block_on(self.store.list_with_delimiter(Some(&prefix)))
             .map_err(|source| StoreError::Io { path: self.job.clone(), source })?;
-        let mut ids: Vec<u64> =
-            listing.common_prefixes.iter().filter_map(|p| p.filename()?.strip_prefix("chk-")?.parse().ok()).collect();
+        let mut ids: Vec<(u64, bool)> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| {
+                let name = p.filename()?;
+                match name.strip_prefix("chk-") {
+                    Some(id) => Some((id.parse().ok()?, false)),
+                    None => Some((name.strip_prefix("savepoint-")?.parse().ok()?, true)),
+                }
+            })
+            .collect();
         ids.sort_unstable();
         Ok(ids)
+    }
+
+    /// The manifest of a checkpoint or savepoint, verified with its files.
+    pub fn manifest(&self, id: u64, savepoint: bool) -> Result<Manifest, String> {
+        let folder = self.folder(id, savepoint);
+        let bytes =
+            self.get(&format!("{folder}/{MANIFEST}")).map_err(|_| "no manifest (it never completed)".to_string())?;
+        let manifest = Manifest::parse(&bytes)?;
+        self.read_states(&folder, &manifest)?;
+        Ok(manifest)
     }
 
     /// The newest checkpoint whose manifest and files verify; a corrupted or partial newer

@@ -1,0 +1,67 @@
+//! The command line against a running job: a savepoint is triggered from outside the job
+//! process and shows up, restorable, in the listing.
+
+use sluice::prelude::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn sluice(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).output().expect("the sluice binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Cancels the job when dropped, so a failing test leaves no threads behind.
+struct CancelOnDrop(Option<sluice::JobHandle>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(job) = self.0.take() {
+            job.cancel();
+            let _ = job.join();
+        }
+    }
+}
+
+#[test]
+fn a_savepoint_is_triggered_from_the_command_line_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    let root = checkpoints.to_str().unwrap();
+    let env = StreamEnv::new();
+    env.set_parallelism(2).enable_checkpointing(Duration::from_millis(200), root);
+    env.source(SequenceSource::unbounded(0).with_rate_limit(20_000.0), Watermarks::none())
+        .uid("numbers")
+        .key_by(|v| v % 7)
+        .reduce(|a, b| a.max(b))
+        .uid("max")
+        .discard();
+    let mut job = CancelOnDrop(Some(env.execute_async("cli job").unwrap()));
+
+    let (ok, stdout, stderr) =
+        sluice(&["savepoint", "--checkpoint-dir", root, "--job", "cli job", "--timeout-secs", "30"]);
+    assert!(ok, "{stderr}");
+    let path = stdout.trim();
+    assert!(path.contains("savepoint-"), "{path}");
+    let manifest = std::fs::read_to_string(std::path::Path::new(path).join("_manifest.json")).unwrap();
+    assert!(manifest.contains("\"savepoint\": true") && manifest.contains("\"max\""), "{manifest}");
+
+    let (ok, listing, stderr) = sluice(&["checkpoints", "--checkpoint-dir", root, "--job", "cli job"]);
+    assert!(ok, "{stderr}");
+    assert!(listing.lines().any(|l| l.starts_with("savepoint") && l.contains("complete")), "{listing}");
+
+    let handle = job.0.take().unwrap();
+    handle.cancel();
+    handle.join().unwrap();
+    let (ok, _, stderr) = sluice(&["savepoint", "--checkpoint-dir", root, "--job", "cli job", "--timeout-secs", "1"]);
+    assert!(!ok && stderr.contains("is the job running"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_name_the_fix() {
+    let (ok, _, stderr) = sluice(&["savepoint"]);
+    assert!(!ok && stderr.contains("--checkpoint-dir is required"), "{stderr}");
+}
