@@ -16,6 +16,8 @@ run w1 --n 1000000000 --parallelism 2
 run w2-baseline --n 50000000 --parallelism 1
 run w2 --n 50000000 --parallelism 1
 run w2 --n 50000000 --parallelism 2
+run w3 --n 50000000 --parallelism 2 2> >(grep CHECKPOINTS | tee -a "$out.ckpt" >&2)
+sleep 1
 echo "median rates (records/s) over $runs runs:"
 python3 - "$out" <<'PY'
 import re, statistics, sys
@@ -28,5 +30,19 @@ for (w, p), r in sorted(med.items()):
     base = med.get((w.split("-")[0] + "-baseline", 1))
     ratio = f"  {r / base:.2f}x the baseline loop" if base and not w.endswith("baseline") else ""
     print(f"  {w:12} p={p}  {r / 1e6:8.1f} M/s{ratio}")
+if ("w3", 2) in med and ("w2", 2) in med:
+    print(f"  W3/W2 at p=2 (checkpoint overhead): {med[('w3', 2)] / med[('w2', 2)]:.3f}")
 PY
-rm -f "$out"
+if [ -s "$out.ckpt" ]; then
+  python3 - "$out.ckpt" <<'PY'
+import re, statistics, sys
+ms, size = [], []
+for line in open(sys.argv[1]):
+    m = dict(re.findall(r"(\w+)=(\S+)", line))
+    if int(m["count"]) > 0:
+        ms.append(float(m["median_ms"])); size.append(int(m["median_bytes"]))
+if ms:
+    print(f"  W3 checkpoints: median duration {statistics.median(ms):.1f} ms, median size {statistics.median(size) / 1e6:.1f} MB")
+PY
+fi
+rm -f "$out" "$out.ckpt"

@@ -174,3 +174,54 @@ fn a_record_without_timestamp_in_an_event_time_window_is_a_clear_failure() {
     let message = format!("{:?}", result.err().and_then(|p| p.downcast_ref::<String>().cloned()));
     assert!(message.contains("with_timestamps"), "{message}");
 }
+
+/// Turns a snapshot into what a restored subtask owning every key group receives.
+fn restored(states: Vec<sluice_dataflow::snapshot::SubtaskState>) -> Option<sluice_dataflow::snapshot::Restored> {
+    use sluice_dataflow::snapshot::{OperatorState, Restored};
+    let mut chunks = Vec::new();
+    for s in states {
+        if let OperatorState::Keyed(groups) = s.state {
+            chunks.extend(groups);
+        }
+    }
+    Some(Restored::Keyed(chunks))
+}
+
+#[test]
+fn window_state_survives_a_snapshot_and_restore() {
+    let mut h = counting(WindowAssigner::Tumbling { size: 10, offset: 0 }, 5);
+    h.push((1, 0), 3);
+    h.push((2, 0), 4);
+    h.watermark(9); // fires [0, 10), kept for the lateness
+    h.push((1, 0), 12);
+    h.take();
+    let snapshot = h.checkpoint(1);
+    assert_eq!(snapshot.len(), 1);
+    let finish = Arc::new(|k: &u32, w: &TimeWindow, n: u64| (*k, w.start, n));
+    let mut r = OperatorHarness::restored(
+        WindowOperator::<_, _, _, LateToSideOutput>::new(
+            key(),
+            WindowAssigner::Tumbling { size: 10, offset: 0 },
+            WindowTime::EventTime,
+            5,
+            AggregateWindow { aggregate: Count, finish },
+        ),
+        restored(snapshot),
+    );
+    r.watermark(9);
+    r.push((1, 0), 8); // a late firing of the restored, already fired window
+    assert_eq!(r.take_records(), vec![(WindowOutput::Result((1, 0, 2)), 9)]);
+    r.watermark(i64::MAX);
+    assert_eq!(r.take_records(), vec![(WindowOutput::Result((1, 10, 1)), 19)]);
+}
+
+#[test]
+fn keyed_state_and_timers_survive_a_snapshot_and_restore() {
+    let mut h = OperatorHarness::new(KeyedProcessOperator::new(key(), Quiet));
+    h.push((1, 0), 0);
+    h.push((1, 0), 5);
+    let snapshot = h.checkpoint(1);
+    let mut r = OperatorHarness::restored(KeyedProcessOperator::new(key(), Quiet), restored(snapshot));
+    r.watermark(15);
+    assert_eq!(r.take_records(), vec![((1, 2), 15)], "the count and the timer came back");
+}
