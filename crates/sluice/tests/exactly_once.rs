@@ -197,3 +197,38 @@ fn a_corrupted_latest_checkpoint_falls_back_to_the_previous_and_output_stays_exa
     assert_eq!(got.len(), reference().len());
     assert_eq!(multiset(got), multiset(reference()));
 }
+
+#[test]
+fn at_least_once_mode_loses_nothing_across_failures_and_retention_keeps_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let crash = Trigger::new(40_000);
+    let seen = Arc::new(AtomicU64::new(0));
+    let env = StreamEnv::new();
+    env.set_parallelism(2)
+        .enable_checkpointing(Duration::from_millis(30), checkpoints.to_str().unwrap())
+        .set_checkpoint_mode(CheckpointMode::AtLeastOnce)
+        .set_retained_checkpoints(2)
+        .set_restart_strategy(RestartStrategy::FixedDelay { attempts: 2, delay: Duration::from_millis(10) });
+    let (trigger, counter) = (crash.clone(), seen.clone());
+    let a = env.source(SequenceSource::new(0..60_000).with_rate_limit(100_000.0), Watermarks::none()).uid("a");
+    let b = env.source(SequenceSource::new(60_000..70_000).with_rate_limit(20_000.0), Watermarks::none()).uid("b");
+    a.union(&b)
+        .rebalance()
+        .map(move |v| {
+            if trigger.hit(counter.fetch_add(1, Ordering::SeqCst)) {
+                panic!("injected");
+            }
+            v
+        })
+        .uid("pass")
+        .sink(TransactionalFileSink::new(&out))
+        .uid("files");
+    let result = env.execute("at-least-once").unwrap();
+    assert_eq!(result.restarts, 1);
+    let got: Vec<u64> = committed_lines(&out).iter().map(|l| l.parse().unwrap()).collect();
+    let counts = multiset(got);
+    assert!((0..70_000u64).all(|v| counts.contains_key(&v)), "every record arrives at least once");
+    let folders = std::fs::read_dir(checkpoints.join("at-least-once")).unwrap().count();
+    assert!(folders <= 2, "{folders} checkpoints kept, 2 retained");
+}
