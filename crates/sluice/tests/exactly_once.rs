@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{multiset, seed, Rng};
+use common::{committed_lines, multiset, seed, Rng};
 use sluice::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,18 +30,6 @@ fn reference() -> Vec<String> {
         *counts.entry((key_of(i), t - t.rem_euclid(WINDOW_MS))).or_default() += 1;
     }
     counts.into_iter().map(|((k, w), n)| format!("{k},{w},{n}")).collect()
-}
-
-/// Every line of the committed part files (what any reader of the folder sees).
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() && path.file_name().unwrap().to_string_lossy().starts_with("part-") {
-            lines.extend(std::fs::read_to_string(&path).unwrap().lines().map(str::to_string));
-        }
-    }
-    lines
 }
 
 /// Fires once, when `counter` reaches `at`.
@@ -127,21 +115,18 @@ fn output_is_exactly_once_across_panics_upload_and_commit_failures() {
 fn a_finished_job_started_again_only_settles_its_commits() {
     let dir = tempfile::tempdir().unwrap();
     let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
-    let env = StreamEnv::new();
-    env.set_parallelism(2).enable_checkpointing(Duration::from_millis(50), checkpoints.to_str().unwrap());
-    env.source(SequenceSource::new(0..1000), Watermarks::none())
-        .uid("n")
-        .sink(TransactionalFileSink::new(&out))
-        .uid("f");
-    env.execute("twice").unwrap();
+    let run = || {
+        let env = StreamEnv::new();
+        env.set_parallelism(2).enable_checkpointing(Duration::from_millis(50), checkpoints.to_str().unwrap());
+        env.source(SequenceSource::new(0..1000), Watermarks::none())
+            .uid("n")
+            .sink(TransactionalFileSink::new(&out))
+            .uid("f");
+        env.execute("twice").unwrap()
+    };
+    run();
     assert_eq!(committed_lines(&out).len(), 1000);
-    let env = StreamEnv::new();
-    env.set_parallelism(2).enable_checkpointing(Duration::from_millis(50), checkpoints.to_str().unwrap());
-    env.source(SequenceSource::new(0..1000), Watermarks::none())
-        .uid("n")
-        .sink(TransactionalFileSink::new(&out))
-        .uid("f");
-    let again = env.execute("twice").unwrap();
+    let again = run();
     assert!(again.restored_from.is_some());
     assert_eq!(committed_lines(&out).len(), 1000, "nothing is written twice");
 }

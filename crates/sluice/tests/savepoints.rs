@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::multiset;
+use common::{committed_lines, multiset};
 use sluice::dataflow::Poll;
 use sluice::prelude::*;
 use std::collections::HashMap;
@@ -64,17 +64,6 @@ impl SourceReader<u64> for HeldReader {
         self.reached.store(self.next, Ordering::SeqCst);
         Ok(())
     }
-}
-
-fn committed(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            lines.extend(std::fs::read_to_string(&path).unwrap().lines().map(str::to_string));
-        }
-    }
-    lines
 }
 
 fn reference() -> Vec<String> {
@@ -143,7 +132,7 @@ fn restoring_from_savepoints_at_other_parallelisms_gives_the_reference() {
     let result = env.execute("rescaled").unwrap();
     assert!(result.restored_from.is_some());
 
-    let got = committed(&out);
+    let got = committed_lines(&out);
     assert_eq!(got.len(), reference().len());
     assert_eq!(multiset(got), multiset(reference()));
 
