@@ -220,6 +220,17 @@ impl<T: Send + 'static> SourceRunner<T> {
             .collect()
     }
 
+    /// Passes a checkpoint barrier down the chain with the reader's position (rare next to
+    /// batches, so kept out of the read loop).
+    #[cold]
+    #[inline(never)]
+    fn inject(&mut self, barrier: Barrier, control: &TaskControl) -> TaskResult {
+        let mut states = self.position();
+        self.output.barrier(barrier, &mut states)?;
+        control.report(Some(barrier.id), states);
+        Ok(())
+    }
+
     /// Ends the stream and reports the final state.
     fn finish(&mut self, control: &TaskControl) -> TaskResult {
         let mut states = self.position();
@@ -245,12 +256,8 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 self.output.flush()?;
                 return self.finish(control);
             }
-            if let Some(barriers) = &control.barriers {
-                while let Ok(barrier) = barriers.try_recv() {
-                    let mut states = self.position();
-                    self.output.barrier(barrier, &mut states)?;
-                    control.report(Some(barrier.id), states);
-                }
+            if let Some(barrier) = control.barriers.as_ref().and_then(|b| b.try_recv().ok()) {
+                self.inject(barrier, control)?;
             }
             let mut batch = Vec::with_capacity(batch_size);
             let poll = self.reader.poll(&mut batch, batch_size).map_err(|source| TaskError::Io {
