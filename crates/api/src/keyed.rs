@@ -101,6 +101,15 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     /// let totals: Vec<u64> = sums.values().iter().map(|e| e.1).collect();
     /// assert_eq!(totals, vec![3, 4]);
     /// ```
+    ///
+    /// Windows exist only on keyed streams; on a plain stream this does not compile:
+    ///
+    /// ```compile_fail
+    /// # use sluice::prelude::*;
+    /// # use std::time::Duration;
+    /// let env = StreamEnv::new();
+    /// env.from_collection(vec![1u64]).window(Tumbling::event_time(Duration::from_secs(1)));
+    /// ```
     pub fn window(&self, spec: WindowSpec) -> WindowedStream<K, T> {
         if let Err(message) = spec.check() {
             self.stream.env.record_error(message);

@@ -17,6 +17,17 @@ impl Drop for KillOnDrop {
     }
 }
 
+fn wait_for_exit(job: &mut KillOnDrop, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = job.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the job did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn start(out: &Path, checkpoints: &Path, n: u64) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_counts"))
         .args(["--out", out.to_str().unwrap(), "--checkpoint-dir", checkpoints.to_str().unwrap()])
@@ -73,18 +84,35 @@ fn a_job_killed_with_sigkill_and_started_again_commits_exactly_the_reference() {
         kills += 1;
     }
     let mut job = start(&out, &checkpoints, n);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = job.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "seed {seed}: the job did not finish within 120 s");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_for_exit(&mut job, Duration::from_secs(120));
     assert!(status.success(), "seed {seed}: the last run failed: {status}");
     assert!(kills >= 2, "seed {seed}: only {kills} kills landed before the job finished");
     let got = committed(&out);
     let want = counts_reference(n);
     assert_eq!(got.len(), want.len(), "seed {seed}: {} lines committed, {} expected", got.len(), want.len());
     assert_eq!(multiset(got), multiset(want), "seed {seed}");
+}
+
+#[test]
+fn ctrl_c_stops_an_unbounded_job_with_a_final_checkpoint_that_the_next_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let mut job = start(&out, &checkpoints, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed(&out).len() < 200 {
+        assert!(Instant::now() < deadline, "no output committed within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let interrupted = Command::new("kill").args(["-INT", &job.0.id().to_string()]).status().unwrap();
+    assert!(interrupted.success());
+    let status = wait_for_exit(&mut job, Duration::from_secs(30));
+    assert!(status.success(), "Ctrl-C ends the job cleanly: {status}");
+    let stopped_at = committed(&out).len();
+    // The next run, bounded this time, resumes where Ctrl-C stopped it.
+    let n = 300_000;
+    let mut job = start(&out, &checkpoints, n);
+    assert!(wait_for_exit(&mut job, Duration::from_secs(120)).success());
+    let got = committed(&out);
+    assert!(got.len() > stopped_at);
+    assert_eq!(multiset(got), multiset(counts_reference(n)));
 }

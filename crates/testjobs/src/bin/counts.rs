@@ -3,6 +3,9 @@
 //! `StreamEnv::apply_args` (`--checkpoint-dir`, `--fresh`, `--from`, ...).
 //!
 //! `counts --out DIR --checkpoint-dir DIR [--n N] [--rate R] [--parallelism P]`
+//!
+//! With `--n 0` the source has no end: the job runs until Ctrl-C (SIGINT), which stops it
+//! with a final checkpoint that the next run resumes from.
 
 use sluice::prelude::*;
 use sluice_testjobs::{key_of, WINDOW_MS};
@@ -20,17 +23,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let env = StreamEnv::new();
     env.set_parallelism(2).set_watermark_interval(Duration::from_millis(20));
     env.apply_args(&args)?;
-    env.source(
-        SequenceSource::new(0..n).with_rate_limit(rate),
-        Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
-    )
-    .uid("events")
-    .key_by(|i| key_of(*i))
-    .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
-    .aggregate_with(Count, |k, w, c| format!("{k},{},{c}", w.start))
-    .uid("counts")
-    .sink(TransactionalFileSink::new(&out))
-    .uid("files");
+    let numbers = if n == 0 { SequenceSource::unbounded(0) } else { SequenceSource::new(0..n) };
+    env.source(numbers.with_rate_limit(rate), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
+        .uid("events")
+        .key_by(|i| key_of(*i))
+        .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
+        .aggregate_with(Count, |k, w, c| format!("{k},{},{c}", w.start))
+        .uid("counts")
+        .sink(TransactionalFileSink::new(&out))
+        .uid("files");
     let result = env.execute("counts")?;
     eprintln!("done: restored from {:?}, {} checkpoints", result.restored_from, result.checkpoints.len());
     Ok(())
