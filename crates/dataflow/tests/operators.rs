@@ -225,3 +225,35 @@ fn keyed_state_and_timers_survive_a_snapshot_and_restore() {
     r.watermark(15);
     assert_eq!(r.take_records(), vec![((1, 2), 15)], "the count and the timer came back");
 }
+
+/// Emits the key once, a processing-time second after its first record.
+#[derive(Clone)]
+struct Reminder;
+
+impl KeyedProcessFunction<u32, Pair, u32> for Reminder {
+    fn process_element(&mut self, _value: Pair, ctx: &mut KeyedContext<'_, u32, u32>) {
+        let mut armed = ctx.value_state::<bool>("armed");
+        if armed.get().is_none() {
+            armed.update(true);
+            ctx.register_processing_time_timer(1_000);
+        }
+    }
+    fn on_timer(&mut self, time: Timestamp, ctx: &mut KeyedContext<'_, u32, u32>) {
+        assert_eq!(ctx.timer_domain(), Some(sluice_state::TimeDomain::ProcessingTime));
+        let key = *ctx.key();
+        ctx.emit_at(key, time);
+    }
+}
+
+#[test]
+fn processing_time_timers_fire_on_the_clock_not_the_watermark() {
+    let mut h = OperatorHarness::new(KeyedProcessOperator::new(key(), Reminder));
+    h.push((7, 0), 0);
+    h.push((7, 0), 0);
+    h.watermark(i64::MAX - 1);
+    assert_eq!(h.take_records(), vec![]);
+    h.processing_time(999);
+    assert_eq!(h.take_records(), vec![]);
+    h.processing_time(1_000);
+    assert_eq!(h.take_records(), vec![(7, 1_000)]);
+}
