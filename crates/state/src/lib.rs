@@ -7,10 +7,12 @@
 //! the group beside each entry. The crate knows nothing of tasks, channels or time sources:
 //! the operator decides when timers are due and which key is current.
 
+mod backend;
 mod snapshot;
 mod store;
 mod timers;
 
+pub use backend::KeyedStateBackend;
 pub use snapshot::{by_key_group, decode_entries};
 pub use store::{KeyedStateStore, ListState, MapState, ValueState};
 pub use timers::{TimeDomain, TimerQueue, TimerService};
