@@ -16,4 +16,4 @@ pub use file::{TextFileSink, TextFileSource};
 pub use generator::{GeneratorSource, Identity, IndexFn, SequenceSource};
 pub use sinks::{CollectHandle, CollectSink, DiscardHandle, DiscardSink, StdoutSink};
 pub use socket::SocketTextSource;
-pub use transactional_file::TransactionalFileSink;
+pub use transactional_file::{committed_lines, TransactionalFileSink};

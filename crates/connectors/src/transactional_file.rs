@@ -147,18 +147,30 @@ impl<T: Display + Send> SinkWriter<T> for TransactionalFileWriter<T> {
     }
 }
 
+/// The committed output of a [`TransactionalFileSink`] folder: every line of its visible
+/// part files (what any reader of the folder sees), in no particular order.
+pub fn committed_lines(dir: &Path) -> io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(lines),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_file() && path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("part-")) {
+            lines.extend(fs::read_to_string(&path)?.lines().map(str::to_string));
+        }
+    }
+    Ok(lines)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn visible(dir: &Path) -> Vec<String> {
-        let mut lines = Vec::new();
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_file() {
-                lines.extend(fs::read_to_string(path).unwrap().lines().map(str::to_string));
-            }
-        }
+        let mut lines = committed_lines(dir).unwrap();
         lines.sort();
         lines
     }

@@ -17,9 +17,3 @@ mod task;
 pub use plan::{plan, Plan, PlannedChain};
 pub use restart::RestartTracker;
 pub use run::{run, spawn, JobError, JobHandle, JobResult};
-use sluice_dataflow::JobGraph;
-
-/// Runs `graph` to completion on threads of this process.
-pub fn execute(graph: JobGraph) -> Result<JobResult, JobError> {
-    run(graph)
-}

@@ -42,14 +42,7 @@ fn start(out: &Path, checkpoints: &Path, n: u64) -> KillOnDrop {
 }
 
 fn committed(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten() {
-        let path = entry.unwrap().path();
-        if path.is_file() && path.file_name().unwrap().to_string_lossy().starts_with("part-") {
-            lines.extend(std::fs::read_to_string(&path).unwrap().lines().map(str::to_string));
-        }
-    }
-    lines
+    sluice::connectors::committed_lines(dir).unwrap()
 }
 
 fn multiset(lines: Vec<String>) -> HashMap<String, usize> {

@@ -51,14 +51,7 @@ pub fn window_start(t: i64, size: i64) -> i64 {
     t - t.rem_euclid(size)
 }
 
-/// Every line of the committed `part-*` files of a sink folder (what any reader sees).
+/// Every line of the committed part files of a sink folder (what any reader sees).
 pub fn committed_lines(dir: &std::path::Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten() {
-        let path = entry.unwrap().path();
-        if path.is_file() && path.file_name().unwrap().to_string_lossy().starts_with("part-") {
-            lines.extend(std::fs::read_to_string(&path).unwrap().lines().map(str::to_string));
-        }
-    }
-    lines
+    sluice::connectors::committed_lines(dir).unwrap()
 }
