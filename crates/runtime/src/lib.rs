@@ -1,12 +1,13 @@
-//! Sluice's local runtime: turns a [`JobGraph`] into tasks and runs them on threads of
-//! this process.
+//! Sluice's local runtime: turns a [`sluice_dataflow::JobGraph`] into tasks and runs them
+//! on threads of this process.
 //!
-//! Planning ([`plan`]) is a pure function of the graph: which operators chain into one
+//! Planning ([`mod@plan`]) is a pure function of the graph: which operators chain into one
 //! task, and which input channel of which task each producer subtask writes to. Running
-//! ([`run`]) builds every task's typed chain through the graph's erased node interfaces,
-//! connects tasks with bounded channels (a full inbox blocks its producers: backpressure)
-//! and aligns watermarks over each task's input channels. The runtime never names a
-//! record type.
+//! ([`run`], [`spawn`]) builds every task's typed chain through the graph's erased node
+//! interfaces, connects tasks with bounded channels (a full inbox blocks its producers:
+//! backpressure), aligns watermarks and checkpoint barriers over each task's input
+//! channels, coordinates checkpoints, and restarts failed attempts from the latest one as
+//! the restart strategy ([`restart`]) says. The runtime never names a record type.
 
 mod attempt;
 pub mod plan;
