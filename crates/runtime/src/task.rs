@@ -242,4 +242,121 @@ mod tests {
         assert!(!a.on_end(0).1);
         assert!(a.on_end(1).1);
     }
+
+    /// Records what reaches the head of a task, as text.
+    struct Recorder(Vec<String>);
+
+    impl ErasedInput for Recorder {
+        fn batch(&mut self, batch: Box<dyn std::any::Any + Send>) -> TaskResult {
+            let batch = batch.downcast::<Vec<u32>>().expect("test batches are Vec<u32>");
+            self.0.push(format!("data {batch:?}"));
+            Ok(())
+        }
+        fn watermark(&mut self, watermark: Timestamp) -> TaskResult {
+            self.0.push(format!("watermark {watermark}"));
+            Ok(())
+        }
+        fn idle(&mut self, idle: bool) -> TaskResult {
+            self.0.push(format!("idle {idle}"));
+            Ok(())
+        }
+        fn processing_time(&mut self, _now: Timestamp) -> TaskResult {
+            Ok(())
+        }
+        fn flush(&mut self) -> TaskResult {
+            Ok(())
+        }
+        fn barrier(
+            &mut self,
+            barrier: Barrier,
+            _states: &mut Vec<sluice_dataflow::snapshot::SubtaskState>,
+        ) -> TaskResult {
+            self.0.push(format!("barrier {}", barrier.id));
+            Ok(())
+        }
+        fn end(&mut self, _states: &mut Vec<sluice_dataflow::snapshot::SubtaskState>) -> TaskResult {
+            self.0.push("end".into());
+            Ok(())
+        }
+    }
+
+    /// Feeds scripted (channel, message) pairs to a two-channel task and returns what its
+    /// head saw and the checkpoints it reported.
+    fn script(exactly_once: bool, messages: Vec<(u32, Message)>) -> (Vec<String>, Vec<Option<u64>>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(messages.len() + 1);
+        for (channel, message) in messages {
+            tx.send(Envelope { channel, message }).unwrap();
+        }
+        let (reports_tx, reports) = std::sync::mpsc::channel();
+        let control = TaskControl { task: 0, barriers: None, reports: reports_tx };
+        let mut head = Recorder(Vec::new());
+        let abort = AtomicBool::new(false);
+        run_inbox_task(&mut head, rx, 2, &abort, Duration::from_secs(60), &control, exactly_once).unwrap();
+        (head.0, reports.try_iter().map(|r| r.checkpoint).collect())
+    }
+
+    fn data(values: &[u32]) -> Message {
+        Message::Data(Box::new(values.to_vec()))
+    }
+
+    fn barrier(id: u64) -> Message {
+        Message::Barrier(Barrier { id, timestamp: 0 })
+    }
+
+    #[test]
+    fn exactly_once_holds_back_a_channel_that_delivered_the_barrier() {
+        let (seen, reports) = script(
+            true,
+            vec![
+                (0, data(&[1])),
+                (0, barrier(7)),
+                (0, data(&[2])),
+                (1, data(&[10])),
+                (1, barrier(7)),
+                (1, data(&[11])),
+            ]
+            .into_iter()
+            .chain([(0, Message::End), (1, Message::End)])
+            .collect(),
+        );
+        // [2] arrived after channel 0's barrier: it waits until channel 1's barrier.
+        assert_eq!(seen, vec!["data [1]", "data [10]", "barrier 7", "data [2]", "data [11]", "end"]);
+        assert_eq!(reports, vec![Some(7), None]);
+    }
+
+    #[test]
+    fn at_least_once_lets_records_overtake_the_barrier() {
+        let (seen, reports) = script(
+            false,
+            vec![
+                (0, barrier(3)),
+                (0, data(&[2])),
+                (1, data(&[10])),
+                (1, barrier(3)),
+                (0, Message::End),
+                (1, Message::End),
+            ],
+        );
+        assert_eq!(seen, vec!["data [2]", "data [10]", "barrier 3", "end"]);
+        assert_eq!(reports, vec![Some(3), None]);
+    }
+
+    #[test]
+    fn an_ended_channel_counts_as_aligned_and_a_newer_barrier_abandons_an_older_one() {
+        let (seen, reports) = script(
+            true,
+            vec![
+                (0, barrier(1)),
+                (0, data(&[5])),
+                (1, barrier(2)),
+                (1, Message::End),
+                (0, barrier(2)),
+                (0, Message::End),
+            ],
+        );
+        // Barrier 2 supersedes 1 (abandoned): channel 0's held [5] is released, then 2 aligns
+        // once channel 0 delivers it (channel 1 has ended).
+        assert_eq!(seen, vec!["data [5]", "barrier 2", "end"]);
+        assert_eq!(reports, vec![Some(2), None]);
+    }
 }
