@@ -308,6 +308,8 @@ pub(crate) fn run_attempt(
     let mut finished: HashMap<usize, Vec<SubtaskState>> = HashMap::new();
     let mut pending: Option<Pending> = None;
     let mut uploading: Option<Receiver<UploadResult>> = None;
+    // Upload threads are joined before the attempt returns: no write outlives its attempt.
+    let mut uploaders: Vec<JoinHandle<()>> = Vec::new();
     let mut failed_in_a_row = 0u32;
     let mut last_trigger = Instant::now();
     let mut last_done = Instant::now();
@@ -348,10 +350,10 @@ pub(crate) fn run_attempt(
                 let p = pending.take().expect("checked above");
                 let (tx, rx) = channel();
                 let (store, failpoint, shape) = (cp.store.clone(), cp.config.failpoint.clone(), shape.clone());
-                std::thread::spawn(move || {
+                uploaders.push(std::thread::spawn(move || {
                     let result = upload(&store, failpoint.as_ref(), &shape, p.id, false, p.states);
                     let _ = tx.send((p.id, p.savepoint, p.started, result));
-                });
+                }));
                 uploading = Some(rx);
             } else if p.started.elapsed() > cp.config.timeout {
                 tracing::warn!(checkpoint = p.id, "checkpoint timed out");
@@ -453,6 +455,9 @@ pub(crate) fn run_attempt(
         if t.join().is_err() {
             flags.abort.store(true, Ordering::SeqCst);
         }
+    }
+    for uploader in uploaders {
+        let _ = uploader.join();
     }
     waiters.drain(..).for_each(|w| w.answer(Err("the job stopped before the savepoint completed".into())));
     let mut errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|e| e.into_inner()));
