@@ -512,10 +512,15 @@ fn complete(graph: &JobGraph, cp: &mut Checkpointing, id: u64, states: &[Subtask
     }
     commit_sinks(graph, &committables_of(states))?;
     for old in to_prune(&cp.completed, cp.config.retain, &[]) {
+        cp.completed.retain(|c| *c != old);
+    }
+    // Every folder older than the oldest retained checkpoint goes, including ones that
+    // never completed (a failed upload) and ones completed by an attempt that then failed.
+    let oldest_kept = cp.completed.iter().copied().min().unwrap_or(id);
+    for old in cp.store.checkpoint_ids().unwrap_or_default().into_iter().filter(|c| *c < oldest_kept) {
         if let Err(e) = cp.store.delete(old) {
             tracing::warn!(checkpoint = old, error = %e, "could not delete an old checkpoint");
         }
-        cp.completed.retain(|c| *c != old);
     }
     Ok(())
 }
