@@ -131,6 +131,18 @@ impl CheckpointStore {
 
     /// Writes the states, then the manifest; returns the manifest.
     pub fn write(&self, meta: CheckpointMeta, states: &[SubtaskState]) -> Result<Manifest, StoreError> {
+        self.write_with(meta, states, || Ok(()))
+    }
+
+    /// [`CheckpointStore::write`], calling `before_manifest` between the state files and the
+    /// manifest: an error there leaves a partial checkpoint (files, no manifest), which is
+    /// what a crash during an upload leaves. Used to inject that failure in tests.
+    pub fn write_with(
+        &self,
+        meta: CheckpointMeta,
+        states: &[SubtaskState],
+        before_manifest: impl FnOnce() -> Result<(), String>,
+    ) -> Result<Manifest, StoreError> {
         let CheckpointMeta { id, savepoint, finished, timestamp_ms, max_parallelism, parallelism } = meta;
         let folder = self.folder(id, savepoint);
         let mut entries = Vec::with_capacity(states.len());
@@ -163,6 +175,7 @@ impl CheckpointStore {
             parallelism,
             states: entries,
         };
+        before_manifest().map_err(StoreError::Invalid)?;
         self.put(&format!("{folder}/{MANIFEST}"), manifest.to_json())?;
         Ok(manifest)
     }

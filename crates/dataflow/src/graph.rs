@@ -330,8 +330,9 @@ pub enum StartFrom {
     Path(String),
 }
 
-/// A test hook: called at named points ("upload" before a checkpoint's manifest is written,
-/// "commit" between a checkpoint's completion and its sink commits); an `Err` is a failure
+/// A test hook: called at named points ("upload" after a checkpoint's state files are
+/// written and before its manifest, "commit" between a checkpoint's completion and its sink
+/// commits); an `Err` is a failure
 /// injected there.
 pub type Failpoint = Arc<dyn Fn(&str, u64) -> Result<(), String> + Send + Sync>;
 

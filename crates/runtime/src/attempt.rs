@@ -239,9 +239,6 @@ fn upload(
     finished: bool,
     states: Vec<SubtaskState>,
 ) -> Result<(u64, Vec<SubtaskState>), String> {
-    if let Some(fp) = failpoint {
-        fp("upload", id)?;
-    }
     let meta = CheckpointMeta {
         id,
         savepoint: false,
@@ -250,7 +247,11 @@ fn upload(
         max_parallelism: graph_shape.0,
         parallelism: graph_shape.1.clone(),
     };
-    let manifest = ckpt.write(meta, &states).map_err(|e| e.to_string())?;
+    // The "upload" failpoint fires after the state files are written, before the manifest:
+    // the partial checkpoint it leaves must never be restored.
+    let manifest = ckpt
+        .write_with(meta, &states, || failpoint.map_or(Ok(()), |fp| fp("upload", id)))
+        .map_err(|e| e.to_string())?;
     Ok((manifest.states.iter().map(|s| s.bytes).sum(), states))
 }
 
