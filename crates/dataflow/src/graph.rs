@@ -332,8 +332,7 @@ pub enum StartFrom {
 
 /// A test hook: called at named points ("upload" after a checkpoint's state files are
 /// written and before its manifest, "commit" between a checkpoint's completion and its sink
-/// commits); an `Err` is a failure
-/// injected there.
+/// commits); an `Err` is a failure injected there.
 pub type Failpoint = Arc<dyn Fn(&str, u64) -> Result<(), String> + Send + Sync>;
 
 /// Checkpoint settings.
