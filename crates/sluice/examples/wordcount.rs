@@ -47,6 +47,9 @@ fn sentence(i: u64) -> (String, i64) {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let env = StreamEnv::new();
     env.set_parallelism(2);
+    // `--parallelism N`, `--checkpoint-dir DIR` and the other job flags work here too.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    env.apply_args(&args)?;
     let strategy = Watermarks::bounded(Duration::from_millis(50)).with_timestamps(|s: &(String, i64)| s.1);
     let sentences = env.source(GeneratorSource::new(0..6_000, sentence), strategy);
     let counts = sentences
