@@ -14,18 +14,6 @@ fn sluice(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// Cancels the job when dropped, so a failing test leaves no threads behind.
-struct CancelOnDrop(Option<sluice::JobHandle>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(job) = self.0.take() {
-            job.cancel();
-            let _ = job.join();
-        }
-    }
-}
-
 #[test]
 fn a_savepoint_is_triggered_from_the_command_line_and_listed() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,7 +27,8 @@ fn a_savepoint_is_triggered_from_the_command_line_and_listed() {
         .reduce(|a, b| a.max(b))
         .uid("max")
         .discard();
-    let mut job = CancelOnDrop(Some(env.execute_async("cli job").unwrap()));
+    // The handle cancels the job if the test fails before it is joined.
+    let job = env.execute_async("cli job").unwrap();
 
     let (ok, stdout, stderr) =
         sluice(&["savepoint", "--checkpoint-dir", root, "--job", "cli job", "--timeout-secs", "30"]);
@@ -53,9 +42,8 @@ fn a_savepoint_is_triggered_from_the_command_line_and_listed() {
     assert!(ok, "{stderr}");
     assert!(listing.lines().any(|l| l.starts_with("savepoint") && l.contains("complete")), "{listing}");
 
-    let handle = job.0.take().unwrap();
-    handle.cancel();
-    handle.join().unwrap();
+    job.cancel();
+    job.join().unwrap();
     let (ok, _, stderr) = sluice(&["savepoint", "--checkpoint-dir", root, "--job", "cli job", "--timeout-secs", "1"]);
     assert!(!ok && stderr.contains("is the job running"), "{stderr}");
 }

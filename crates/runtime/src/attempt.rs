@@ -64,8 +64,6 @@ pub(crate) struct Checkpointing {
     pub next_id: u64,
     /// Completed checkpoints, oldest first.
     pub completed: Vec<u64>,
-    /// The checkpoint this attempt was restored from.
-    pub restored: Option<u64>,
     /// Durations and sizes of completed checkpoints, for reports.
     pub stats: Vec<(Duration, u64)>,
 }

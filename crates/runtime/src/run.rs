@@ -58,9 +58,12 @@ pub struct JobResult {
 }
 
 /// A running job.
+///
+/// The handle owns the job: dropping it without [`JobHandle::join`] cancels the job and
+/// waits for it to stop, so no task outlives its handle.
 pub struct JobHandle {
     flags: Arc<Flags>,
-    supervisor: JoinHandle<Result<JobResult, JobError>>,
+    supervisor: Option<JoinHandle<Result<JobResult, JobError>>>,
 }
 
 impl JobHandle {
@@ -92,14 +95,24 @@ impl JobHandle {
 
     /// Whether the job has ended.
     pub fn is_finished(&self) -> bool {
-        self.supervisor.is_finished()
+        self.supervisor.as_ref().is_none_or(|s| s.is_finished())
     }
 
     /// Waits for the job to end.
-    pub fn join(self) -> Result<JobResult, JobError> {
-        self.supervisor.join().unwrap_or_else(|_| {
+    pub fn join(mut self) -> Result<JobResult, JobError> {
+        let supervisor = self.supervisor.take().expect("a handle is joined once");
+        supervisor.join().unwrap_or_else(|_| {
             Err(JobError::Task { job: "?".into(), source: TaskError::Checkpoint("the job supervisor panicked".into()) })
         })
+    }
+}
+
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        if let Some(supervisor) = self.supervisor.take() {
+            self.cancel();
+            let _ = supervisor.join();
+        }
     }
 }
 
@@ -126,7 +139,7 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
         let next_id =
             existing.iter().copied().chain(start.iter().map(|s| s.manifest.checkpoint)).max().unwrap_or(0) + 1;
         let completed = start.iter().filter(|s| !s.manifest.savepoint).map(|s| s.manifest.checkpoint).collect();
-        checkpointing = Some(Checkpointing { config, store, next_id, completed, restored: None, stats: Vec::new() });
+        checkpointing = Some(Checkpointing { config, store, next_id, completed, stats: Vec::new() });
     }
     // A bad checkpoint to start from is an error now, not after the job has started.
     if let Some(loaded) = &start {
@@ -142,7 +155,7 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
     let supervisor = std::thread::Builder::new()
         .name(format!("sluice:{}", graph.name))
         .spawn(move || supervise(graph, start, checkpointing, supervisor_flags))?;
-    Ok(JobHandle { flags, supervisor })
+    Ok(JobHandle { flags, supervisor: Some(supervisor) })
 }
 
 fn shapes(graph: &JobGraph) -> Vec<OperatorShape> {
@@ -196,9 +209,6 @@ fn supervise(
         if let Some(p) = &plan {
             tracing::info!(job = %job, checkpoint = p.checkpoint, "restoring");
             restored_from.get_or_insert(p.checkpoint);
-            if let Some(cp) = checkpointing.as_mut() {
-                cp.restored = Some(p.checkpoint);
-            }
         }
         let outcome = settle_sinks(&graph, plan.as_ref()).and_then(|()| {
             if plan.as_ref().is_some_and(|p| p.finished) {

@@ -24,26 +24,6 @@ fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
     condition()
 }
 
-/// Cancels the job when dropped, so a failing test leaves no threads behind.
-struct CancelOnDrop(Option<sluice::JobHandle>);
-
-impl CancelOnDrop {
-    fn finish(mut self) -> Result<sluice::JobResult, JobError> {
-        let handle = self.0.take().expect("joined once");
-        handle.cancel();
-        handle.join()
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(handle) = self.0.take() {
-            handle.cancel();
-            let _ = handle.join();
-        }
-    }
-}
-
 #[test]
 fn a_panic_in_a_user_function_fails_the_job_naming_operator_and_subtask() {
     let env = StreamEnv::new();
@@ -178,13 +158,14 @@ fn a_slow_sink_slows_the_source_instead_of_growing_memory() {
     .map(|v| v + 1)
     .disable_chaining()
     .sink(SlowSink(consumed.clone()));
-    let job = CancelOnDrop(Some(env.execute_async("backpressure").unwrap()));
+    let job = env.execute_async("backpressure").unwrap();
     assert!(wait_until(Duration::from_secs(20), || consumed.load(Ordering::SeqCst) >= 20_000));
     // In flight at most: two inboxes of 4 batches, a batch in each task, the batch being
     // generated. An unbounded source without backpressure would be millions ahead.
     let ahead = produced.load(Ordering::SeqCst) - consumed.load(Ordering::SeqCst);
     assert!(ahead <= 1_500, "{ahead} records in flight");
-    let result = job.finish().unwrap();
+    job.cancel();
+    let result = job.join().unwrap();
     assert!(result.cancelled);
 }
 
@@ -229,10 +210,11 @@ fn an_idle_source_subtask_does_not_hold_back_the_watermark() {
         .window(Tumbling::event_time(Duration::from_secs(1)))
         .aggregate_with(Count, |k, w, n| (*k, w.start, n))
         .collect();
-    let job = CancelOnDrop(Some(env.execute_async("idle").unwrap()));
+    let job = env.execute_async("idle").unwrap();
     // Windows [0,1000) and [1000,2000) can only fire if subtask 1 stops counting.
     assert!(wait_until(Duration::from_secs(20), || windows.values().len() >= 4), "{:?}", windows.values());
-    job.finish().unwrap();
+    job.cancel();
+    job.join().unwrap();
     let mut got = windows.values();
     got.sort();
     assert_eq!(&got[..4], &[(0, 0, 500), (0, 1000, 500), (1, 0, 500), (1, 1000, 500)]);
@@ -244,9 +226,10 @@ fn cancelling_an_unbounded_job_drains_and_returns() {
     env.set_parallelism(2);
     let out =
         env.source(SequenceSource::unbounded(0).with_rate_limit(50_000.0), Watermarks::none()).map(|v| v).collect();
-    let job = CancelOnDrop(Some(env.execute_async("forever").unwrap()));
+    let job = env.execute_async("forever").unwrap();
     assert!(wait_until(Duration::from_secs(20), || out.values().len() > 1000));
-    let result = job.finish().unwrap();
+    job.cancel();
+    let result = job.join().unwrap();
     assert!(result.cancelled);
     let values = out.values();
     // Each source subtask emits a gap-free prefix of its stride: nothing lost on the way.
