@@ -104,6 +104,10 @@ pub trait NodeImpl: Send + Sync {
     ) -> TaskResult<Box<dyn SourceTask>> {
         unreachable!("only source nodes start source tasks")
     }
+    /// Checks the node's settings against the job's (sinks only).
+    fn validate(&self, _config: &JobConfig) -> Result<(), String> {
+        Ok(())
+    }
     /// Commits a sink's pre-committed transaction (sinks only).
     fn commit(&self, _committable: &[u8]) -> std::io::Result<()> {
         Ok(())
@@ -250,6 +254,9 @@ impl<T: Data> NodeImpl for SinkNode<T> {
     }
     fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput> {
         Box::new(Head(downcast_input::<T>(stage)))
+    }
+    fn validate(&self, config: &JobConfig) -> Result<(), String> {
+        self.sink.validate(config)
     }
     fn commit(&self, committable: &[u8]) -> std::io::Result<()> {
         self.sink.commit(committable)
@@ -544,6 +551,7 @@ impl JobGraph {
                     node.name, c.max_parallelism
                 )));
             }
+            node.imp.validate(c).map_err(|message| GraphError(format!("'{}': {message}", node.name)))?;
             for edge in &node.inputs {
                 if edge.from.0 >= node.id.0 {
                     return Err(GraphError(format!("operator '{}' reads from a later node", node.name)));

@@ -1,6 +1,7 @@
 //! Sinks: the writer trait connectors implement and the adapter that ends a chain in one.
 
 use crate::error::{TaskError, TaskResult};
+use crate::graph::JobConfig;
 use crate::operator::{guard_panic, Input, SubtaskInfo};
 use crate::snapshot::{Barrier, OperatorState, SubtaskState};
 use sluice_types::{Record, Timestamp};
@@ -12,6 +13,11 @@ pub trait Sink<T>: Send + Sync + 'static {
     fn name(&self) -> String;
     /// The writer of subtask `index` of `parallelism`.
     fn create_writer(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SinkWriter<T>>>;
+    /// Checks the sink's settings against the job's before anything runs (for example a
+    /// transaction timeout against the checkpoint interval); the error names the fix.
+    fn validate(&self, _config: &JobConfig) -> Result<(), String> {
+        Ok(())
+    }
     /// Makes a pre-committed transaction visible: called once the checkpoint holding it is
     /// complete, and again after a restart, so it must be idempotent.
     fn commit(&self, _committable: &[u8]) -> io::Result<()> {

@@ -5,6 +5,7 @@ use crate::error::{TaskError, TaskResult};
 use crate::operator::{guard_panic, now_millis, Input, SubtaskInfo};
 use crate::snapshot::{Barrier, OperatorState, SubtaskState};
 use sluice_types::{Record, Timestamp, MAX_WATERMARK, MIN_WATERMARK, NO_TIMESTAMP};
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
@@ -47,6 +48,79 @@ pub trait SourceReader<T>: Send {
     /// Moves to a position that [`SourceReader::position`] returned.
     fn seek(&mut self, _position: &[u8]) -> io::Result<()> {
         Ok(())
+    }
+    /// For a reader of several splits whose timestamps advance independently (the
+    /// partitions of a Kafka topic): called after every poll, it appends how the records of
+    /// that poll divide into runs of one split each, in order, and the splits assigned or
+    /// ended since the last call, and returns `true`. The runner then keeps a watermark per
+    /// split and emits their minimum, leaving out splits idle for longer than the idleness
+    /// timeout and splits that ended. The default (`false`) treats the reader as one split.
+    fn split_info(&mut self, _runs: &mut Vec<SplitRun>, _events: &mut Vec<SplitEvent>) -> bool {
+        false
+    }
+}
+
+/// Consecutive records of one poll that came from the same split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitRun {
+    /// The split, numbered by the reader.
+    pub split: u32,
+    /// How many records in a row came from it.
+    pub len: usize,
+}
+
+/// A change in the splits a reader reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitEvent {
+    /// The reader started reading this split: it holds the watermark back until it has
+    /// records or turns idle.
+    Added(u32),
+    /// This split has no more records (a bounded read reached its end).
+    Ended(u32),
+}
+
+/// Per-split watermark generators of a reader that reports splits.
+struct SplitWatermarks {
+    kind: WatermarkKind,
+    splits: HashMap<u32, (WatermarkGenerator, Instant)>,
+    runs: Vec<SplitRun>,
+    events: Vec<SplitEvent>,
+}
+
+impl SplitWatermarks {
+    fn apply_events(&mut self, now: Instant) {
+        for event in self.events.drain(..) {
+            match event {
+                SplitEvent::Added(split) => {
+                    self.splits.entry(split).or_insert((WatermarkGenerator::new(self.kind), now));
+                }
+                SplitEvent::Ended(split) => {
+                    self.splits.remove(&split);
+                }
+            }
+        }
+    }
+
+    fn observe<T>(&mut self, batch: &[Record<T>], now: Instant) {
+        let mut start = 0;
+        for run in self.runs.drain(..) {
+            let entry = self.splits.entry(run.split).or_insert((WatermarkGenerator::new(self.kind), now));
+            entry.1 = now;
+            for record in &batch[start..(start + run.len).min(batch.len())] {
+                entry.0.observe(record.time);
+            }
+            start += run.len;
+        }
+    }
+
+    /// The minimum over splits that had records within `idleness` (all splits without a
+    /// timeout); `None` when every split is idle or none is assigned.
+    fn current(&self, now: Instant, idleness: Option<Duration>) -> Option<Timestamp> {
+        self.splits
+            .values()
+            .filter(|(_, last)| idleness.is_none_or(|timeout| now.duration_since(*last) < timeout))
+            .map(|(generator, _)| generator.current())
+            .min()
     }
 }
 
@@ -249,6 +323,13 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
         let mut last_record = Instant::now();
         let mut idle = false;
         let batch_size = self.info.batch_size;
+        let mut split_marks = SplitWatermarks {
+            kind: self.strategy.kind,
+            splits: HashMap::new(),
+            runs: Vec::new(),
+            events: Vec::new(),
+        };
+        let mut per_split = false;
         loop {
             if cancelled.load(Ordering::Relaxed) {
                 // Cancelled: end the stream without the final watermark, so that no window
@@ -267,6 +348,10 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 source,
             })?;
             let now = Instant::now();
+            if self.reader.split_info(&mut split_marks.runs, &mut split_marks.events) {
+                per_split = true;
+                split_marks.apply_events(now);
+            }
             match poll {
                 Poll::Ready => {
                     if !batch.is_empty() {
@@ -278,8 +363,12 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                             })?;
                         }
                         if self.strategy.kind != WatermarkKind::None {
-                            for record in &batch {
-                                generator.observe(record.time);
+                            if per_split {
+                                split_marks.observe(&batch, now);
+                            } else {
+                                for record in &batch {
+                                    generator.observe(record.time);
+                                }
                             }
                         }
                         if idle {
@@ -306,9 +395,14 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                     return self.finish(control);
                 }
             }
+            split_marks.runs.clear();
             if self.watermark_interval.is_zero() || now.duration_since(last_watermark) >= self.watermark_interval {
                 last_watermark = now;
-                let watermark = generator.current();
+                let watermark = if per_split {
+                    split_marks.current(now, self.strategy.idleness).unwrap_or(MIN_WATERMARK)
+                } else {
+                    generator.current()
+                };
                 if watermark > emitted_watermark {
                     emitted_watermark = watermark;
                     self.output.watermark(watermark)?;

@@ -228,6 +228,17 @@ struct Pending {
 
 type UploadResult = (u64, bool, Instant, Result<(u64, Vec<SubtaskState>), String>);
 
+/// Keeps the sink transactions of a checkpoint that failed (or of a barrier that arrived
+/// after its checkpoint was abandoned): they were pre-committed, so they must be committed
+/// with the next checkpoint that completes, and recorded in it for a restore to commit.
+fn carry_committables(carried: &mut Vec<SubtaskState>, states: impl IntoIterator<Item = SubtaskState>) {
+    for state in states {
+        if matches!(state.state, OperatorState::Committable(_)) && !carried.contains(&state) {
+            carried.push(state);
+        }
+    }
+}
+
 /// Writes a checkpoint (runs on the uploader thread).
 fn upload(
     ckpt: &CheckpointStore,
@@ -310,6 +321,8 @@ pub(crate) fn run_attempt(
     // Upload threads are joined before the attempt returns: no write outlives its attempt.
     let mut uploaders: Vec<JoinHandle<()>> = Vec::new();
     let mut failed_in_a_row = 0u32;
+    let mut carried: Vec<SubtaskState> = Vec::new();
+    let mut uploading_committables: Vec<SubtaskState> = Vec::new();
     let mut last_trigger = Instant::now();
     let mut last_done = Instant::now();
     let mut coordinator_error: Option<TaskError> = None;
@@ -326,10 +339,12 @@ pub(crate) fn run_attempt(
     while finished.len() < tasks && !flags.abort.load(Ordering::SeqCst) {
         match reports.recv_timeout(Duration::from_millis(5)) {
             Ok(TaskReport { task, checkpoint: Some(id), states }) => {
-                if let Some(p) = pending.as_mut().filter(|p| p.id == id) {
-                    if p.awaiting.remove(&task) {
+                match pending.as_mut().filter(|p| p.id == id && p.awaiting.contains(&task)) {
+                    Some(p) => {
+                        p.awaiting.remove(&task);
                         p.states.extend(states);
                     }
+                    None => carry_committables(&mut carried, states),
                 }
             }
             Ok(TaskReport { task, checkpoint: None, states }) => {
@@ -347,6 +362,8 @@ pub(crate) fn run_attempt(
         if let Some(p) = pending.as_ref() {
             if p.awaiting.is_empty() {
                 let p = pending.take().expect("checked above");
+                uploading_committables =
+                    p.states.iter().filter(|s| matches!(s.state, OperatorState::Committable(_))).cloned().collect();
                 let (tx, rx) = channel();
                 let (store, failpoint, shape) = (cp.store.clone(), cp.config.failpoint.clone(), shape.clone());
                 uploaders.push(std::thread::spawn(move || {
@@ -356,7 +373,9 @@ pub(crate) fn run_attempt(
                 uploading = Some(rx);
             } else if p.started.elapsed() > cp.config.timeout {
                 tracing::warn!(checkpoint = p.id, "checkpoint timed out");
-                pending = None;
+                if let Some(p) = pending.take() {
+                    carry_committables(&mut carried, p.states);
+                }
                 failed_in_a_row += 1;
                 last_done = Instant::now();
             }
@@ -389,6 +408,7 @@ pub(crate) fn run_attempt(
                     }
                     Err(e) => {
                         tracing::warn!(checkpoint = id, error = %e, "checkpoint failed");
+                        carry_committables(&mut carried, std::mem::take(&mut uploading_committables));
                         failed_in_a_row += 1;
                         if savepoint {
                             waiters.drain(..).for_each(|w| w.answer(Err(e.clone())));
@@ -431,8 +451,13 @@ pub(crate) fn run_attempt(
             cp.next_id += 1;
             last_trigger = Instant::now();
             let barrier = Barrier { id, timestamp: now_millis() };
-            let mut p =
-                Pending { id, savepoint, started: Instant::now(), awaiting: HashSet::new(), states: Vec::new() };
+            let mut p = Pending {
+                id,
+                savepoint,
+                started: Instant::now(),
+                awaiting: HashSet::new(),
+                states: std::mem::take(&mut carried),
+            };
             for task in 0..tasks {
                 match finished.get(&task) {
                     Some(states) => p.states.extend(states.iter().cloned()),
@@ -480,11 +505,15 @@ pub(crate) fn run_attempt(
     match checkpointing {
         Some(cp) => {
             if let Some(rx) = uploading.take() {
-                if let Ok((id, _, started, Ok((bytes, done)))) = rx.recv() {
-                    cp.stats.push((started.elapsed(), bytes));
-                    complete(graph, cp, id, &done)?;
+                match rx.recv() {
+                    Ok((id, _, started, Ok((bytes, done)))) => {
+                        cp.stats.push((started.elapsed(), bytes));
+                        complete(graph, cp, id, &done)?;
+                    }
+                    _ => carry_committables(&mut carried, uploading_committables),
                 }
             }
+            carry_committables(&mut states, carried);
             let id = cp.next_id;
             cp.next_id += 1;
             let finished_input = !flags.cancelled.load(Ordering::SeqCst);
