@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine: formatting and lint checks, unit
-# tests, integration tests and doc examples. Needs only a Rust toolchain (1.85 or newer)
-# and crates.io; no service is used by the tests of the core engine.
+# tests, integration tests and doc examples. Needs a Rust toolchain (1.85 or newer) and
+# crates.io; for the Kafka tests it installs what is missing (a C toolchain for
+# librdkafka, Java 17 and Maven from Debian, the Kafka 4.4 jars from Maven Central). Each
+# Kafka test starts its own broker and kills it when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,19 @@ for component in rustfmt clippy; do
     rustup component add "$component" || echo "note: could not install $component" >&2
   fi
 done
+
+need=()
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]} (Debian packages)"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}"
+fi
+echo "== Kafka jars"
+bash scripts/kafka.sh install
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -19,7 +19,8 @@ pub enum Poll {
     Ready,
     /// Nothing available now; poll again after at most this long.
     Pending(Duration),
-    /// The reader has no more records, ever (a bounded source has ended).
+    /// The reader has no more records, ever (a bounded source has ended). Records it
+    /// appended in the same poll are still emitted.
     Finished,
 }
 
@@ -347,6 +348,11 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 what: "reading the source".into(),
                 source,
             })?;
+            // Records appended by the poll that reported the end still go out first.
+            let (poll, end_after) = match poll {
+                Poll::Finished if !batch.is_empty() => (Poll::Ready, true),
+                poll => (poll, false),
+            };
             let now = Instant::now();
             if self.reader.split_info(&mut split_marks.runs, &mut split_marks.events) {
                 per_split = true;
@@ -396,6 +402,11 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 }
             }
             split_marks.runs.clear();
+            if end_after {
+                self.output.flush()?;
+                self.output.watermark(MAX_WATERMARK)?;
+                return self.finish(control);
+            }
             if self.watermark_interval.is_zero() || now.duration_since(last_watermark) >= self.watermark_interval {
                 last_watermark = now;
                 let watermark = if per_split {

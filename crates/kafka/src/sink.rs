@@ -296,7 +296,7 @@ fn decode_committable(bytes: &[u8]) -> io::Result<Committable> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("a Kafka sink committable: {e}")))
 }
 
-impl<T: Send + Sync + 'static> Sink<T> for KafkaSink<T> {
+impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
     fn name(&self) -> String {
         format!("kafka sink {}", self.settings.topic)
     }
@@ -404,11 +404,11 @@ impl<T: Send + Sync + 'static> Sink<T> for KafkaSink<T> {
         if s.guarantee != DeliveryGuarantee::ExactlyOnce {
             return Ok(());
         }
-        let keep: HashSet<String> =
-            keep.iter().map(|k| decode_committable(k).map(|c| c.transactional_id)).collect::<io::Result<_>>()?;
+        let keep: Vec<Committable> = keep.iter().map(|k| decode_committable(k)).collect::<io::Result<_>>()?;
+        let keep_ids: HashSet<&str> = keep.iter().map(|c| c.transactional_id.as_str()).collect();
         let stale: Vec<(String, KafkaProducer)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let ids: Vec<String> = pending.keys().filter(|id| !keep.contains(*id)).cloned().collect();
+            let ids: Vec<String> = pending.keys().filter(|id| !keep_ids.contains(id.as_str())).cloned().collect();
             ids.into_iter().filter_map(|id| pending.remove(&id).map(|p| (id, p))).collect()
         };
         for (id, producer) in stale {
@@ -419,7 +419,15 @@ impl<T: Send + Sync + 'static> Sink<T> for KafkaSink<T> {
         let (brokers, _) = s.cluster()?;
         let brokers: Vec<String> = brokers.into_iter().map(|b| b.1).collect();
         let open = protocol::list_open(&brokers, &format!("{}-", s.prefix), s.request_timeout)?;
-        for id in open.into_iter().filter(|id| s.owns(id) && !keep.contains(id)) {
+        for id in open.into_iter().filter(|id| s.owns(id)) {
+            // A kept id may since carry a later transaction (its slot was reused after the
+            // kept one was committed): only the transaction with the kept epoch stays open.
+            if let Some(kept) = keep.iter().find(|c| c.transactional_id == id) {
+                let now = protocol::describe(&s.client.bootstrap_servers, &id, s.request_timeout)?;
+                if now.producer_id == kept.producer_id && now.producer_epoch == kept.producer_epoch {
+                    continue;
+                }
+            }
             tracing::info!(transaction = %id, "aborting a transaction an earlier run left open");
             drop(s.transactional_producer(&id)?);
         }
@@ -497,7 +505,7 @@ impl<T> KafkaWriter<T> {
     }
 }
 
-impl<T: Send + Sync + 'static> SinkWriter<T> for KafkaWriter<T> {
+impl<T: Send + 'static> SinkWriter<T> for KafkaWriter<T> {
     fn write_batch(&mut self, batch: Vec<Record<T>>) -> io::Result<()> {
         let topic = self.settings.topic.clone();
         let n = batch.len() as u64;

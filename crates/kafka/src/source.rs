@@ -616,7 +616,8 @@ impl<T: Send + 'static> SourceReader<T> for KafkaReader<T> {
             self.eof = false;
             reassign |= self.check_positions()?;
         }
-        if self.settings.bounded && self.partitions.iter().all(|p| p.done) {
+        // The records of this poll go out first; the end is reported by the next poll.
+        if out.is_empty() && self.settings.bounded && self.partitions.iter().all(|p| p.done) {
             if let Some(dlq) = &self.dead_letters {
                 dlq.flush(self.settings.request_timeout).map_err(|e| kafka_io("flushing dead letters", e))?;
             }

@@ -23,3 +23,8 @@ pub fn counts_reference(n: u64) -> Vec<String> {
     }
     counts.into_iter().map(|((k, w), n)| format!("{k},{w},{n}")).collect()
 }
+
+/// What the Kafka copy job (`kafka-copy`) writes for an input value.
+pub fn kafka_copy_transform(value: &str) -> String {
+    format!("{}|{}", value.to_uppercase(), value.len())
+}

@@ -1,0 +1,162 @@
+//! Kafka -> map -> Kafka, exactly once, against a real broker. The job process is killed
+//! with SIGKILL at seeded random moments, or dies at chosen steps of a checkpoint, and is
+//! started again until it finishes; a `read_committed` consumer of the output topic must
+//! see exactly the reference, and no transaction may be left open to hold such a consumer
+//! back.
+
+use sluice_kafka::testing::{
+    blocked_partitions, create_topic, open_transactions, produce, read_committed, KafkaBroker, TestRecord,
+};
+use sluice_testjobs::kafka_copy_transform;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl KillOnDrop {
+    /// Waits for the exit (at most `within`) and returns the status and what it printed.
+    fn wait(&mut self, within: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the job did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(self.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    }
+}
+
+fn start(bootstrap: &str, checkpoints: &Path, extra: &[&str]) -> KillOnDrop {
+    let child = Command::new(env!("CARGO_BIN_EXE_kafka-copy"))
+        .args(["--bootstrap", bootstrap, "--input", "in", "--output", "out", "--prefix", "copy"])
+        .args(["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval-ms", "100"])
+        .args(["--parallelism", "2", "--pace-every", "20"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the kafka-copy binary starts");
+    KillOnDrop(child)
+}
+
+fn multiset<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
+    let mut m = HashMap::new();
+    for i in items {
+        *m.entry(i).or_insert(0) += 1;
+    }
+    m
+}
+
+/// A broker with topic `in` (4 partitions) holding `n` seeded keyed records and an empty
+/// topic `out` (3 partitions); returns the records written.
+fn setup(broker: &KafkaBroker, n: u64, random: &mut impl FnMut(u64) -> u64) -> Vec<(Vec<u8>, String)> {
+    let b = broker.bootstrap();
+    create_topic(b, "in", 4).unwrap();
+    create_topic(b, "out", 3).unwrap();
+    let input: Vec<(Vec<u8>, String)> =
+        (0..n).map(|i| (format!("k{}", random(50)).into_bytes(), format!("v{i}-{}", random(1000)))).collect();
+    let records = input.iter().map(|(k, v)| TestRecord {
+        key: Some(k.clone()),
+        value: Some(v.as_bytes().to_vec()),
+        ..Default::default()
+    });
+    produce(b, "in", records).unwrap();
+    input
+}
+
+/// The output equals the reference record for record and nothing holds readers back.
+fn assert_exact_output(broker: &KafkaBroker, input: &[(Vec<u8>, String)], seed: u64) {
+    let b = broker.bootstrap();
+    let got: Vec<(Vec<u8>, String)> = read_committed(b, "out", Duration::from_secs(60))
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.key.unwrap_or_default(), String::from_utf8(r.value.unwrap_or_default()).unwrap()))
+        .collect();
+    let want: Vec<(Vec<u8>, String)> = input.iter().map(|(k, v)| (k.clone(), kafka_copy_transform(v))).collect();
+    assert_eq!(got.len(), want.len(), "seed {seed}: {} records committed, {} expected", got.len(), want.len());
+    assert_eq!(multiset(got), multiset(want), "seed {seed}");
+    assert_eq!(blocked_partitions(b, "out").unwrap(), Vec::<i32>::new(), "seed {seed}: a transaction holds readers back");
+    assert_eq!(open_transactions(b, "copy-").unwrap(), Vec::<String>::new(), "seed {seed}");
+}
+
+fn seeded() -> (u64, impl FnMut(u64) -> u64) {
+    let seed: u64 = std::env::var("SLUICE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(11);
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let random = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    (seed, random)
+}
+
+#[test]
+fn kafka_to_kafka_killed_with_sigkill_commits_exactly_the_reference() {
+    let (seed, mut random) = seeded();
+    let broker = KafkaBroker::start().expect("a Kafka broker");
+    let input = setup(&broker, 40_000, &mut random);
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    let mut kills = 0;
+    for _ in 0..5 {
+        let mut job = start(broker.bootstrap(), &checkpoints, &[]);
+        // Pacing, not waiting for a condition: the kill lands at a seeded random moment.
+        std::thread::sleep(Duration::from_millis(500 + random(1500)));
+        if job.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        job.0.kill().unwrap(); // SIGKILL
+        job.0.wait().unwrap();
+        kills += 1;
+    }
+    let (status, stderr) = start(broker.bootstrap(), &checkpoints, &[]).wait(Duration::from_secs(180));
+    assert!(status.success(), "seed {seed}: the last run failed: {status}\n{stderr}");
+    assert!(kills >= 2, "seed {seed}: only {kills} kills landed before the job finished");
+    assert_exact_output(&broker, &input, seed);
+}
+
+/// Dies at `step` of checkpoint 3, checks that it left open transactions behind, then runs
+/// again to the end.
+fn crash_then_finish(step: &str) {
+    let (seed, mut random) = seeded();
+    let broker = KafkaBroker::start().expect("a Kafka broker");
+    let input = setup(&broker, 20_000, &mut random);
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    let (status, stderr) =
+        start(broker.bootstrap(), &checkpoints, &["--crash-at", &format!("{step}:3")]).wait(Duration::from_secs(120));
+    assert!(!status.success(), "the job was to die at {step} of checkpoint 3: {status}\n{stderr}");
+    assert!(
+        !open_transactions(broker.bootstrap(), "copy-").unwrap().is_empty(),
+        "the crash left pre-committed transactions open ({status}):\n{stderr}"
+    );
+    assert!(!blocked_partitions(broker.bootstrap(), "out").unwrap().is_empty());
+    let (status, stderr) = start(broker.bootstrap(), &checkpoints, &[]).wait(Duration::from_secs(120));
+    assert!(status.success(), "the restarted job failed: {status}\n{stderr}");
+    assert_exact_output(&broker, &input, seed);
+}
+
+#[test]
+fn dying_between_checkpoint_completion_and_commit_commits_the_transactions_after_restart() {
+    crash_then_finish("commit");
+}
+
+#[test]
+fn dying_before_a_checkpoint_completes_aborts_its_transactions_after_restart() {
+    crash_then_finish("upload");
+}
