@@ -32,6 +32,6 @@ pub use message::{Envelope, Message};
 pub use operator::{guard_panic, now_millis, Input, Link, Operator, OperatorFactory, Output, SubtaskInfo};
 pub use sink::{Sink, SinkInput, SinkWriter};
 pub use source::{
-    Poll, Source, SourceReader, SourceRunner, SourceTask, SplitEvent, SplitRun, TaskControl, TaskReport, TimestampFn, WatermarkGenerator,
-    WatermarkKind, WatermarkStrategy, Watermarks,
+    Poll, Source, SourceReader, SourceRunner, SourceTask, SplitEvent, SplitRun, TaskControl, TaskReport, TimestampFn,
+    WatermarkGenerator, WatermarkKind, WatermarkStrategy, Watermarks,
 };

@@ -324,12 +324,8 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
         let mut last_record = Instant::now();
         let mut idle = false;
         let batch_size = self.info.batch_size;
-        let mut split_marks = SplitWatermarks {
-            kind: self.strategy.kind,
-            splits: HashMap::new(),
-            runs: Vec::new(),
-            events: Vec::new(),
-        };
+        let mut split_marks =
+            SplitWatermarks { kind: self.strategy.kind, splits: HashMap::new(), runs: Vec::new(), events: Vec::new() };
         let mut per_split = false;
         loop {
             if cancelled.load(Ordering::Relaxed) {

@@ -303,11 +303,14 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
 
     fn validate(&self, config: &JobConfig) -> Result<(), String> {
         let s = &self.settings;
-        let (brokers, partitions) = s
-            .cluster()
-            .map_err(|e| format!("cannot reach Kafka at {}: {e}; is the broker running?", s.client.bootstrap_servers))?;
+        let (brokers, partitions) = s.cluster().map_err(|e| {
+            format!("cannot reach Kafka at {}: {e}; is the broker running?", s.client.bootstrap_servers)
+        })?;
         if partitions.is_none() {
-            return Err(format!("Kafka topic '{}' does not exist; create it first (Sluice does not create topics)", s.topic));
+            return Err(format!(
+                "Kafka topic '{}' does not exist; create it first (Sluice does not create topics)",
+                s.topic
+            ));
         }
         if let SinkPartitioning::Fixed(p) = s.partitioning {
             if Some(p) >= partitions {
@@ -390,9 +393,14 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
                 .commit_transaction(s.request_timeout)
                 .map_err(|e| kafka_io(&format!("committing transaction '{}'", c.transactional_id), e)),
             None => {
-                let expected = TxnState { state: String::new(), producer_id: c.producer_id, producer_epoch: c.producer_epoch };
-                let outcome =
-                    protocol::commit_resumed(&s.client.bootstrap_servers, &c.transactional_id, &expected, s.request_timeout)?;
+                let expected =
+                    TxnState { state: String::new(), producer_id: c.producer_id, producer_epoch: c.producer_epoch };
+                let outcome = protocol::commit_resumed(
+                    &s.client.bootstrap_servers,
+                    &c.transactional_id,
+                    &expected,
+                    s.request_timeout,
+                )?;
                 tracing::info!(transaction = %c.transactional_id, outcome = ?outcome, "resumed a Kafka transaction");
                 Ok(())
             }
@@ -467,7 +475,9 @@ impl<T> KafkaWriter<T> {
             self.transactional_id = id;
             producer
         } else {
-            s.producer_config().create_with_context(DeliveryTracker::default()).map_err(|e| kafka_io("creating a producer", e))?
+            s.producer_config()
+                .create_with_context(DeliveryTracker::default())
+                .map_err(|e| kafka_io("creating a producer", e))?
         };
         self.producer = Some(producer);
         self.in_transaction = 0;

@@ -180,19 +180,24 @@ impl<T> KafkaSourceBuilder<T> {
     pub fn build(self) -> Result<KafkaSource<T>, ConfigError> {
         self.client.check()?;
         if self.topics.is_empty() && self.pattern.is_none() {
-            return Err(ConfigError("the Kafka source reads no topic; call .topics([..]) or .topic_pattern(..)".into()));
+            return Err(ConfigError(
+                "the Kafka source reads no topic; call .topics([..]) or .topic_pattern(..)".into(),
+            ));
         }
-        let pattern = match &self.pattern {
-            Some(p) => Some(regex_lite::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
-                ConfigError(format!("the topic pattern '{p}' is not a valid regular expression: {e}"))
-            })?),
-            None => None,
-        };
+        let pattern =
+            match &self.pattern {
+                Some(p) => Some(regex_lite::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
+                    ConfigError(format!("the topic pattern '{p}' is not a valid regular expression: {e}"))
+                })?),
+                None => None,
+            };
         let deserializer = self.deserializer.ok_or_else(|| {
             ConfigError("the Kafka source has no deserializer; call .deserializer(codec::text()) or similar".into())
         })?;
         if matches!(self.starting, StartingOffsets::Committed { .. }) && self.group_id.is_none() {
-            return Err(ConfigError("starting from committed offsets needs a consumer group; call .group_id(..)".into()));
+            return Err(ConfigError(
+                "starting from committed offsets needs a consumer group; call .group_id(..)".into(),
+            ));
         }
         if self.commit_offsets && self.group_id.is_none() {
             return Err(ConfigError("committing offsets needs a consumer group; call .group_id(..)".into()));
@@ -382,7 +387,8 @@ impl<T> KafkaReader<T> {
             StartingOffsets::Timestamp(ts) => {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition_offset(topic, partition, Offset::Offset(*ts)).map_err(io::Error::other)?;
-                let found = self.consumer.offsets_for_times(tpl, timeout).map_err(|e| kafka_io("offsets_for_times", e))?;
+                let found =
+                    self.consumer.offsets_for_times(tpl, timeout).map_err(|e| kafka_io("offsets_for_times", e))?;
                 match found.find_partition(topic, partition).map(|e| e.offset()) {
                     Some(Offset::Offset(o)) => o,
                     _ => high,
@@ -391,8 +397,10 @@ impl<T> KafkaReader<T> {
             StartingOffsets::Committed { reset } => {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(topic, partition);
-                let committed =
-                    self.consumer.committed_offsets(tpl, timeout).map_err(|e| kafka_io("reading committed offsets", e))?;
+                let committed = self
+                    .consumer
+                    .committed_offsets(tpl, timeout)
+                    .map_err(|e| kafka_io("reading committed offsets", e))?;
                 match committed.find_partition(topic, partition).map(|e| e.offset()) {
                     Some(Offset::Offset(o)) => o,
                     _ if *reset == OffsetReset::Latest => high,
@@ -637,8 +645,13 @@ impl<T: Send + 'static> SourceReader<T> for KafkaReader<T> {
             }
         }
         let position = match (&self.restored, self.started) {
-            (Some(restored), false) => ReaderPosition { started: restored.started, partitions: restored.partitions.clone() },
-            _ => ReaderPosition { started: self.started, partitions: self.partitions.iter().map(|p| p.pos.clone()).collect() },
+            (Some(restored), false) => {
+                ReaderPosition { started: restored.started, partitions: restored.partitions.clone() }
+            }
+            _ => ReaderPosition {
+                started: self.started,
+                partitions: self.partitions.iter().map(|p| p.pos.clone()).collect(),
+            },
         };
         if self.settings.commit_offsets && self.started {
             let mut tpl = TopicPartitionList::new();

@@ -147,7 +147,9 @@ pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> io::Result
     while Instant::now() < deadline {
         if let Ok(m) = client.fetch_metadata(Some(topic), Duration::from_secs(5)) {
             if m.topics().iter().any(|t| {
-                t.name() == topic && t.partitions().len() == partitions as usize && t.partitions().iter().all(|p| p.leader() >= 0)
+                t.name() == topic
+                    && t.partitions().len() == partitions as usize
+                    && t.partitions().iter().all(|p| p.leader() >= 0)
             }) {
                 return Ok(());
             }
@@ -242,8 +244,12 @@ pub fn read_committed(bootstrap: &str, topic: &str, timeout: Duration) -> io::Re
         .set("group.id", "sluice-test-reader");
     let consumer: BaseConsumer = config.create().map_err(io::Error::other)?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(io::Error::other)?;
-    let partitions: Vec<i32> =
-        metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition_offset(topic, *p, Offset::Beginning).map_err(io::Error::other)?;

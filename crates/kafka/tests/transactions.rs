@@ -3,7 +3,7 @@
 //! by a new one (through the resumed-transaction requests), or aborted when it belongs to
 //! no completed checkpoint; either way nothing is left to block `read_committed` readers.
 
-use sluice_dataflow::{Sink, SinkWriter};
+use sluice_dataflow::Sink;
 use sluice_kafka::testing::{blocked_partitions, create_topic, open_transactions, read_committed, KafkaBroker};
 use sluice_kafka::{codec, DeliveryGuarantee, KafkaSink};
 use sluice_types::Record;

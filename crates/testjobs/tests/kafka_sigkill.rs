@@ -89,7 +89,11 @@ fn assert_exact_output(broker: &KafkaBroker, input: &[(Vec<u8>, String)], seed: 
     let want: Vec<(Vec<u8>, String)> = input.iter().map(|(k, v)| (k.clone(), kafka_copy_transform(v))).collect();
     assert_eq!(got.len(), want.len(), "seed {seed}: {} records committed, {} expected", got.len(), want.len());
     assert_eq!(multiset(got), multiset(want), "seed {seed}");
-    assert_eq!(blocked_partitions(b, "out").unwrap(), Vec::<i32>::new(), "seed {seed}: a transaction holds readers back");
+    assert_eq!(
+        blocked_partitions(b, "out").unwrap(),
+        Vec::<i32>::new(),
+        "seed {seed}: a transaction holds readers back"
+    );
     assert_eq!(open_transactions(b, "copy-").unwrap(), Vec::<String>::new(), "seed {seed}");
 }
 

@@ -73,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     s.set(s.get() + 1);
                     s.get()
                 });
-                if seen % pace_every == 0 {
+                if seen.is_multiple_of(pace_every) {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
