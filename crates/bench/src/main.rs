@@ -7,6 +7,7 @@
 //! exactly-once checkpoints every second; also prints a `CHECKPOINTS` line), and the
 //! hand-written single-threaded loops `w1-baseline` and `w2-baseline` that do the same
 //! arithmetic and counting without an engine, as the yardstick for engine overhead.
+//! `k1` is Kafka -> map -> Kafka exactly-once (issue 4); `k1-fill` writes its input topic.
 //! Every run checks its own output count and fails if it is wrong.
 
 use sluice::prelude::*;
@@ -19,26 +20,32 @@ struct Args {
     n: u64,
     parallelism: usize,
     batch_size: usize,
+    bootstrap: Option<String>,
+    input: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: sluice-bench <w1|w2|w3|w1-baseline|w2-baseline> --n N --parallelism P [--batch-size B]";
+    let usage = "usage: sluice-bench <w1|w2|w3|w1-baseline|w2-baseline|k1|k1-fill> --n N --parallelism P \
+                 [--batch-size B] [--bootstrap HOST:PORT --input TOPIC]";
     let workload = args.next().ok_or(usage)?;
     let (mut n, mut parallelism, mut batch_size) = (10_000_000u64, 1usize, 1024usize);
+    let (mut bootstrap, mut input) = (None, None);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value; {usage}"))?;
         match flag.as_str() {
             "--n" => n = value.replace('_', "").parse().map_err(|e| format!("--n {value}: {e}"))?,
             "--parallelism" | "-p" => parallelism = value.parse().map_err(|e| format!("--parallelism {value}: {e}"))?,
             "--batch-size" => batch_size = value.parse().map_err(|e| format!("--batch-size {value}: {e}"))?,
+            "--bootstrap" => bootstrap = Some(value),
+            "--input" => input = Some(value),
             other => return Err(format!("unknown flag {other}; {usage}")),
         }
     }
     if parallelism == 0 || n == 0 || n % parallelism as u64 != 0 {
         return Err(format!("--n must be a positive multiple of --parallelism (got n={n}, p={parallelism})"));
     }
-    Ok(Args { workload, n, parallelism, batch_size })
+    Ok(Args { workload, n, parallelism, batch_size, bootstrap, input })
 }
 
 /// W2's key of event `i`.
@@ -140,6 +147,73 @@ fn w2_baseline(n: u64) -> u64 {
     emitted + counts.len() as u64
 }
 
+/// K1's input: `n` keyed records of 100 bytes in a new topic of `partitions` partitions
+/// on `bootstrap` (written before the clock starts).
+fn k1_fill(bootstrap: &str, topic: &str, partitions: i32, n: u64) -> Result<(), String> {
+    use sluice_kafka::testing::{create_topic, produce, TestRecord};
+    create_topic(bootstrap, topic, partitions).map_err(|e| e.to_string())?;
+    let records = (0..n).map(|i| {
+        let mut value = format!("{i:020}").into_bytes();
+        value.resize(100, b'a' + (i % 26) as u8);
+        TestRecord {
+            key: Some(format!("{:08}", w2_key(i) * 100 + i % 100).into_bytes()),
+            value: Some(value),
+            ..Default::default()
+        }
+    });
+    produce(bootstrap, topic, records).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// K1: Kafka (100-byte keyed records) -> map -> Kafka, exactly-once, checkpoints every
+/// second. Returns the records the job read, after checking that a `read_committed`
+/// consumer sees exactly that many in the output topic.
+fn k1(bootstrap: &str, input: &str, parallelism: usize) -> Result<(u64, Duration), String> {
+    use sluice_kafka::{DeliveryGuarantee, KafkaMessage, KafkaSink, KafkaSource, ProducerRecord};
+    let run = format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+    let output = format!("k1-out-{run}");
+    sluice_kafka::testing::create_topic(bootstrap, &output, 4).map_err(|e| e.to_string())?;
+    let checkpoints = std::env::temp_dir().join(format!("sluice-k1-{run}"));
+    let env = StreamEnv::new();
+    env.set_parallelism(parallelism);
+    env.enable_checkpointing(Duration::from_secs(1), checkpoints.to_str().unwrap());
+    let source = KafkaSource::builder()
+        .bootstrap_servers(bootstrap)
+        .topics([input])
+        .bounded()
+        .deserializer(|m: &KafkaMessage| {
+            Ok((m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec()))
+        })
+        .build()
+        .map_err(|e| e.to_string())?;
+    let sink = KafkaSink::builder()
+        .bootstrap_servers(bootstrap)
+        .topic(&output)
+        .serializer(|(key, value): &(Vec<u8>, Vec<u8>)| ProducerRecord {
+            key: Some(key.clone()),
+            value: Some(value.clone()),
+            headers: Vec::new(),
+        })
+        .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
+        .transactional_id_prefix(&format!("k1-{run}"))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    env.source(source, Watermarks::none())
+        .map(|(key, mut value): (Vec<u8>, Vec<u8>)| {
+            value.make_ascii_uppercase();
+            (key, value)
+        })
+        .sink(sink);
+    let result = env.execute("k1").map_err(|e| e.to_string());
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_dir_all(&checkpoints);
+    result?;
+    let written = sluice_kafka::testing::count_committed(bootstrap, &output, Duration::from_secs(600))
+        .map_err(|e| e.to_string())?;
+    Ok((written, elapsed))
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
@@ -148,6 +222,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.workload.starts_with("k1") {
+        return kafka_main(&args);
+    }
     let started = Instant::now();
     let (produced, expected) = match args.workload.as_str() {
         "w1" => (w1(args.n, args.parallelism, args.batch_size), w1_expected(args.n)),
@@ -186,6 +263,63 @@ fn main() -> ExitCode {
         }
         Ok(count) => {
             eprintln!("wrong output: {count} records, expected {expected}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `k1-fill --bootstrap B --input T --n N` writes K1's input; `k1` runs K1 on it (with no
+/// `--bootstrap`, on a broker of its own with a fresh input, for a one-off run).
+fn kafka_main(args: &Args) -> ExitCode {
+    let broker;
+    let (bootstrap, input) = match (&args.bootstrap, &args.input) {
+        (Some(b), Some(i)) => (b.clone(), i.clone()),
+        (None, None) if args.workload == "k1" => {
+            broker = match sluice_kafka::testing::KafkaBroker::start() {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("starting a Kafka broker: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let input = "k1-in".to_string();
+            if let Err(e) = k1_fill(broker.bootstrap(), &input, 4, args.n) {
+                eprintln!("writing K1's input: {e}");
+                return ExitCode::FAILURE;
+            }
+            (broker.bootstrap().to_string(), input)
+        }
+        _ => {
+            eprintln!("give both --bootstrap and --input, or neither (k1 then starts its own broker)");
+            return ExitCode::from(2);
+        }
+    };
+    if args.workload == "k1-fill" {
+        return match k1_fill(&bootstrap, &input, 4, args.n) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match k1(&bootstrap, &input, args.parallelism) {
+        Ok((written, elapsed)) if written == args.n => {
+            let secs = elapsed.as_secs_f64();
+            println!(
+                "RESULT workload=k1 n={} p={} secs={secs:.3} rate={:.0}",
+                args.n,
+                args.parallelism,
+                args.n as f64 / secs
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((written, _)) => {
+            eprintln!("wrong output: a read_committed consumer sees {written} records, expected {}", args.n);
             ExitCode::FAILURE
         }
         Err(e) => {

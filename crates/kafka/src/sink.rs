@@ -370,6 +370,7 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
             io::Error::new(io::ErrorKind::NotFound, format!("Kafka topic '{}' does not exist", s.topic))
         })?;
         let mut writer = KafkaWriter {
+            spare: None,
             settings: s.clone(),
             serializer: self.serializer.clone(),
             pending: self.pending.clone(),
@@ -443,7 +444,14 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
     }
 }
 
+/// A producer being initialised in the background for the next transaction.
+struct Spare {
+    id: String,
+    handle: std::thread::JoinHandle<io::Result<KafkaProducer>>,
+}
+
 struct KafkaWriter<T> {
+    spare: Option<Spare>,
     settings: Arc<SinkSettings>,
     serializer: Serializer<T>,
     pending: Arc<Mutex<HashMap<String, KafkaProducer>>>,
@@ -455,23 +463,56 @@ struct KafkaWriter<T> {
     in_transaction: u64,
 }
 
+impl<T> Drop for KafkaWriter<T> {
+    fn drop(&mut self) {
+        // A producer still being set up must not initialise its id after a restarted job has
+        // recovered: wait for it.
+        if let Some(spare) = self.spare.take() {
+            let _ = spare.handle.join();
+        }
+    }
+}
+
 impl<T> KafkaWriter<T> {
     fn exactly_once(&self) -> bool {
         self.settings.guarantee == DeliveryGuarantee::ExactlyOnce
     }
 
     /// Opens the producer (and, for exactly-once, its transaction) records go to next.
+    /// The lowest transactional id of this subtask that is neither awaiting its commit nor
+    /// `taken`.
+    fn free_id(&self, taken: Option<&str>) -> String {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        (0u32..)
+            .map(|slot| format!("{}-{}-{slot}", self.settings.prefix, self.subtask))
+            .find(|id| !pending.contains_key(id) && Some(id.as_str()) != taken)
+            .expect("a free slot")
+    }
+
     fn open(&mut self) -> io::Result<()> {
-        let s = &self.settings;
+        let s = self.settings.clone();
         let producer = if self.exactly_once() {
-            let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let id = (0u32..)
-                .map(|slot| format!("{}-{}-{slot}", s.prefix, self.subtask))
-                .find(|id| !pending.contains_key(id))
-                .expect("a free slot");
-            drop(pending);
-            let producer = s.transactional_producer(&id)?;
+            // Initialising a producer takes tens of milliseconds (more when its id's previous
+            // transaction is still completing): the next one is prepared in the background so
+            // that a barrier only swaps producers.
+            let (id, producer) = match self.spare.take() {
+                Some(spare) => {
+                    (spare.id, spare.handle.join().map_err(|_| io::Error::other("producer set-up panicked"))??)
+                }
+                None => {
+                    let id = self.free_id(None);
+                    let producer = s.transactional_producer(&id)?;
+                    (id, producer)
+                }
+            };
             producer.begin_transaction().map_err(|e| kafka_io("beginning a transaction", e))?;
+            let next = self.free_id(Some(&id));
+            let settings = s.clone();
+            let handle = std::thread::Builder::new().name("sluice:kafka-producer-setup".into()).spawn({
+                let next = next.clone();
+                move || settings.transactional_producer(&next)
+            })?;
+            self.spare = Some(Spare { id: next, handle });
             self.transactional_id = id;
             producer
         } else {

@@ -254,7 +254,10 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            // librdkafka pauses a partition's fetching for this long once its local queue is
+            // full (default 1 s); a stream reader drains the queue in milliseconds.
+            .set("fetch.queue.backoff.ms", "5");
         // librdkafka's consumer API wants a group even when partitions are assigned by hand;
         // nothing is committed to it unless the user asks.
         config.set("group.id", s.group_id.as_deref().unwrap_or("sluice"));
@@ -572,7 +575,10 @@ impl<T: Send + 'static> SourceReader<T> for KafkaReader<T> {
         }
         let mut reassign = false;
         while out.len() < max {
-            let message = match self.consumer.poll(Duration::ZERO) {
+            // Wait briefly for the first message (librdkafka wakes the call as soon as one
+            // arrives); take the rest of the batch from what is already fetched.
+            let wait = if out.is_empty() { Duration::from_millis(5) } else { Duration::ZERO };
+            let message = match self.consumer.poll(wait) {
                 None => break,
                 Some(Ok(m)) => m,
                 Some(Err(KafkaError::PartitionEOF(_))) => {
@@ -634,7 +640,7 @@ impl<T: Send + 'static> SourceReader<T> for KafkaReader<T> {
         if reassign {
             self.assign()?;
         }
-        Ok(if out.is_empty() { Poll::Pending(Duration::from_millis(2)) } else { Poll::Ready })
+        Ok(if out.is_empty() { Poll::Pending(Duration::ZERO) } else { Poll::Ready })
     }
 
     fn position(&self) -> Option<Vec<u8>> {

@@ -320,3 +320,48 @@ pub fn blocked_partitions(bootstrap: &str, topic: &str) -> io::Result<Vec<i32>> 
 pub fn open_transactions(bootstrap: &str, prefix: &str) -> io::Result<Vec<String>> {
     protocol::list_open(&[bootstrap.to_string()], prefix, Duration::from_secs(10))
 }
+
+/// How many records a `read_committed` consumer sees in `topic`, read to the end of every
+/// partition within `timeout` (for large topics, without keeping them).
+pub fn count_committed(bootstrap: &str, topic: &str, timeout: Duration) -> io::Result<u64> {
+    let mut config = client_config(bootstrap);
+    config
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("group.id", "sluice-test-counter");
+    let consumer: BaseConsumer = config.create().map_err(io::Error::other)?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(io::Error::other)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).map_err(io::Error::other)?;
+    }
+    consumer.assign(&tpl).map_err(io::Error::other)?;
+    let (mut at_end, mut count) = (HashSet::new(), 0u64);
+    let deadline = Instant::now() + timeout;
+    while at_end.len() < partitions.len() {
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{topic}: not read to the end in {timeout:?}"),
+            ));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                count += 1;
+            }
+        }
+    }
+    Ok(count)
+}
