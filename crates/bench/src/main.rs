@@ -7,7 +7,8 @@
 //! exactly-once checkpoints every second; also prints a `CHECKPOINTS` line), and the
 //! hand-written single-threaded loops `w1-baseline` and `w2-baseline` that do the same
 //! arithmetic and counting without an engine, as the yardstick for engine overhead.
-//! `k1` is Kafka -> map -> Kafka exactly-once (issue 4); `k1-fill` writes its input topic.
+//! `k1` is Kafka -> map -> Kafka exactly-once (issue 4), `k1-baseline` the same copy by one
+//! thread on librdkafka alone, and `k1-fill` writes their input topic.
 //! Every run checks its own output count and fails if it is wrong.
 
 use sluice::prelude::*;
@@ -26,7 +27,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: sluice-bench <w1|w2|w3|w1-baseline|w2-baseline|k1|k1-fill> --n N --parallelism P \
+    let usage = "usage: sluice-bench <w1|w2|w3|w1-baseline|w2-baseline|k1|k1-baseline|k1-fill> --n N --parallelism P \
                  [--batch-size B] [--bootstrap HOST:PORT --input TOPIC]";
     let workload = args.next().ok_or(usage)?;
     let (mut n, mut parallelism, mut batch_size) = (10_000_000u64, 1usize, 1024usize);
@@ -272,13 +273,83 @@ fn main() -> ExitCode {
     }
 }
 
+/// K1's yardstick: one thread copying the input topic to a new one with librdkafka alone
+/// (consumer -> upper-case -> idempotent producer, no engine, no transactions, no
+/// checkpoints). Returns the records copied and the time taken.
+fn k1_baseline(bootstrap: &str, input: &str) -> Result<(u64, Duration), String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let e = |e: rdkafka::error::KafkaError| e.to_string();
+    let run = format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
+    let output = format!("k1-baseline-out-{run}");
+    sluice_kafka::testing::create_topic(bootstrap, &output, 4).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "k1-baseline")
+        .set("enable.auto.commit", "false")
+        .set("fetch.queue.backoff.ms", "5")
+        .create()
+        .map_err(e)?;
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .map_err(e)?;
+    let metadata = consumer.fetch_metadata(Some(input), Duration::from_secs(10)).map_err(e)?;
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = 0u64;
+    let mut stops = HashMap::new();
+    for p in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (low, high) = consumer.fetch_watermarks(input, p.id(), Duration::from_secs(10)).map_err(e)?;
+        tpl.add_partition_offset(input, p.id(), Offset::Offset(low)).map_err(e)?;
+        stops.insert(p.id(), high);
+        remaining += (high - low) as u64;
+    }
+    consumer.assign(&tpl).map_err(e)?;
+    let mut copied = 0u64;
+    while copied < remaining {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let message = message.map_err(e)?;
+        if message.offset() >= stops[&message.partition()] {
+            continue;
+        }
+        let mut value = message.payload().unwrap_or_default().to_vec();
+        value.make_ascii_uppercase();
+        let key = message.key().unwrap_or_default();
+        let partition = sluice_kafka::partition::partition_for_key(key, 4);
+        let mut record = BaseRecord::<[u8], [u8]>::to(&output).key(key).payload(&value).partition(partition);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Err((err, _)) => return Err(err.to_string()),
+            }
+        }
+        copied += 1;
+    }
+    producer.flush(Duration::from_secs(120)).map_err(e)?;
+    let elapsed = started.elapsed();
+    let written = sluice_kafka::testing::count_committed(bootstrap, &output, Duration::from_secs(600))
+        .map_err(|e| e.to_string())?;
+    Ok((written, elapsed))
+}
+
 /// `k1-fill --bootstrap B --input T --n N` writes K1's input; `k1` runs K1 on it (with no
 /// `--bootstrap`, on a broker of its own with a fresh input, for a one-off run).
 fn kafka_main(args: &Args) -> ExitCode {
     let broker;
     let (bootstrap, input) = match (&args.bootstrap, &args.input) {
         (Some(b), Some(i)) => (b.clone(), i.clone()),
-        (None, None) if args.workload == "k1" => {
+        (None, None) if args.workload != "k1-fill" => {
             broker = match sluice_kafka::testing::KafkaBroker::start() {
                 Ok(b) => b,
                 Err(e) => {
@@ -307,11 +378,17 @@ fn kafka_main(args: &Args) -> ExitCode {
             }
         };
     }
-    match k1(&bootstrap, &input, args.parallelism) {
+    let run = if args.workload == "k1-baseline" {
+        k1_baseline(&bootstrap, &input)
+    } else {
+        k1(&bootstrap, &input, args.parallelism)
+    };
+    match run {
         Ok((written, elapsed)) if written == args.n => {
             let secs = elapsed.as_secs_f64();
             println!(
-                "RESULT workload=k1 n={} p={} secs={secs:.3} rate={:.0}",
+                "RESULT workload={} n={} p={} secs={secs:.3} rate={:.0}",
+                args.workload,
                 args.n,
                 args.parallelism,
                 args.n as f64 / secs

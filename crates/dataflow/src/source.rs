@@ -438,4 +438,35 @@ mod tests {
         m.observe(7);
         assert_eq!(m.current(), 6);
     }
+
+    fn records(times: &[Timestamp]) -> Vec<Record<()>> {
+        times.iter().map(|t| Record { time: *t, value: () }).collect()
+    }
+
+    #[test]
+    fn split_watermarks_are_the_minimum_over_active_splits() {
+        let mut marks = SplitWatermarks {
+            kind: WatermarkKind::Monotonic,
+            splits: HashMap::new(),
+            runs: Vec::new(),
+            events: vec![SplitEvent::Added(0), SplitEvent::Added(1)],
+        };
+        let start = Instant::now();
+        marks.apply_events(start);
+        assert_eq!(marks.current(start, None), Some(MIN_WATERMARK), "a split without records holds back");
+        marks.runs = vec![SplitRun { split: 0, len: 2 }, SplitRun { split: 1, len: 1 }];
+        marks.observe(&records(&[100, 200, 50]), start);
+        assert_eq!(marks.current(start, None), Some(49));
+        // Split 1 has no records for longer than the idleness timeout: it no longer counts.
+        let later = start + Duration::from_secs(2);
+        marks.runs = vec![SplitRun { split: 0, len: 1 }];
+        marks.observe(&records(&[300]), later);
+        assert_eq!(marks.current(later, None), Some(49));
+        assert_eq!(marks.current(later, Some(Duration::from_secs(1))), Some(299));
+        // An ended split no longer counts either; with every split idle there is no watermark.
+        marks.events = vec![SplitEvent::Ended(0)];
+        marks.apply_events(later);
+        assert_eq!(marks.current(later, None), Some(49));
+        assert_eq!(marks.current(later + Duration::from_secs(5), Some(Duration::from_secs(1))), None);
+    }
 }

@@ -74,7 +74,7 @@ impl KafkaBroker {
         let cluster: String = (0..22).map(|i| alphabet[((seed >> ((i * 5) % 120)) & 63) as usize] as char).collect();
         let classpath = format!("{}/*", libs.display());
         let format = Command::new("java")
-            .args(["-cp", &classpath, "kafka.tools.StorageTool", "format", "-t", &cluster, "-c"])
+            .args(["-cp", &classpath, "kafka.tools.StorageTool", "format", &format!("--cluster-id={cluster}"), "-c"])
             .arg(&props)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
