@@ -8,7 +8,8 @@
 //! hand-written single-threaded loops `w1-baseline` and `w2-baseline` that do the same
 //! arithmetic and counting without an engine, as the yardstick for engine overhead.
 //! `k1` is Kafka -> map -> Kafka exactly-once (issue 4), `k1-baseline` the same copy by one
-//! thread on librdkafka alone, and `k1-fill` writes their input topic.
+//! thread on librdkafka alone, and `k1-fill` writes their input topic (`k1-topic` and
+//! `k1-count` serve `scripts/flink-k1.sh`).
 //! Every run checks its own output count and fails if it is wrong.
 
 use sluice::prelude::*;
@@ -349,7 +350,7 @@ fn kafka_main(args: &Args) -> ExitCode {
     let broker;
     let (bootstrap, input) = match (&args.bootstrap, &args.input) {
         (Some(b), Some(i)) => (b.clone(), i.clone()),
-        (None, None) if args.workload != "k1-fill" => {
+        (None, None) if args.workload == "k1" || args.workload == "k1-baseline" => {
             broker = match sluice_kafka::testing::KafkaBroker::start() {
                 Ok(b) => b,
                 Err(e) => {
@@ -369,6 +370,23 @@ fn kafka_main(args: &Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Helpers of scripts/flink-k1.sh: make an empty 4-partition topic; count what a
+    // read_committed consumer sees in one.
+    if args.workload == "k1-topic" || args.workload == "k1-count" {
+        let done = if args.workload == "k1-topic" {
+            sluice_kafka::testing::create_topic(&bootstrap, &input, 4)
+        } else {
+            sluice_kafka::testing::count_committed(&bootstrap, &input, Duration::from_secs(600))
+                .map(|n| println!("{n}"))
+        };
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.workload == "k1-fill" {
         return match k1_fill(&bootstrap, &input, 4, args.n) {
             Ok(()) => ExitCode::SUCCESS,

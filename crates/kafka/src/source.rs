@@ -585,10 +585,10 @@ impl<T: Send + 'static> SourceReader<T> for KafkaReader<T> {
                     self.eof = true;
                     continue;
                 }
+                Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
+                    return Err(kafka_io("reading from Kafka", e));
+                }
                 Some(Err(e)) => {
-                    if matches!(&e, KafkaError::MessageConsumption(code) if code.to_string().contains("Fatal")) {
-                        return Err(kafka_io("reading from Kafka", e));
-                    }
                     tracing::warn!(error = %e, "Kafka consumer error (retried by librdkafka)");
                     break;
                 }

@@ -234,9 +234,14 @@ pub struct ConsumedRecord {
     pub timestamp: Option<i64>,
 }
 
-/// Reads every record of `topic` a `read_committed` consumer sees, to the end of each
-/// partition, within `timeout`.
-pub fn read_committed(bootstrap: &str, topic: &str, timeout: Duration) -> io::Result<Vec<ConsumedRecord>> {
+/// Hands every record of `topic` a `read_committed` consumer sees to `each`, reading every
+/// partition to its end, within `timeout`.
+fn consume_to_end(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> io::Result<()> {
     let mut config = client_config(bootstrap);
     config
         .set("isolation.level", "read_committed")
@@ -256,7 +261,6 @@ pub fn read_committed(bootstrap: &str, topic: &str, timeout: Duration) -> io::Re
     }
     consumer.assign(&tpl).map_err(io::Error::other)?;
     let mut at_end: HashSet<i32> = HashSet::new();
-    let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
     while at_end.len() < partitions.len() {
         if Instant::now() > deadline {
@@ -273,20 +277,30 @@ pub fn read_committed(bootstrap: &str, topic: &str, timeout: Duration) -> io::Re
             Some(Err(e)) => return Err(io::Error::other(e)),
             Some(Ok(m)) => {
                 at_end.remove(&m.partition());
-                out.push(ConsumedRecord {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers: m
-                        .headers()
-                        .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
-                        .unwrap_or_default(),
-                    timestamp: m.timestamp().to_millis(),
-                });
+                each(&m);
             }
         }
     }
+    Ok(())
+}
+
+/// Reads every record of `topic` a `read_committed` consumer sees, to the end of each
+/// partition, within `timeout`.
+pub fn read_committed(bootstrap: &str, topic: &str, timeout: Duration) -> io::Result<Vec<ConsumedRecord>> {
+    let mut out = Vec::new();
+    consume_to_end(bootstrap, topic, timeout, |m| {
+        out.push(ConsumedRecord {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+                .unwrap_or_default(),
+            timestamp: m.timestamp().to_millis(),
+        })
+    })?;
     Ok(out)
 }
 
@@ -324,44 +338,7 @@ pub fn open_transactions(bootstrap: &str, prefix: &str) -> io::Result<Vec<String
 /// How many records a `read_committed` consumer sees in `topic`, read to the end of every
 /// partition within `timeout` (for large topics, without keeping them).
 pub fn count_committed(bootstrap: &str, topic: &str, timeout: Duration) -> io::Result<u64> {
-    let mut config = client_config(bootstrap);
-    config
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("group.id", "sluice-test-counter");
-    let consumer: BaseConsumer = config.create().map_err(io::Error::other)?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(io::Error::other)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Beginning).map_err(io::Error::other)?;
-    }
-    consumer.assign(&tpl).map_err(io::Error::other)?;
-    let (mut at_end, mut count) = (HashSet::new(), 0u64);
-    let deadline = Instant::now() + timeout;
-    while at_end.len() < partitions.len() {
-        if Instant::now() > deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("{topic}: not read to the end in {timeout:?}"),
-            ));
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                at_end.insert(p);
-            }
-            Some(Err(e)) => return Err(io::Error::other(e)),
-            Some(Ok(m)) => {
-                at_end.remove(&m.partition());
-                count += 1;
-            }
-        }
-    }
+    let mut count = 0;
+    consume_to_end(bootstrap, topic, timeout, |_| count += 1)?;
     Ok(count)
 }
