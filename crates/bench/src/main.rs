@@ -191,9 +191,9 @@ fn k1(bootstrap: &str, input: &str, parallelism: usize) -> Result<(u64, Duration
     let sink = KafkaSink::builder()
         .bootstrap_servers(bootstrap)
         .topic(&output)
-        .serializer(|(key, value): &(Vec<u8>, Vec<u8>)| ProducerRecord {
-            key: Some(key.clone()),
-            value: Some(value.clone()),
+        .serializer(|(key, value): (Vec<u8>, Vec<u8>)| ProducerRecord {
+            key: Some(key),
+            value: Some(value),
             headers: Vec::new(),
         })
         .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)

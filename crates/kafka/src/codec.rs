@@ -131,23 +131,24 @@ pub struct ProducerRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-/// Encodes a value as the sink writes it.
-pub type Serializer<T> = Arc<dyn Fn(&T) -> ProducerRecord + Send + Sync>;
+/// Encodes a value as the sink writes it. It takes the value by ownership, so that bytes
+/// and text move into the record without a copy.
+pub type Serializer<T> = Arc<dyn Fn(T) -> ProducerRecord + Send + Sync>;
 
 /// Writes byte values as they are, without a key.
-pub fn bytes_value() -> impl Fn(&Vec<u8>) -> ProducerRecord + Send + Sync + 'static {
-    |v| ProducerRecord { value: Some(v.clone()), ..Default::default() }
+pub fn bytes_value() -> impl Fn(Vec<u8>) -> ProducerRecord + Send + Sync + 'static {
+    |v| ProducerRecord { value: Some(v), ..Default::default() }
 }
 
 /// Writes text values as UTF-8, without a key.
-pub fn text_value() -> impl Fn(&String) -> ProducerRecord + Send + Sync + 'static {
-    |v| ProducerRecord { value: Some(v.as_bytes().to_vec()), ..Default::default() }
+pub fn text_value() -> impl Fn(String) -> ProducerRecord + Send + Sync + 'static {
+    |v| ProducerRecord { value: Some(v.into_bytes()), ..Default::default() }
 }
 
 /// Writes values as JSON, without a key.
-pub fn json_value<T: Serialize>() -> impl Fn(&T) -> ProducerRecord + Send + Sync + 'static {
+pub fn json_value<T: Serialize>() -> impl Fn(T) -> ProducerRecord + Send + Sync + 'static {
     |v| ProducerRecord {
-        value: Some(serde_json::to_vec(v).expect("a value serde can describe encodes as JSON")),
+        value: Some(serde_json::to_vec(&v).expect("a value serde can describe encodes as JSON")),
         ..Default::default()
     }
 }
@@ -155,19 +156,22 @@ pub fn json_value<T: Serialize>() -> impl Fn(&T) -> ProducerRecord + Send + Sync
 /// Writes a value with a key taken from it: `keyed(|e: &Event| e.user.clone().into_bytes(), json_value())`.
 pub fn keyed<T>(
     key: impl Fn(&T) -> Vec<u8> + Send + Sync + 'static,
-    value: impl Fn(&T) -> ProducerRecord + Send + Sync + 'static,
-) -> impl Fn(&T) -> ProducerRecord + Send + Sync + 'static {
-    move |v| ProducerRecord { key: Some(key(v)), ..value(v) }
+    value: impl Fn(T) -> ProducerRecord + Send + Sync + 'static,
+) -> impl Fn(T) -> ProducerRecord + Send + Sync + 'static {
+    move |v| {
+        let key = key(&v);
+        ProducerRecord { key: Some(key), ..value(v) }
+    }
 }
 
 /// Writes a [`KafkaRecord`] back with its key and headers (the inverse of
 /// [`with_metadata`]), its value encoded by `value`.
 pub fn record<V>(
-    value: impl Fn(&V) -> ProducerRecord + Send + Sync + 'static,
-) -> impl Fn(&KafkaRecord<V>) -> ProducerRecord + Send + Sync + 'static {
+    value: impl Fn(V) -> ProducerRecord + Send + Sync + 'static,
+) -> impl Fn(KafkaRecord<V>) -> ProducerRecord + Send + Sync + 'static {
     move |r| ProducerRecord {
-        key: r.key.clone(),
-        headers: r.headers.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_default())).collect(),
-        value: value(&r.value).value,
+        key: r.key,
+        headers: r.headers.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect(),
+        value: value(r.value).value,
     }
 }

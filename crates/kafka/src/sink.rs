@@ -164,7 +164,7 @@ impl<T> KafkaSinkBuilder<T> {
         self
     }
     /// How a value becomes key, value and headers (see [`crate::codec`]).
-    pub fn serializer(mut self, f: impl Fn(&T) -> ProducerRecord + Send + Sync + 'static) -> Self {
+    pub fn serializer(mut self, f: impl Fn(T) -> ProducerRecord + Send + Sync + 'static) -> Self {
         self.serializer = Some(Arc::new(f));
         self
     }
@@ -561,7 +561,8 @@ impl<T: Send + 'static> SinkWriter<T> for KafkaWriter<T> {
         let topic = self.settings.topic.clone();
         let n = batch.len() as u64;
         for record in batch {
-            let out = (self.serializer)(&record.value);
+            let time = record.time;
+            let out = (self.serializer)(record.value);
             let partition = self.partition_of(&out);
             let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&topic).partition(partition);
             if let Some(key) = &out.key {
@@ -570,8 +571,8 @@ impl<T: Send + 'static> SinkWriter<T> for KafkaWriter<T> {
             if let Some(value) = &out.value {
                 base = base.payload(value);
             }
-            if record.time != NO_TIMESTAMP {
-                base = base.timestamp(record.time);
+            if time != NO_TIMESTAMP {
+                base = base.timestamp(time);
             }
             if !out.headers.is_empty() {
                 let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());

@@ -40,8 +40,23 @@ pub struct KafkaBroker {
 }
 
 impl KafkaBroker {
-    /// Starts a broker and waits (at most 90 s) until it answers metadata requests.
+    /// Starts a broker and waits (at most 90 s) until it answers metadata requests. A broker
+    /// that exits while starting (a port taken between choosing it and binding it) is
+    /// started again on other ports, up to three times.
     pub fn start() -> io::Result<KafkaBroker> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once() {
+                Err(e) if attempt < 3 && e.kind() != io::ErrorKind::NotFound => {
+                    eprintln!("the Kafka broker did not start ({e}); trying again on other ports");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once() -> io::Result<KafkaBroker> {
         let libs = kafka_libs();
         if !libs.join(".complete").exists() {
             return Err(io::Error::new(
@@ -69,9 +84,17 @@ impl KafkaBroker {
             ),
         )?;
         // A cluster id is 16 random bytes in URL-safe base64 without padding.
-        let seed = nanos ^ (u128::from(std::process::id()) << 64);
+        let seed = nanos ^ (u128::from(std::process::id()) << 64) ^ u128::from(port) << 100;
+        let bits = seed.wrapping_mul(0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c15).rotate_left(17);
         let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let cluster: String = (0..22).map(|i| alphabet[((seed >> ((i * 5) % 120)) & 63) as usize] as char).collect();
+        // 128 bits are 21 whole sextets and 2 bits, which the last character carries in
+        // its high bits.
+        let cluster: String = (0..22)
+            .map(|i| {
+                let sextet = if i < 21 { (bits >> (122 - 6 * i)) & 63 } else { (bits & 3) << 4 };
+                alphabet[sextet as usize] as char
+            })
+            .collect();
         let classpath = format!("{}/*", libs.display());
         let format = Command::new("java")
             .args(["-cp", &classpath, "kafka.tools.StorageTool", "format", &format!("--cluster-id={cluster}"), "-c"])
@@ -96,9 +119,11 @@ impl KafkaBroker {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Some(status) = broker.child.try_wait()? {
+                let log = std::fs::read_to_string(broker.dir.join("broker.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
                 return Err(io::Error::other(format!(
-                    "the Kafka broker exited ({status}); see {}",
-                    broker.dir.join("broker.log").display()
+                    "the Kafka broker exited ({status}); the end of its log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 )));
             }
             let client: BaseConsumer = client_config(&broker.bootstrap).create().map_err(io::Error::other)?;

@@ -3,11 +3,13 @@
 //! by a new one (through the resumed-transaction requests), or aborted when it belongs to
 //! no completed checkpoint; either way nothing is left to block `read_committed` readers.
 
+use sluice::prelude::*;
+use sluice::Execute;
 use sluice_dataflow::Sink;
 use sluice_kafka::testing::{blocked_partitions, create_topic, open_transactions, read_committed, KafkaBroker};
-use sluice_kafka::{codec, DeliveryGuarantee, KafkaSink};
+use sluice_kafka::{codec, DeliveryGuarantee, KafkaSink, KafkaSource};
 use sluice_types::Record;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn sink(bootstrap: &str, topic: &str, prefix: &str) -> KafkaSink<String> {
     KafkaSink::builder()
@@ -84,4 +86,27 @@ fn a_dead_processs_transactions_are_committed_or_aborted_by_the_next() {
     let c = writer.pre_commit(Some(3)).unwrap().unwrap();
     second.commit(&c).unwrap();
     assert_eq!(values(b, "out").len(), 60);
+    drop(writer);
+
+    // A bounded Sluice source reads this transactional topic to its end: past the aborted
+    // records and the commit markers, which no consumer ever receives.
+    let env = StreamEnv::new();
+    let source = KafkaSource::builder()
+        .bootstrap_servers(b)
+        .topics(["out"])
+        .bounded()
+        .deserializer(codec::text())
+        .build()
+        .unwrap();
+    let read_back = env.source(source, Watermarks::none()).collect();
+    let job = env.execute_async("read back").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !job.is_finished() {
+        assert!(Instant::now() < deadline, "the bounded read did not end within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    job.join().unwrap();
+    let mut got = read_back.values();
+    got.sort();
+    assert_eq!(got, values(b, "out"));
 }

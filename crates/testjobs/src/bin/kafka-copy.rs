@@ -55,9 +55,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sink = KafkaSink::builder()
         .bootstrap_servers(&bootstrap)
         .topic(&arg(&args, "--output")?)
-        .serializer(|(key, value): &(Option<Vec<u8>>, String)| ProducerRecord {
-            key: key.clone(),
-            value: Some(value.as_bytes().to_vec()),
+        .serializer(|(key, value): (Option<Vec<u8>>, String)| ProducerRecord {
+            key,
+            value: Some(value.into_bytes()),
             headers: Vec::new(),
         })
         .delivery_guarantee(DeliveryGuarantee::ExactlyOnce)
