@@ -74,6 +74,38 @@ fn starting_offsets_patterns_and_partition_discovery() {
     let committed = StartingOffsets::Committed { reset: OffsetReset::Earliest };
     assert_eq!(read_bounded(b, |s| s.topics(["t1"]).group_id("g1").starting_offsets(committed)), want);
 
+    // Offsets committed to the group at checkpoints, for lag monitors, reach the end.
+    let env = StreamEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    env.enable_checkpointing(Duration::from_millis(100), dir.path().to_str().unwrap());
+    let source = KafkaSource::builder()
+        .bootstrap_servers(b)
+        .topics(["t1"])
+        .group_id("monitor")
+        .commit_offsets_on_checkpoint(true)
+        .deserializer(codec::text())
+        .build()
+        .unwrap();
+    env.source(source, Watermarks::none()).discard();
+    let job = env.execute_async("monitored").unwrap();
+    let monitor: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", b).set("group.id", "monitor").create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("t1", 0);
+        tpl.add_partition("t1", 1);
+        let committed = monitor.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        let offsets: Vec<Offset> = committed.elements().iter().map(|e| e.offset()).collect();
+        if offsets == [Offset::Offset(100), Offset::Offset(100)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "committed offsets {offsets:?} did not reach the end within 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    job.cancel();
+    job.join().unwrap();
+
     // A pattern reads the topics whose whole name matches.
     fill(b, "p-a", 1, 20);
     fill(b, "p-b", 3, 20);

@@ -1,7 +1,8 @@
 //! The exactly-once sink's transactions against a real broker, driven directly through the
 //! `Sink` interface: a transaction pre-committed by a process that then died is committed
 //! by a new one (through the resumed-transaction requests), or aborted when it belongs to
-//! no completed checkpoint; either way nothing is left to block `read_committed` readers.
+//! no completed checkpoint; either way nothing is left to block `read_committed` readers,
+//! and the old incarnation, if it still runs, is fenced.
 
 use sluice::prelude::*;
 use sluice::Execute;
@@ -43,8 +44,8 @@ fn a_dead_processs_transactions_are_committed_or_aborted_by_the_next() {
     let b = broker.bootstrap();
     create_topic(b, "out", 3).unwrap();
 
-    // "Process" 1 writes two checkpoints' worth and dies after pre-committing both: the first
-    // belongs to a completed checkpoint, the second to one that never completed.
+    // "Process" 1 writes two checkpoints' worth and is lost after pre-committing both: the
+    // first belongs to a completed checkpoint, the second to one that never completed.
     let first = sink(b, "out", "job");
     let mut writer = first.create_writer(0, 1).unwrap();
     writer.write_batch(batch(0, 50)).unwrap();
@@ -57,9 +58,8 @@ fn a_dead_processs_transactions_are_committed_or_aborted_by_the_next() {
     assert_eq!(open_transactions(b, "job-").unwrap().len(), 3);
     // Nothing of it is visible yet.
     assert!(values(b, "out").is_empty());
-    // The process dies: its producers vanish without ending anything.
-    std::mem::forget(writer);
-    std::mem::forget(first);
+    // The process is taken for dead but lives on as a zombie, its producers untouched.
+    let mut zombie = writer;
 
     // "Process" 2 restores checkpoint 1: recover aborts everything but its transaction,
     // then the runtime commits it (twice, as after a second restart: idempotent).
@@ -75,6 +75,14 @@ fn a_dead_processs_transactions_are_committed_or_aborted_by_the_next() {
     assert_eq!(values(b, "out"), expected);
     assert!(open_transactions(b, "job-").unwrap().is_empty());
     assert!(blocked_partitions(b, "out").unwrap().is_empty());
+
+    // The zombie was fenced: what it writes now cannot be pre-committed, let alone seen.
+    let _ = zombie.write_batch(batch(900, 10));
+    assert!(zombie.pre_commit(Some(3)).is_err(), "a fenced writer cannot pre-commit");
+    assert!(first.commit(&never_completed).is_err(), "a fenced producer cannot commit");
+    assert_eq!(values(b, "out"), expected);
+    drop(zombie);
+    drop(first);
 
     // A stale committable (its transaction aborted, its id initialised again) commits nothing.
     second.commit(&never_completed).unwrap();
