@@ -153,7 +153,17 @@ pub fn json_value<T: Serialize>() -> impl Fn(T) -> ProducerRecord + Send + Sync 
     }
 }
 
-/// Writes a value with a key taken from it: `keyed(|e: &Event| e.user.clone().into_bytes(), json_value())`.
+/// Writes a value with a key taken from it.
+///
+/// ```
+/// use sluice_kafka::codec::{json_value, keyed};
+/// #[derive(serde::Serialize)]
+/// struct Click { user: String, page: u32 }
+/// let serialize = keyed(|c: &Click| c.user.clone().into_bytes(), json_value());
+/// let record = serialize(Click { user: "ada".into(), page: 7 });
+/// assert_eq!(record.key.as_deref(), Some(&b"ada"[..]));
+/// assert_eq!(record.value.as_deref(), Some(&br#"{"user":"ada","page":7}"#[..]));
+/// ```
 pub fn keyed<T>(
     key: impl Fn(&T) -> Vec<u8> + Send + Sync + 'static,
     value: impl Fn(T) -> ProducerRecord + Send + Sync + 'static,

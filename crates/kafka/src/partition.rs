@@ -29,6 +29,12 @@ pub fn murmur2(data: &[u8]) -> i32 {
 }
 
 /// The partition Kafka's default partitioner picks for a keyed record.
+///
+/// ```
+/// use sluice_kafka::partition::partition_for_key;
+/// // The partition a Java producer with the default partitioner picks for key "key-7".
+/// assert_eq!(partition_for_key(b"key-7", 3), 1);
+/// ```
 pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
     (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
 }

@@ -351,7 +351,8 @@ impl<T> KafkaReader<T> {
         for topic in metadata.topics() {
             let name = topic.name();
             let wanted = s.topics.iter().any(|t| t == name) || s.pattern.as_ref().is_some_and(|p| p.is_match(name));
-            if !wanted || name.starts_with("__") && s.pattern.is_some() {
+            // A pattern never picks Kafka's internal topics (`__consumer_offsets`, ...).
+            if !wanted || (name.starts_with("__") && s.pattern.is_some()) {
                 continue;
             }
             for p in topic.partitions() {
