@@ -19,20 +19,7 @@ run w2 --n 50000000 --parallelism 2
 run w3 --n 50000000 --parallelism 2 2> >(grep CHECKPOINTS | tee -a "$out.ckpt" >&2)
 sleep 1
 echo "median rates (records/s) over $runs runs:"
-python3 - "$out" <<'PY'
-import re, statistics, sys
-rates = {}
-for line in open(sys.argv[1]):
-    m = dict(re.findall(r"(\w+)=(\S+)", line))
-    rates.setdefault((m["workload"], int(m["p"])), []).append(float(m["rate"]))
-med = {k: statistics.median(v) for k, v in rates.items()}
-for (w, p), r in sorted(med.items()):
-    base = med.get((w.split("-")[0] + "-baseline", 1))
-    ratio = f"  {r / base:.2f}x the baseline loop" if base and not w.endswith("baseline") else ""
-    print(f"  {w:12} p={p}  {r / 1e6:8.1f} M/s{ratio}")
-if ("w3", 2) in med and ("w2", 2) in med:
-    print(f"  W3/W2 at p=2 (checkpoint overhead): {med[('w3', 2)] / med[('w2', 2)]:.3f}")
-PY
+python3 scripts/medians.py "$out"
 if [ -s "$out.ckpt" ]; then
   python3 - "$out.ckpt" <<'PY'
 import re, statistics, sys

@@ -20,16 +20,6 @@ for _ in $(seq "$runs"); do
   "$bin" k1-baseline --bootstrap "127.0.0.1:$port" --input k1-in --n "$n" | tee -a "$out"
   for p in 1 2; do "$bin" k1 --bootstrap "127.0.0.1:$port" --input k1-in --n "$n" --parallelism "$p" | tee -a "$out"; done
 done
-python3 - "$out" <<'PY'
-import re, statistics, sys
-rates = {}
-for line in open(sys.argv[1]):
-    m = dict(re.findall(r"(\w+)=(\S+)", line))
-    rates.setdefault((m["workload"], int(m["p"])), []).append(float(m["rate"]))
-med = {k: statistics.median(v) for k, v in rates.items()}
-base = med.get(("k1-baseline", 1))
-for (w, p), r in sorted(med.items()):
-    ratio = f"  {r / base:.2f}x the librdkafka copy loop" if base and w == "k1" else ""
-    print(f"  {w:12} p={p}  median {r / 1e3:.0f} k records/s over {len(rates[(w, p)])} runs{ratio}")
-PY
+echo "median rates over $runs runs:"
+python3 scripts/medians.py "$out"
 rm -f "$out"
