@@ -35,6 +35,9 @@ fn free_port() -> io::Result<u16> {
 /// A Kafka broker process owned by a test: killed and its folder removed on drop.
 pub struct KafkaBroker {
     child: Child,
+    /// Kills the broker if this process dies without dropping it (a test runner killed by
+    /// a timeout): Drop does not run then, and the JVM would outlive the test.
+    watchdog: Option<Child>,
     bootstrap: String,
     dir: PathBuf,
 }
@@ -115,7 +118,19 @@ impl KafkaBroker {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let mut broker = KafkaBroker { child, bootstrap: format!("127.0.0.1:{port}"), dir };
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -9 {broker} 2>/dev/null",
+                parent = std::process::id(),
+                broker = child.id()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        let mut broker = KafkaBroker { child, watchdog, bootstrap: format!("127.0.0.1:{port}"), dir };
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Some(status) = broker.child.try_wait()? {
@@ -147,6 +162,10 @@ impl Drop for KafkaBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
