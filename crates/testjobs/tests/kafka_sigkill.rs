@@ -44,7 +44,7 @@ fn start(bootstrap: &str, checkpoints: &Path, extra: &[&str]) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_kafka-copy"))
         .args(["--bootstrap", bootstrap, "--input", "in", "--output", "out", "--prefix", "copy"])
         .args(["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval-ms", "100"])
-        .args(["--parallelism", "2", "--pace-every", "20"])
+        .args(["--parallelism", "2", "--pace-every", "10"])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
