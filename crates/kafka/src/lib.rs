@@ -69,6 +69,11 @@ impl KafkaConfig {
     }
 }
 
+/// A librdkafka error as an I/O error saying what was being done.
+pub(crate) fn kafka_io(what: &str, e: rdkafka::error::KafkaError) -> std::io::Error {
+    std::io::Error::other(format!("{what}: {e}"))
+}
+
 struct ThreadWaker(std::thread::Thread);
 
 impl Wake for ThreadWaker {

@@ -14,7 +14,7 @@
 use crate::codec::{ProducerRecord, Serializer};
 use crate::partition::partition_for_key;
 use crate::protocol::{self, TxnState};
-use crate::{block_on_timeout, ConfigError, KafkaConfig};
+use crate::{block_on_timeout, kafka_io, ConfigError, KafkaConfig};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -88,10 +88,6 @@ impl ProducerContext for DeliveryTracker {
 }
 
 type KafkaProducer = ThreadedProducer<DeliveryTracker>;
-
-fn kafka_io(what: &str, e: KafkaError) -> io::Error {
-    io::Error::other(format!("{what}: {e}"))
-}
 
 /// What a checkpoint holds to commit one subtask's transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

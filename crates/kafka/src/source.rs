@@ -5,7 +5,7 @@
 
 use crate::codec::{DecodeErrorPolicy, Deserializer, KafkaMessage};
 use crate::partition::owner_of;
-use crate::{ConfigError, KafkaConfig};
+use crate::{kafka_io, ConfigError, KafkaConfig};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -335,10 +335,6 @@ struct KafkaReader<T> {
     eof: bool,
 }
 
-fn kafka_io(what: &str, e: KafkaError) -> io::Error {
-    io::Error::other(format!("{what}: {e}"))
-}
-
 impl<T> KafkaReader<T> {
     /// The (topic, partition) pairs this subtask owns now.
     fn owned_partitions(&self) -> io::Result<Vec<(String, i32)>> {
@@ -575,6 +571,9 @@ impl<T: Send + 'static> SourceReader<T> for KafkaReader<T> {
             self.discover()?;
         }
         let mut reassign = false;
+        // Consecutive messages mostly come from the same partition: remember the last one
+        // rather than hashing the topic name for each message.
+        let mut last: Option<(i32, usize)> = None;
         while out.len() < max {
             // Wait briefly for the first message (librdkafka wakes the call as soon as one
             // arrives); take the rest of the batch from what is already fetched.
@@ -594,10 +593,18 @@ impl<T: Send + 'static> SourceReader<T> for KafkaReader<T> {
                     break;
                 }
             };
-            let Some(index) = self.by_topic.get(message.topic()).and_then(|m| m.get(&message.partition())).copied()
-            else {
-                continue;
+            let index = match last {
+                Some((partition, index))
+                    if partition == message.partition() && self.partitions[index].pos.topic == message.topic() =>
+                {
+                    index
+                }
+                _ => match self.by_topic.get(message.topic()).and_then(|m| m.get(&message.partition())) {
+                    Some(&index) => index,
+                    None => continue,
+                },
             };
+            last = Some((message.partition(), index));
             let offset = message.offset();
             let p = &self.partitions[index];
             if p.done || offset < p.pos.next {
@@ -631,8 +638,7 @@ impl<T: Send + 'static> SourceReader<T> for KafkaReader<T> {
             self.eof = false;
             reassign |= self.check_positions()?;
         }
-        // The records of this poll go out first; the end is reported by the next poll.
-        if out.is_empty() && self.settings.bounded && self.partitions.iter().all(|p| p.done) {
+        if self.settings.bounded && self.partitions.iter().all(|p| p.done) {
             if let Some(dlq) = &self.dead_letters {
                 dlq.flush(self.settings.request_timeout).map_err(|e| kafka_io("flushing dead letters", e))?;
             }

@@ -21,6 +21,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Polls `done` until it holds; panics naming `what` if it does not within `timeout` (a
+/// deadline against hangs, not a timing expectation).
+pub fn wait_until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Where `scripts/kafka.sh install` puts the broker's jars, unless `SLUICE_KAFKA_LIBS` says.
 pub fn kafka_libs() -> PathBuf {
     std::env::var_os("SLUICE_KAFKA_LIBS")

@@ -6,10 +6,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sluice::prelude::*;
 use sluice::Execute;
 use sluice_kafka::partition::partition_for_key;
-use sluice_kafka::testing::{create_topic, produce, read_committed, KafkaBroker, TestRecord};
+use sluice_kafka::testing::{create_topic, produce, read_committed, wait_until, KafkaBroker, TestRecord};
 use sluice_kafka::{codec, DeliveryGuarantee, KafkaSink, KafkaSource, OffsetReset, SinkPartitioning, StartingOffsets};
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `n` records per partition, values "topic/partition/i", timestamps 1000 + i.
 fn fill(b: &str, topic: &str, partitions: i32, n: i64) {
@@ -90,19 +90,14 @@ fn starting_offsets_patterns_and_partition_discovery() {
     let job = env.execute_async("monitored").unwrap();
     let monitor: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", b).set("group.id", "monitor").create().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    wait_until(Duration::from_secs(60), "the committed offsets reach the end", || {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition("t1", 0);
         tpl.add_partition("t1", 1);
         let committed = monitor.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
         let offsets: Vec<Offset> = committed.elements().iter().map(|e| e.offset()).collect();
-        if offsets == [Offset::Offset(100), Offset::Offset(100)] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "committed offsets {offsets:?} did not reach the end within 60 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        offsets == [Offset::Offset(100), Offset::Offset(100)]
+    });
     job.cancel();
     job.join().unwrap();
 
@@ -129,13 +124,8 @@ fn starting_offsets_patterns_and_partition_discovery() {
         .unwrap();
     let out = env.source(source, Watermarks::none()).collect();
     let job = env.execute_async("discovery").unwrap();
-    let wait_for = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while out.values().len() < n {
-            assert!(Instant::now() < deadline, "only {} of {n} records within 60 s", out.values().len());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let wait_for =
+        |n: usize| wait_until(Duration::from_secs(60), &format!("{n} records read"), || out.values().len() >= n);
     wait_for(20);
     fill(b, "d-2", 3, 10);
     wait_for(50);

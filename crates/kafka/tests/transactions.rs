@@ -7,10 +7,12 @@
 use sluice::prelude::*;
 use sluice::Execute;
 use sluice_dataflow::Sink;
-use sluice_kafka::testing::{blocked_partitions, create_topic, open_transactions, read_committed, KafkaBroker};
+use sluice_kafka::testing::{
+    blocked_partitions, create_topic, open_transactions, read_committed, wait_until, KafkaBroker,
+};
 use sluice_kafka::{codec, DeliveryGuarantee, KafkaSink, KafkaSource};
 use sluice_types::Record;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn sink(bootstrap: &str, topic: &str, prefix: &str) -> KafkaSink<String> {
     KafkaSink::builder()
@@ -108,11 +110,7 @@ fn a_dead_processs_transactions_are_committed_or_aborted_by_the_next() {
         .unwrap();
     let read_back = env.source(source, Watermarks::none()).collect();
     let job = env.execute_async("read back").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !job.is_finished() {
-        assert!(Instant::now() < deadline, "the bounded read did not end within 60 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(60), "the bounded read ends", || job.is_finished());
     job.join().unwrap();
     let mut got = read_back.values();
     got.sort();

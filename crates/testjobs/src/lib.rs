@@ -28,3 +28,65 @@ pub fn counts_reference(n: u64) -> Vec<String> {
 pub fn kafka_copy_transform(value: &str) -> String {
     format!("{}|{}", value.to_uppercase(), value.len())
 }
+
+/// What the process-level tests share: a child process that is killed when dropped,
+/// waiting for its exit with a deadline, a seeded random source and multisets.
+pub mod harness {
+    use std::collections::HashMap;
+    use std::hash::Hash;
+    use std::process::{Child, ExitStatus};
+    use std::time::{Duration, Instant};
+
+    /// Kills the child when dropped, so a failing test leaves no process behind.
+    pub struct KillOnDrop(pub Child);
+
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl KillOnDrop {
+        /// Waits for the exit; panics if it does not come within `within` (a deadline
+        /// against hangs). Returns the status and, if stderr was piped, what it printed.
+        pub fn wait(&mut self, within: Duration) -> (ExitStatus, String) {
+            let deadline = Instant::now() + within;
+            let status = loop {
+                if let Some(status) = self.0.try_wait().expect("the child can be waited for") {
+                    break status;
+                }
+                assert!(Instant::now() < deadline, "the job did not exit within {within:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut stderr = String::new();
+            if let Some(pipe) = self.0.stderr.as_mut() {
+                let _ = std::io::Read::read_to_string(pipe, &mut stderr);
+            }
+            (status, stderr)
+        }
+    }
+
+    /// The test seed (`SLUICE_TEST_SEED`, else `default`) and a xorshift generator of
+    /// numbers below a bound, seeded with it.
+    pub fn seeded(default: u64) -> (u64, impl FnMut(u64) -> u64) {
+        let seed: u64 = std::env::var("SLUICE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let random = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        (seed, random)
+    }
+
+    /// Counts of each distinct item.
+    pub fn multiset<T: Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
+        let mut m = HashMap::new();
+        for i in items {
+            *m.entry(i).or_insert(0) += 1;
+        }
+        m
+    }
+}

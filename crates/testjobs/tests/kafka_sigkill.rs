@@ -7,38 +7,11 @@
 use sluice_kafka::testing::{
     blocked_partitions, create_topic, open_transactions, produce, read_committed, KafkaBroker, TestRecord,
 };
+use sluice_testjobs::harness::{multiset, seeded, KillOnDrop};
 use sluice_testjobs::kafka_copy_transform;
-use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
-
-/// Kills the child when dropped, so a failing test leaves no process behind.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl KillOnDrop {
-    /// Waits for the exit (at most `within`) and returns the status and what it printed.
-    fn wait(&mut self, within: Duration) -> (ExitStatus, String) {
-        let deadline = Instant::now() + within;
-        let status = loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "the job did not exit within {within:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(self.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-        (status, stderr)
-    }
-}
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn start(bootstrap: &str, checkpoints: &Path, extra: &[&str]) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_kafka-copy"))
@@ -51,14 +24,6 @@ fn start(bootstrap: &str, checkpoints: &Path, extra: &[&str]) -> KillOnDrop {
         .spawn()
         .expect("the kafka-copy binary starts");
     KillOnDrop(child)
-}
-
-fn multiset<T: std::hash::Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
-    let mut m = HashMap::new();
-    for i in items {
-        *m.entry(i).or_insert(0) += 1;
-    }
-    m
 }
 
 /// A broker with topic `in` (4 partitions) holding `n` seeded keyed records and an empty
@@ -97,21 +62,9 @@ fn assert_exact_output(broker: &KafkaBroker, input: &[(Vec<u8>, String)], seed: 
     assert_eq!(open_transactions(b, "copy-").unwrap(), Vec::<String>::new(), "seed {seed}");
 }
 
-fn seeded() -> (u64, impl FnMut(u64) -> u64) {
-    let seed: u64 = std::env::var("SLUICE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(11);
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let random = move |below: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % below
-    };
-    (seed, random)
-}
-
 #[test]
 fn kafka_to_kafka_killed_with_sigkill_commits_exactly_the_reference() {
-    let (seed, mut random) = seeded();
+    let (seed, mut random) = seeded(11);
     let broker = KafkaBroker::start().expect("a Kafka broker");
     let input = setup(&broker, 40_000, &mut random);
     let dir = tempfile::tempdir().unwrap();
@@ -137,7 +90,7 @@ fn kafka_to_kafka_killed_with_sigkill_commits_exactly_the_reference() {
 /// Dies at `step` of checkpoint 3, checks that it left open transactions behind, then runs
 /// again to the end.
 fn crash_then_finish(step: &str) {
-    let (seed, mut random) = seeded();
+    let (seed, mut random) = seeded(11);
     let broker = KafkaBroker::start().expect("a Kafka broker");
     let input = setup(&broker, 20_000, &mut random);
     let dir = tempfile::tempdir().unwrap();

@@ -2,33 +2,10 @@
 //! with the same command; the committed output must equal the reference exactly.
 
 use sluice_testjobs::counts_reference;
-use std::collections::HashMap;
+use sluice_testjobs::harness::{multiset, seeded, KillOnDrop};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Kills the child when dropped, so a failing test leaves no process behind.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_exit(job: &mut KillOnDrop, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = job.0.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            panic!("the job did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn start(out: &Path, checkpoints: &Path, n: u64) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_counts"))
@@ -45,24 +22,9 @@ fn committed(dir: &Path) -> Vec<String> {
     sluice::connectors::committed_lines(dir).unwrap()
 }
 
-fn multiset(lines: Vec<String>) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for l in lines {
-        *m.entry(l).or_insert(0) += 1;
-    }
-    m
-}
-
 #[test]
 fn a_job_killed_with_sigkill_and_started_again_commits_exactly_the_reference() {
-    let seed: u64 = std::env::var("SLUICE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut random = |below: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % below
-    };
+    let (seed, mut random) = seeded(7);
     let dir = tempfile::tempdir().unwrap();
     let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
     let n = 300_000;
@@ -79,7 +41,7 @@ fn a_job_killed_with_sigkill_and_started_again_commits_exactly_the_reference() {
         kills += 1;
     }
     let mut job = start(&out, &checkpoints, n);
-    let status = wait_for_exit(&mut job, Duration::from_secs(120));
+    let status = job.wait(Duration::from_secs(120)).0;
     assert!(status.success(), "seed {seed}: the last run failed: {status}");
     assert!(kills >= 2, "seed {seed}: only {kills} kills landed before the job finished");
     let got = committed(&out);
@@ -102,13 +64,13 @@ fn ctrl_c_stops_an_unbounded_job_with_a_final_checkpoint_that_the_next_run_resum
     }
     let interrupted = Command::new("kill").args(["-INT", &job.0.id().to_string()]).status().unwrap();
     assert!(interrupted.success());
-    let status = wait_for_exit(&mut job, Duration::from_secs(30));
+    let status = job.wait(Duration::from_secs(30)).0;
     assert!(status.success(), "Ctrl-C ends the job cleanly: {status}");
     let stopped_at = committed(&out).len();
     // The next run, bounded this time, resumes where Ctrl-C stopped it.
     let n = 300_000;
     let mut job = start(&out, &checkpoints, n);
-    assert!(wait_for_exit(&mut job, Duration::from_secs(120)).success());
+    assert!(job.wait(Duration::from_secs(120)).0.success());
     let got = committed(&out);
     assert!(got.len() > stopped_at);
     assert_eq!(multiset(got), multiset(counts_reference(n)));
