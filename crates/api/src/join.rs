@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sluice_dataflow::operators::{KeyFn, KeyedContext, KeyedProcessFunction};
 use sluice_types::{Data, Key, Timestamp, MIN_WATERMARK};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A record of the left or the right input of a join.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +52,7 @@ pub struct WindowJoin<K, T, U> {
     left_key: KeyFn<T, K>,
     right_key: KeyFn<U, K>,
     spec: Option<WindowSpec>,
+    lateness: Duration,
 }
 
 impl<T: Data> DataStream<T> {
@@ -96,7 +98,14 @@ impl<T: Data, U: Data> JoinedStreams<T, U> {
 impl<K: Key, T: Data, U: Data> JoinWhere<K, T, U> {
     /// The key of right records.
     pub fn equal_to(self, key: impl Fn(&U) -> K + Send + Sync + 'static) -> WindowJoin<K, T, U> {
-        WindowJoin { left: self.left, right: self.right, left_key: self.left_key, right_key: Arc::new(key), spec: None }
+        WindowJoin {
+            left: self.left,
+            right: self.right,
+            left_key: self.left_key,
+            right_key: Arc::new(key),
+            spec: None,
+            lateness: Duration::ZERO,
+        }
     }
 }
 
@@ -104,6 +113,14 @@ impl<K: Key, T: Data, U: Data> WindowJoin<K, T, U> {
     /// The windows pairs are formed in.
     pub fn window(mut self, spec: WindowSpec) -> Self {
         self.spec = Some(spec);
+        self
+    }
+
+    /// Keeps each window this long after it fired (event time only): a late record within
+    /// it fires the window again with every pair it now holds, as Flink's window join
+    /// (a co-group over a window with allowed lateness) does.
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.lateness = lateness;
         self
     }
 
@@ -117,6 +134,7 @@ impl<K: Key, T: Data, U: Data> WindowJoin<K, T, U> {
         let keyed = tag_and_key(&self.left, &self.right, self.left_key, self.right_key);
         keyed
             .window(spec)
+            .allowed_lateness(self.lateness)
             .process(move |_key, _window, records: &[JoinSide<T, U>]| {
                 let mut out = Vec::new();
                 for l in records.iter().filter_map(|r| match r {

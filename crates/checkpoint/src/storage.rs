@@ -189,7 +189,7 @@ impl CheckpointStore {
             if bytes.len() as u64 != entry.bytes || crc32fast::hash(&bytes) != entry.crc32 {
                 return Err(format!("state file {path} is corrupted (length or checksum differs)"));
             }
-            let state = read_state(&bytes).ok_or_else(|| format!("state file {path} is unreadable"))?;
+            let state = read_state(&bytes).map_err(|e| format!("state file {path}: {e}"))?;
             states.push(SubtaskState { operator: entry.operator.clone(), subtask: entry.subtask, state });
         }
         Ok(states)

@@ -33,6 +33,17 @@ pub enum TaskError {
         #[source]
         source: io::Error,
     },
+    /// A failure that a restart cannot heal (restored state of another type, a source given
+    /// another operator's state, a missing path): the job fails instead of restarting.
+    #[error("{operator} (subtask {subtask}): {message}")]
+    Unrecoverable {
+        /// Name of the operator, source or sink.
+        operator: String,
+        /// Zero-based subtask index.
+        subtask: usize,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
     /// Checkpointing failed (storage, too many failed checkpoints, a failed commit).
     #[error("checkpointing: {0}")]
     Checkpoint(String),
@@ -45,6 +56,27 @@ impl TaskError {
     /// Whether this error is only the echo of another task's failure or of a cancellation.
     pub fn is_secondary(&self) -> bool {
         matches!(self, TaskError::Disconnected)
+    }
+
+    /// Whether restarting the job could make this failure go away. Configuration and
+    /// restored state do not change between attempts, nor does a path that is missing or
+    /// not allowed: those fail the job at once, with their message, instead of restarting
+    /// it forever.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TaskError::Unrecoverable { .. } => false,
+            TaskError::Io { source, .. } => !matches!(
+                source.kind(),
+                io::ErrorKind::NotFound
+                    | io::ErrorKind::PermissionDenied
+                    | io::ErrorKind::NotADirectory
+                    | io::ErrorKind::IsADirectory
+                    | io::ErrorKind::ReadOnlyFilesystem
+                    | io::ErrorKind::InvalidInput
+                    | io::ErrorKind::Unsupported
+            ),
+            _ => true,
+        }
     }
 }
 

@@ -185,7 +185,18 @@ impl<T: Data> NodeImpl for SourceNode<T> {
             Some(Restored::Plain(position)) => {
                 reader.seek(&position).map_err(|e| io_error("resuming the source", e))?
             }
-            Some(Restored::Keyed(_)) => unreachable!("sources have no keyed state"),
+            Some(Restored::Keyed(_)) => {
+                return Err(TaskError::Unrecoverable {
+                    operator: info.operator.to_string(),
+                    subtask: info.index,
+                    message: format!(
+                        "the checkpoint holds keyed state under this source's id '{}': it belonged to a keyed \
+                         operator of the job that wrote it. Give the source a uid of its own (.uid(..)), and allow \
+                         non-restored state if that operator is gone",
+                        info.state_id
+                    ),
+                })
+            }
             None => {}
         }
         Ok(Box::new(SourceRunner {

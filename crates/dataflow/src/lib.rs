@@ -29,7 +29,9 @@ pub use graph::{
     OperatorNode, OutEdge, Partitioning, RestartStrategy, SinkNode, SourceNode, StartFrom,
 };
 pub use message::{Envelope, Message};
-pub use operator::{guard_panic, now_millis, Input, Link, Operator, OperatorFactory, Output, SubtaskInfo};
+pub use operator::{
+    guard_panic, now_millis, panic_message, Input, Link, Operator, OperatorFactory, Output, SubtaskInfo,
+};
 pub use sink::{Sink, SinkInput, SinkWriter};
 pub use source::{
     Poll, Source, SourceReader, SourceRunner, SourceTask, SplitEvent, SplitRun, TaskControl, TaskReport, TimestampFn,

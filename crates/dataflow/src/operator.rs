@@ -141,21 +141,31 @@ pub type OperatorFactory<In, Out> = Arc<dyn Fn(&SubtaskInfo) -> Box<dyn Operator
 
 /// Runs `f`, turning a panic into an error that names the operator and the subtask.
 pub fn guard_panic<R>(info: &SubtaskInfo, f: impl FnOnce() -> R) -> TaskResult<R> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        let message = if let Some(s) = payload.downcast_ref::<&str>() {
-            (*s).to_string()
-        } else if let Some(s) = payload.downcast_ref::<String>() {
-            s.clone()
-        } else {
-            "non-string panic payload".to_string()
-        };
-        TaskError::Panicked {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| match payload.downcast::<sluice_state::StateError>() {
+        // Restored state of another type: no restart reads it differently.
+        Ok(state) => TaskError::Unrecoverable {
+            operator: info.operator.to_string(),
+            subtask: info.index,
+            message: state.to_string(),
+        },
+        Err(payload) => TaskError::Panicked {
             operator: info.operator.to_string(),
             subtask: info.index,
             parallelism: info.parallelism,
-            message,
-        }
+            message: panic_message(&*payload),
+        },
     })
+}
+
+/// The message of a panic's payload (`panic!` with a string or a format).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
 }
 
 /// One operator in a chain, with its output.

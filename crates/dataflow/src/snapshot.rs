@@ -2,11 +2,11 @@
 //! back on restore.
 //!
 //! Keyed state is cut by key group, so a restore at another parallelism hands each new
-//! subtask exactly the groups it owns. Everything is serialized with `bincode` at the
+//! subtask exactly the groups it owns. Everything is serialized with `postcard` at the
 //! barrier (a copy of the state); writing it to storage happens elsewhere, in the
 //! background.
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A checkpoint barrier: everything before it on a channel belongs to checkpoint `id`.
@@ -49,23 +49,22 @@ pub enum Restored {
     Plain(Vec<u8>),
 }
 
-/// Serializes state for a snapshot.
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    bincode::serialize(value).expect("in-memory state always serializes")
-}
+pub use sluice_state::codec::{decode, decode_or_fail, encode};
 
-/// Deserializes state from a snapshot; a mismatch (state written by another version of the
-/// operator) is reported with the operator's own words.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> T {
-    bincode::deserialize(bytes).unwrap_or_else(|e| {
-        panic!("cannot read the restored state of {what}: {e}; was the operator's state type changed?")
-    })
-}
+/// The first bytes of every state file.
+pub const STATE_MAGIC: &[u8; 4] = b"SLST";
 
-/// Writes an [`OperatorState`] as raw bytes (tag, then length-prefixed chunks), so that the
-/// chunks, already serialized, are copied rather than re-encoded byte by byte.
+/// The state file layout this code writes and reads: after [`STATE_MAGIC`], a little-endian
+/// `u16` version, then the state (tag, then length-prefixed chunks whose contents are
+/// `postcard`). A reader refuses a version it does not know instead of guessing.
+pub const STATE_FORMAT_VERSION: u16 = 1;
+
+/// Writes an [`OperatorState`] as raw bytes (header, tag, then length-prefixed chunks), so
+/// that the chunks, already serialized, are copied rather than re-encoded byte by byte.
 pub fn write_state(state: &OperatorState) -> Vec<u8> {
     let mut out = Vec::new();
+    out.extend(STATE_MAGIC);
+    out.extend(STATE_FORMAT_VERSION.to_le_bytes());
     let put = |out: &mut Vec<u8>, bytes: &[u8]| {
         out.extend((bytes.len() as u64).to_le_bytes());
         out.extend(bytes);
@@ -91,8 +90,9 @@ pub fn write_state(state: &OperatorState) -> Vec<u8> {
     out
 }
 
-/// Reads what [`write_state`] wrote; `None` if the bytes are not such a state.
-pub fn read_state(bytes: &[u8]) -> Option<OperatorState> {
+/// Reads what [`write_state`] wrote; the error says why the bytes are not such a state (an
+/// unknown format version, or a damaged file).
+pub fn read_state(bytes: &[u8]) -> Result<OperatorState, String> {
     struct Cursor<'a>(&'a [u8]);
     impl<'a> Cursor<'a> {
         fn take(&mut self, n: usize) -> Option<&'a [u8]> {
@@ -109,21 +109,34 @@ pub fn read_state(bytes: &[u8]) -> Option<OperatorState> {
         }
     }
     let mut c = Cursor(bytes);
-    let state = match c.take(1)?[0] {
-        0 => {
-            let count = c.word()?;
-            let mut groups = BTreeMap::new();
-            for _ in 0..count {
-                let group = u32::from_le_bytes(c.take(4)?.try_into().ok()?);
-                groups.insert(group, c.chunk()?);
+    if c.take(4) != Some(STATE_MAGIC.as_slice()) {
+        return Err("not a Sluice state file (its header is missing)".into());
+    }
+    let version = c.take(2).map(|v| u16::from_le_bytes([v[0], v[1]])).ok_or("the file ends in its header")?;
+    if version != STATE_FORMAT_VERSION {
+        return Err(format!(
+            "state file format version {version} is unknown to this build, which reads version \
+             {STATE_FORMAT_VERSION}; restore it with the Sluice version that wrote it"
+        ));
+    }
+    let body = (|| {
+        let state = match c.take(1)?[0] {
+            0 => {
+                let count = c.word()?;
+                let mut groups = BTreeMap::new();
+                for _ in 0..count {
+                    let group = u32::from_le_bytes(c.take(4)?.try_into().ok()?);
+                    groups.insert(group, c.chunk()?);
+                }
+                OperatorState::Keyed(groups)
             }
-            OperatorState::Keyed(groups)
-        }
-        1 => OperatorState::Plain(c.chunk()?),
-        2 => OperatorState::Committable(c.chunk()?),
-        _ => return None,
-    };
-    c.0.is_empty().then_some(state)
+            1 => OperatorState::Plain(c.chunk()?),
+            2 => OperatorState::Committable(c.chunk()?),
+            _ => return None,
+        };
+        c.0.is_empty().then_some(state)
+    })();
+    body.ok_or_else(|| "the state file is damaged (its layout does not parse)".into())
 }
 
 #[cfg(test)]
@@ -139,9 +152,13 @@ mod tests {
         ];
         for state in states {
             let bytes = write_state(&state);
-            assert_eq!(read_state(&bytes), Some(state));
-            assert_eq!(read_state(&bytes[..bytes.len() - 1]), None);
+            assert_eq!(read_state(&bytes), Ok(state));
+            assert!(read_state(&bytes[..bytes.len() - 1]).unwrap_err().contains("damaged"));
         }
-        assert_eq!(read_state(&[5]), None);
+        assert!(read_state(&[5]).unwrap_err().contains("header"));
+        let mut future = write_state(&OperatorState::Plain(vec![1]));
+        future[4] = 2;
+        let err = read_state(&future).unwrap_err();
+        assert!(err.contains("version 2 is unknown") && err.contains("reads version 1"), "{err}");
     }
 }

@@ -338,19 +338,24 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 self.inject(barrier, control)?;
             }
             let mut batch = Vec::with_capacity(batch_size);
-            let poll = self.reader.poll(&mut batch, batch_size).map_err(|source| TaskError::Io {
-                operator: self.info.operator.to_string(),
-                subtask: self.info.index,
-                what: "reading the source".into(),
-                source,
-            })?;
+            // The reader is the user's (or a connector's) code: a panic in it fails the
+            // job like a panic in any operator, naming the source and subtask.
+            let reader = &mut self.reader;
+            let poll =
+                guard_panic(&self.info, || reader.poll(&mut batch, batch_size))?.map_err(|source| TaskError::Io {
+                    operator: self.info.operator.to_string(),
+                    subtask: self.info.index,
+                    what: "reading the source".into(),
+                    source,
+                })?;
             // Records appended by the poll that reported the end still go out first.
             let (poll, end_after) = match poll {
                 Poll::Finished if !batch.is_empty() => (Poll::Ready, true),
                 poll => (poll, false),
             };
             let now = Instant::now();
-            if self.reader.split_info(&mut split_marks.runs, &mut split_marks.events) {
+            let reader = &mut self.reader;
+            if guard_panic(&self.info, || reader.split_info(&mut split_marks.runs, &mut split_marks.events))? {
                 per_split = true;
                 split_marks.apply_events(now);
             }

@@ -59,6 +59,55 @@ fn allowed_lateness_refires_then_drops() {
 }
 
 #[test]
+fn a_late_record_fires_a_window_the_watermark_passed_while_this_subtask_had_no_data_for_it() {
+    for assigner in
+        [WindowAssigner::Tumbling { size: 10, offset: 0 }, WindowAssigner::Sliding { size: 10, slide: 5, offset: 0 }]
+    {
+        let mut h = counting(assigner, 20);
+        h.watermark(25);
+        h.take();
+        // Windows ending at 9 (and 4, 14 when sliding) have passed with nothing in them
+        // here; each late record within the lateness fires them at once.
+        h.push((1, 0), 7);
+        let first: Vec<_> = h.take_records();
+        assert!(first.contains(&(WindowOutput::Result((1, 0, 1)), 9)), "{assigner:?}: {first:?}");
+        h.push((1, 0), 8);
+        let second = h.take_records();
+        assert!(second.contains(&(WindowOutput::Result((1, 0, 2)), 9)), "{assigner:?}: {second:?}");
+    }
+}
+
+#[test]
+fn a_window_join_shaped_window_fires_once_per_late_record() {
+    // What a window join runs: both sides tagged in one keyed window whose function pairs
+    // them. The window passed with no data on this subtask; three late records follow.
+    type Side = (u32, Result<i64, i64>);
+    let pairs = Arc::new(|_: &u32, _: &TimeWindow, all: &[Side]| {
+        let mut out = Vec::new();
+        for l in all.iter().filter_map(|s| s.1.ok()) {
+            for r in all.iter().filter_map(|s| s.1.err()) {
+                out.push((l, r));
+            }
+        }
+        out
+    });
+    let mut h = OperatorHarness::new(WindowOperator::<_, _, _, DropLate>::new(
+        Arc::new(|s: &Side| s.0),
+        WindowAssigner::Tumbling { size: 10_000, offset: 0 },
+        WindowTime::EventTime,
+        30_000,
+        ProcessWindow(pairs),
+    ));
+    h.watermark(19_999);
+    h.push((0, Ok(15_000)), 15_000);
+    assert_eq!(h.take_records(), vec![]);
+    h.push((0, Err(16_000)), 16_000);
+    assert_eq!(h.take_records(), vec![((15_000, 16_000), 19_999)]);
+    h.push((0, Err(17_000)), 17_000);
+    assert_eq!(h.take_records(), vec![((15_000, 16_000), 19_999), ((15_000, 17_000), 19_999)]);
+}
+
+#[test]
 fn sliding_windows_hold_a_record_in_each_overlapping_window() {
     let mut h = OperatorHarness::new(WindowOperator::<_, _, _, DropLate>::new(
         key(),

@@ -288,8 +288,8 @@ impl SinkSettings {
 }
 
 fn decode_committable(bytes: &[u8]) -> io::Result<Committable> {
-    bincode::deserialize(bytes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("a Kafka sink committable: {e}")))
+    sluice_dataflow::snapshot::decode(bytes, "a Kafka sink committable")
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
@@ -630,7 +630,7 @@ impl<T: Send + 'static> SinkWriter<T> for KafkaWriter<T> {
                 let producer = self.producer.take().expect("open");
                 self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(self.transactional_id.clone(), producer);
                 self.open()?;
-                Ok(Some(bincode::serialize(&committable).expect("committables serialize")))
+                Ok(Some(sluice_dataflow::snapshot::encode(&committable)))
             }
         }
     }

@@ -675,12 +675,12 @@ impl<T: Send + 'static> SourceReader<T> for KafkaReader<T> {
                 tracing::warn!(error = %e, "could not commit offsets to the consumer group (monitoring only)");
             }
         }
-        Some(bincode::serialize(&position).expect("positions serialize"))
+        Some(sluice_dataflow::snapshot::encode(&position))
     }
 
     fn seek(&mut self, position: &[u8]) -> io::Result<()> {
-        let restored: ReaderPosition = bincode::deserialize(position)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("a Kafka source position: {e}")))?;
+        let restored: ReaderPosition = sluice_dataflow::snapshot::decode(position, "a Kafka source position")
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         self.restored = Some(restored);
         Ok(())
     }

@@ -282,12 +282,23 @@ pub(crate) fn run_attempt(
         let tick = graph.config.tick;
         let spawned = std::thread::Builder::new().name(format!("sluice:{name}")).spawn(move || {
             let flags = task_flags;
-            let result = match job {
+            // User code is guarded where it is called, naming its operator; this is the net
+            // under everything else, so that no panic can end a task without failing the
+            // attempt (the coordinator would otherwise wait for its report forever).
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
                 Work::Source(mut task, control) => task.run(&flags.stop_sources, &control),
                 Work::Inbox { mut head, inbox, channels, control } => {
                     run_inbox_task(&mut *head, inbox, channels, &flags.abort, tick, &control, exactly_once)
                 }
-            };
+            }))
+            .unwrap_or_else(|payload| {
+                Err(TaskError::Panicked {
+                    operator: name.clone(),
+                    subtask: 0,
+                    parallelism: 1,
+                    message: sluice_dataflow::panic_message(&*payload),
+                })
+            });
             if let Err(error) = result {
                 if !error.is_secondary() {
                     tracing::error!(task = %name, error = %error, "task failed");

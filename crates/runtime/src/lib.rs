@@ -11,6 +11,7 @@
 
 mod attempt;
 pub mod plan;
+mod report;
 pub mod restart;
 mod run;
 mod task;

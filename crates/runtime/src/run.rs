@@ -107,11 +107,26 @@ impl JobHandle {
     }
 }
 
+/// How long dropping a [`JobHandle`] waits for its cancelled job to stop before leaving
+/// it behind (a user function that never returns cannot be interrupted).
+const DROP_WAIT: Duration = Duration::from_secs(30);
+
 impl Drop for JobHandle {
     fn drop(&mut self) {
         if let Some(supervisor) = self.supervisor.take() {
             self.cancel();
-            let _ = supervisor.join();
+            let deadline = Instant::now() + DROP_WAIT;
+            while !supervisor.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if supervisor.is_finished() {
+                let _ = supervisor.join();
+            } else {
+                tracing::error!(
+                    "the job did not stop within {DROP_WAIT:?} of being cancelled (a user function that does not \
+                     return?); its threads are left running"
+                );
+            }
         }
     }
 }
@@ -123,6 +138,7 @@ pub fn run(graph: JobGraph) -> Result<JobResult, JobError> {
 
 /// Checks the graph and the checkpoint to start from, then starts the job and returns.
 pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
+    crate::report::init();
     graph.validate()?;
     let job = graph.name.clone();
     let restore_error = |message: String| JobError::Restore { job: job.clone(), message };
@@ -230,12 +246,25 @@ fn supervise(
                 })
             }
             Err(error) => {
-                let delay =
-                    if flags.cancelled.load(Ordering::SeqCst) { None } else { restarts.on_failure(Instant::now()) };
-                let Some(delay) = delay else {
+                if flags.cancelled.load(Ordering::SeqCst) {
+                    return Err(JobError::Task { job, source: error });
+                }
+                if !error.is_retryable() {
+                    tracing::error!("job '{job}' failed and is not restarted (a restart cannot heal this): {error}");
+                    return Err(JobError::Task { job, source: error });
+                }
+                let Some(delay) = restarts.on_failure(Instant::now()) else {
+                    tracing::error!(
+                        "job '{job}' failed and the restart strategy gives up after {} restart(s): {error}",
+                        restarts.restarts()
+                    );
                     return Err(JobError::Task { job, source: error });
                 };
-                tracing::warn!(job = %job, error = %error, delay_ms = delay.as_millis() as u64, "restarting after a failure");
+                tracing::warn!(
+                    "job '{job}' failed: {error}; restart {} in {} ms",
+                    restarts.restarts(),
+                    delay.as_millis()
+                );
                 let wake = Instant::now() + delay;
                 while Instant::now() < wake && !flags.cancelled.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(5).min(wake.saturating_duration_since(Instant::now())));

@@ -8,11 +8,13 @@
 //! the operator decides when timers are due and which key is current.
 
 mod backend;
+pub mod codec;
 mod snapshot;
 mod store;
 mod timers;
 
 pub use backend::KeyedStateBackend;
+pub use codec::StateError;
 pub use snapshot::{by_key_group, decode_entries};
 pub use store::{KeyedStateStore, ListState, MapState, ValueState};
 pub use timers::{TimeDomain, TimerQueue, TimerService};

@@ -1,5 +1,6 @@
 //! Cutting keyed entries by key group for snapshots, and reading them back.
 
+use crate::codec::{decode_or_fail, encode};
 use serde::{de::DeserializeOwned, Serialize};
 use sluice_types::{key_group_of, Key};
 use std::collections::BTreeMap;
@@ -13,15 +14,10 @@ pub fn by_key_group<'a, K: Key, V: Serialize + 'a>(
     for (key, value) in entries {
         groups.entry(key_group_of(key, max_parallelism).0).or_default().push((key, value));
     }
-    groups
-        .into_iter()
-        .map(|(group, entries)| (group, bincode::serialize(&entries).expect("in-memory state always serializes")))
-        .collect()
+    groups.into_iter().map(|(group, entries)| (group, encode(&entries))).collect()
 }
 
 /// Reads a chunk written by [`by_key_group`].
 pub fn decode_entries<K: DeserializeOwned, V: DeserializeOwned>(chunk: &[u8], what: &str) -> Vec<(K, V)> {
-    bincode::deserialize(chunk).unwrap_or_else(|e| {
-        panic!("cannot read the restored state '{what}': {e}; was its type changed since the checkpoint?")
-    })
+    decode_or_fail(chunk, &format!("'{what}'"))
 }

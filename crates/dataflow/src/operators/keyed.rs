@@ -2,7 +2,7 @@
 //! reduce/aggregate (one updated result per input record, as Flink's keyed reduce).
 
 use crate::operator::{now_millis, Operator, Output};
-use crate::snapshot::{decode, encode, OperatorState, Restored};
+use crate::snapshot::{decode_or_fail, encode, OperatorState, Restored};
 use serde::{Deserialize, Serialize};
 use sluice_state::{
     by_key_group, decode_entries, KeyedStateStore, ListState, MapState, TimeDomain, TimerService, ValueState,
@@ -202,7 +202,7 @@ impl<K: Key, T: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, T,
     fn restore(&mut self, state: Restored) {
         let Restored::Keyed(chunks) = state else { return };
         for (group, bytes) in chunks {
-            let chunk: ProcessChunk<K> = decode(&bytes, "a keyed process function");
+            let chunk: ProcessChunk<K> = decode_or_fail(&bytes, "a keyed process function");
             for (name, entries) in chunk.tables {
                 self.state.restore(group, name, entries);
             }

@@ -9,7 +9,7 @@
 
 use crate::operator::{now_millis, Operator, Output};
 use crate::operators::keyed::{AggregateFunction, KeyFn};
-use crate::snapshot::{decode, encode, OperatorState, Restored};
+use crate::snapshot::{decode_or_fail, encode, OperatorState, Restored};
 use serde::{Deserialize, Serialize};
 use sluice_state::TimerQueue;
 use sluice_types::{key_group_of, Data, FastMap, Key, Record, TimeWindow, Timestamp, MIN_WATERMARK, NO_TIMESTAMP};
@@ -323,10 +323,14 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
         for (i, window) in windows.iter().enumerate() {
             let v = if i == last { value.take().expect("taken once") } else { value.clone().expect("present") };
             let typical = self.typical_keys;
+            // A window the watermark has already passed (within the allowed lateness) was
+            // due even if this subtask held nothing for it then: it counts as fired, so this
+            // late record fires it at once, as every later one will.
+            let passed = self.time == WindowTime::EventTime && window.max_timestamp() <= self.watermark;
             let bucket = self.aligned.entry(*window).or_insert_with(|| Bucket {
                 // Sized like the last window that fired: no rehashing as the window fills.
                 accumulators: FastMap::with_capacity_and_hasher(typical, Default::default()),
-                fired: false,
+                fired: passed,
             });
             let acc = match bucket.accumulators.get_mut(&key) {
                 Some(acc) => acc,
@@ -507,7 +511,7 @@ where
     fn restore(&mut self, state: Restored) {
         let Restored::Keyed(chunks) = state else { return };
         for (_, bytes) in chunks {
-            let chunk: WindowChunk<K, W::Acc> = decode(&bytes, "a window");
+            let chunk: WindowChunk<K, W::Acc> = decode_or_fail(&bytes, "a window");
             for (window, fired, entries) in chunk.aligned {
                 let bucket =
                     self.aligned.entry(window).or_insert_with(|| Bucket { accumulators: FastMap::default(), fired });

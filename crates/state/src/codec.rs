@@ -1,0 +1,62 @@
+//! The one encoding of state in snapshots: `postcard` (maintained, compact, serde-based)
+//! for every value an operator, source or sink puts into a checkpoint.
+//!
+//! The encoding carries no type tags, so a changed type is found only when the bytes do
+//! not fit it (they usually do not; a change of `u32` to `u64` can go unnoticed, as
+//! with Flink's POJO-less serializers). A state that no longer decodes is a state written
+//! by another type (the job's code
+//! changed since the checkpoint). Restarting cannot heal that, so [`decode_or_fail`] ends
+//! the operator with a [`StateError`] payload that the runtime turns into an error that
+//! fails the job instead of restarting it.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Restored state that cannot be read as the type the operator asks for.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot read the restored state of {what}: {reason}; it was written by another type (was the state's type \
+     changed since the checkpoint?). Start from a checkpoint written by this version of the job, or give the \
+     operator a new uid and allow non-restored state (its old state is then dropped)"
+)]
+pub struct StateError {
+    /// What the state belongs to.
+    pub what: String,
+    /// Why it did not decode.
+    pub reason: String,
+}
+
+/// Serializes state for a snapshot.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("in-memory state always serializes")
+}
+
+/// Deserializes state from a snapshot; the whole input must be used.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StateError> {
+    let error = |reason: String| StateError { what: what.to_string(), reason };
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(error(format!("{} bytes left over", rest.len()))),
+        Err(e) => Err(error(e.to_string())),
+    }
+}
+
+/// [`decode`], ending the calling operator with the [`StateError`] when it fails (without
+/// running the panic hook: the runtime reports it, once, as the job's error).
+pub fn decode_or_fail<T: DeserializeOwned>(bytes: &[u8], what: &str) -> T {
+    decode(bytes, what).unwrap_or_else(|e| std::panic::resume_unwind(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_another_type_is_an_error_naming_the_fix() {
+        let bytes = encode(&vec![(1u64, "a".to_string())]);
+        assert_eq!(decode::<Vec<(u64, String)>>(&bytes, "x").unwrap(), vec![(1, "a".to_string())]);
+        // A String where a u64 was written: the length it reads runs past the end.
+        let err = decode::<String>(&encode(&u64::MAX), "window 'w'").unwrap_err().to_string();
+        assert!(err.contains("window 'w'") && err.contains("new uid"), "{err}");
+        assert!(decode::<u8>(&encode(&(1u8, 2u8)), "x").unwrap_err().reason.contains("left over"));
+    }
+}
