@@ -165,6 +165,14 @@ impl StreamEnv {
         self.checkpointing("allow_non_restored_state", |c| c.allow_non_restored_state = true)
     }
 
+    /// Lets the job resume when the newest checkpoint whose output was committed cannot be
+    /// read (corrupted, deleted): it then restores the newest readable older one, or starts
+    /// from nothing, and writes again the output committed since, which readers see twice.
+    /// Without it such a job refuses to start and names the damaged checkpoint.
+    pub fn allow_duplicate_output(&self) -> &Self {
+        self.checkpointing("allow_duplicate_output", |c| c.allow_duplicate_output = true)
+    }
+
     /// Installs a failure-injection hook (for tests; see [`sluice_dataflow::Failpoint`]).
     pub fn set_failpoint(&self, failpoint: sluice_dataflow::Failpoint) -> &Self {
         self.checkpointing("set_failpoint", |c| c.failpoint = Some(failpoint))
@@ -211,6 +219,9 @@ impl StreamEnv {
                 }
                 "--allow-non-restored-state" => {
                     self.allow_non_restored_state();
+                }
+                "--allow-duplicates" => {
+                    self.allow_duplicate_output();
                 }
                 _ => {}
             }

@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 const MANIFEST: &str = "_manifest.json";
+/// The commit record: the newest checkpoint whose sink transactions may have been
+/// committed (readers may have seen its output). Written before those commits.
+const COMMITTED: &str = "_committed.json";
 
 /// A storage failure, naming the object.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,16 @@ pub enum StoreError {
     /// A checkpoint is unusable.
     #[error("{0}")]
     Invalid(String),
+    /// Restoring would repeat output that readers have already seen.
+    #[error("{0}")]
+    WouldDuplicate(String),
+}
+
+/// What the commit record holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CommitRecord {
+    /// The newest checkpoint whose output may be committed.
+    checkpoint: u64,
 }
 
 /// What a manifest says about a checkpoint besides its files.
@@ -223,16 +236,113 @@ impl CheckpointStore {
     /// The manifest of a checkpoint or savepoint, verified with its files.
     pub fn manifest(&self, id: u64, savepoint: bool) -> Result<Manifest, String> {
         let folder = self.folder(id, savepoint);
-        let bytes =
-            self.get(&format!("{folder}/{MANIFEST}")).map_err(|_| "no manifest (it never completed)".to_string())?;
+        let bytes = self
+            .get(&format!("{folder}/{MANIFEST}"))
+            .map_err(|_| "no manifest (incomplete, or its manifest was deleted)".to_string())?;
         let manifest = Manifest::parse(&bytes)?;
         self.read_states(&folder, &manifest)?;
         Ok(manifest)
     }
 
+    /// Records, durably and before its transactions are committed, that the output of
+    /// checkpoint `id` may be visible to readers. A later restore refuses to fall back
+    /// past it (see [`CheckpointStore::latest_restorable`]).
+    pub fn record_commit(&self, id: u64) -> Result<(), StoreError> {
+        if self.committed().ok().flatten().is_some_and(|c| c >= id) {
+            return Ok(());
+        }
+        let record = serde_json::to_vec(&CommitRecord { checkpoint: id }).expect("a commit record serializes");
+        self.put(&format!("{}/{COMMITTED}", self.job), record)
+    }
+
+    /// The newest checkpoint whose output may have been committed, if any was.
+    pub fn committed(&self) -> Result<Option<u64>, StoreError> {
+        let path = format!("{}/{COMMITTED}", self.job);
+        match block_on(self.store.get(&Path::from(path.as_str()))) {
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+            Ok(object) => {
+                let bytes = block_on(object.bytes()).map_err(|source| StoreError::Io { path: path.clone(), source })?;
+                let record: CommitRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                    StoreError::Invalid(format!(
+                        "the commit record '{}/{path}' is unreadable ({e}), so it is unknown which checkpoints' \
+                         output readers have seen",
+                        self.location.trim_end_matches('/')
+                    ))
+                })?;
+                Ok(Some(record.checkpoint))
+            }
+        }
+    }
+
+    /// The checkpoint a job resumes from: the newest one that verifies, unless a newer one's
+    /// output was already committed. Falling back past a committed checkpoint (or starting
+    /// from nothing after one) would write that output again, so it is refused with an
+    /// error naming the damaged checkpoint, unless `allow_duplicates` says the user accepts
+    /// those duplicates; then it is done with a warning.
+    pub fn latest_restorable(&self, allow_duplicates: bool) -> Result<Option<LoadedCheckpoint>, StoreError> {
+        let (found, problems) = self.newest_verified()?;
+        let committed = match self.committed() {
+            Ok(c) => c,
+            Err(e) if allow_duplicates => {
+                tracing::warn!("{e}; going on as asked (duplicates accepted)");
+                None
+            }
+            Err(e) => {
+                return Err(StoreError::WouldDuplicate(format!(
+                    "{e}. Refusing to start: if an older checkpoint is restored, output may be written twice. \
+                     To start anyway and accept duplicates, allow restoring before committed output \
+                     (StreamEnv::allow_duplicate_output, or --allow-duplicates)"
+                )))
+            }
+        };
+        let found_id = found.as_ref().map(|f| f.manifest.checkpoint);
+        if let Some(committed) = committed.filter(|c| found_id.is_none_or(|f| f < *c)) {
+            let damaged: Vec<&String> =
+                problems.iter().filter(|p| p.starts_with(&format!("checkpoint {committed}:"))).collect();
+            let what = match damaged.first() {
+                Some(problem) => format!("{problem}"),
+                None => format!("checkpoint {committed} is missing"),
+            };
+            let fallback = match found_id {
+                Some(f) => format!("checkpoint {f}"),
+                None => "nothing (no checkpoint of this job can be read)".to_string(),
+            };
+            let cost = format!(
+                "restoring {fallback} would write again every record committed after it up to checkpoint \
+                 {committed}: readers that already saw that output would see it twice"
+            );
+            if !allow_duplicates {
+                return Err(StoreError::WouldDuplicate(format!(
+                    "cannot resume job '{}' from '{}' exactly once: the output of checkpoint {committed} was already \
+                     committed, but {what}. {cost}. Repair or restore checkpoint {committed}, or accept the duplicates \
+                     explicitly (StreamEnv::allow_duplicate_output, or --allow-duplicates)",
+                    self.job, self.location
+                )));
+            }
+            tracing::warn!(
+                "job '{}': {what}; resuming from {fallback} as asked: {cost}",
+                self.job
+            );
+        } else if found.is_none() && !problems.is_empty() {
+            tracing::warn!(
+                "job '{}': none of its {} checkpoint(s) in '{}' can be read; it starts from nothing (no output of \
+                 theirs was committed)",
+                self.job,
+                problems.len(),
+                self.location
+            );
+        }
+        Ok(found)
+    }
+
     /// The newest checkpoint whose manifest and files verify; a corrupted or partial newer
     /// one is logged (naming the file) and passed over.
     pub fn latest(&self) -> Result<Option<LoadedCheckpoint>, StoreError> {
+        Ok(self.newest_verified()?.0)
+    }
+
+    fn newest_verified(&self) -> Result<(Option<LoadedCheckpoint>, Vec<String>), StoreError> {
         let candidates = self
             .checkpoint_ids()?
             .into_iter()
@@ -240,16 +350,16 @@ impl CheckpointStore {
                 let folder = self.folder(id, false);
                 let manifest = self
                     .get(&format!("{folder}/{MANIFEST}"))
-                    .map_err(|_| format!("no manifest in {folder} (it never completed)"))
+                    .map_err(|_| format!("{folder} has no manifest (the checkpoint is incomplete, or its manifest was deleted)"))
                     .and_then(|bytes| Manifest::parse(&bytes));
                 (id, manifest)
             })
             .collect();
         let (found, problems) = pick_restorable(candidates, |m| self.read_states(&self.folder(m.checkpoint, false), m));
-        for problem in problems {
-            tracing::error!(location = %self.location, "skipping {problem}");
+        for problem in &problems {
+            tracing::warn!(location = %self.location, "skipping {problem}");
         }
-        Ok(found.map(|(manifest, states)| LoadedCheckpoint { manifest, states }))
+        Ok((found.map(|(manifest, states)| LoadedCheckpoint { manifest, states }), problems))
     }
 
     /// Reads the checkpoint or savepoint in folder `path` (as given by a user).
@@ -407,5 +517,82 @@ mod tests {
         assert!(err.contains("has no _manifest.json"), "{err}");
         let err = CheckpointStore::open("s3://bucket/x", "j").err().unwrap().to_string();
         assert!(err.contains("only local folders"), "{err}");
+    }
+
+    /// The ways a disk or an operator damages a checkpoint folder.
+    fn damage(folder: &std::path::Path, how: &str) {
+        let state = folder.join("s1.state");
+        match how {
+            "flipped byte" => {
+                let mut bytes = std::fs::read(&state).unwrap();
+                bytes[7] ^= 0x01;
+                std::fs::write(&state, bytes).unwrap();
+            }
+            "truncated state file" => {
+                let bytes = std::fs::read(&state).unwrap();
+                std::fs::write(&state, &bytes[..bytes.len() / 2]).unwrap();
+            }
+            "deleted state file" => std::fs::remove_file(&state).unwrap(),
+            "deleted manifest" => std::fs::remove_file(folder.join(MANIFEST)).unwrap(),
+            "garbled manifest" => std::fs::write(folder.join(MANIFEST), b"{\"format\": 1, \"job\": ").unwrap(),
+            other => unreachable!("{other}"),
+        }
+    }
+
+    const DAMAGES: [&str; 5] =
+        ["flipped byte", "truncated state file", "deleted state file", "deleted manifest", "garbled manifest"];
+
+    #[test]
+    fn a_damaged_committed_checkpoint_is_never_passed_over_silently() {
+        for how in DAMAGES {
+            let dir = tempfile::tempdir().unwrap();
+            let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+            for id in 1..=3 {
+                write(&store, id);
+            }
+            store.record_commit(2).unwrap();
+            store.record_commit(3).unwrap();
+            store.record_commit(1).unwrap(); // never goes back
+            assert_eq!(store.committed().unwrap(), Some(3));
+            damage(&dir.path().join("job/chk-000000000003"), how);
+            let err = store.latest_restorable(false).err().unwrap().to_string();
+            assert!(
+                err.contains("output of checkpoint 3 was already committed")
+                    && err.contains("restoring checkpoint 2 would write again")
+                    && err.contains("--allow-duplicates"),
+                "{how}: {err}"
+            );
+            assert!(err.contains("checkpoint 3:"), "{how}: the damage is named: {err}");
+            let allowed = store.latest_restorable(true).unwrap().unwrap();
+            assert_eq!(allowed.manifest.checkpoint, 2, "{how}");
+            // Every checkpoint damaged: starting from nothing is refused the same way.
+            damage(&dir.path().join("job/chk-000000000002"), how);
+            damage(&dir.path().join("job/chk-000000000001"), how);
+            let err = store.latest_restorable(false).err().unwrap().to_string();
+            assert!(err.contains("restoring nothing (no checkpoint of this job can be read)"), "{how}: {err}");
+            assert!(store.latest_restorable(true).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn a_damaged_checkpoint_newer_than_the_committed_one_falls_back_quietly() {
+        for how in DAMAGES {
+            let dir = tempfile::tempdir().unwrap();
+            let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+            for id in 1..=3 {
+                write(&store, id);
+            }
+            store.record_commit(2).unwrap();
+            damage(&dir.path().join("job/chk-000000000003"), how);
+            assert_eq!(store.latest_restorable(false).unwrap().unwrap().manifest.checkpoint, 2, "{how}");
+        }
+        // A commit record that cannot be read is refused too: it is unknown what was seen.
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        write(&store, 1);
+        std::fs::write(dir.path().join("job").join(COMMITTED), b"garbage").unwrap();
+        let err = store.latest_restorable(false).err().unwrap().to_string();
+        assert!(err.contains("commit record") && err.contains("--allow-duplicates"), "{err}");
+        assert_eq!(store.latest_restorable(true).unwrap().unwrap().manifest.checkpoint, 1);
     }
 }

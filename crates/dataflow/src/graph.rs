@@ -374,6 +374,10 @@ pub struct CheckpointConfig {
     pub start: StartFrom,
     /// Drop restored state that no operator of the job claims, instead of failing.
     pub allow_non_restored_state: bool,
+    /// Resume from an older checkpoint (or from nothing) even when a newer checkpoint's
+    /// output was committed and that checkpoint cannot be read: the output between them is
+    /// written again (duplicates). Off by default: the job refuses to start.
+    pub allow_duplicate_output: bool,
     /// Injected failures, for tests.
     pub failpoint: Option<Failpoint>,
 }
@@ -403,6 +407,7 @@ impl CheckpointConfig {
             retain: 3,
             start: StartFrom::Latest,
             allow_non_restored_state: false,
+            allow_duplicate_output: false,
             failpoint: None,
         }
     }

@@ -549,7 +549,13 @@ fn complete(graph: &JobGraph, cp: &mut Checkpointing, id: u64, states: &[Subtask
     if let Some(fp) = &cp.config.failpoint {
         fp("commit", id).map_err(TaskError::Checkpoint)?;
     }
-    commit_sinks(graph, &committables_of(states))?;
+    let committables = committables_of(states);
+    if !committables.is_empty() {
+        // Before any reader can see this checkpoint's output: from now on no restore may
+        // fall back past it without saying so.
+        cp.store.record_commit(id).map_err(|e| TaskError::Checkpoint(e.to_string()))?;
+    }
+    commit_sinks(graph, &committables)?;
     for old in to_prune(&cp.completed, cp.config.retain, &[]) {
         cp.completed.retain(|c| *c != old);
     }

@@ -149,7 +149,9 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
         let existing = store.checkpoint_ids().map_err(|e| restore_error(e.to_string()))?;
         start = match &config.start {
             StartFrom::Fresh => None,
-            StartFrom::Latest => store.latest().map_err(|e| restore_error(e.to_string()))?,
+            StartFrom::Latest => {
+                store.latest_restorable(config.allow_duplicate_output).map_err(|e| restore_error(e.to_string()))?
+            }
             StartFrom::Path(path) => Some(CheckpointStore::load_path(path).map_err(|e| restore_error(e.to_string()))?),
         };
         let next_id =
@@ -189,9 +191,18 @@ fn restore_plan(graph: &JobGraph, loaded: &LoadedCheckpoint) -> Result<RestorePl
 
 /// Before an attempt: abort what failed attempts left in the sinks, and commit the
 /// transactions of the checkpoint restored from (again: commits are idempotent).
-fn settle_sinks(graph: &JobGraph, plan: Option<&RestorePlan>) -> Result<(), TaskError> {
+fn settle_sinks(
+    graph: &JobGraph,
+    plan: Option<&RestorePlan>,
+    checkpointing: Option<&Checkpointing>,
+) -> Result<(), TaskError> {
     let empty = Default::default();
     let committables = plan.map(|p| &p.committables).unwrap_or(&empty);
+    if let (Some(plan), Some(cp)) = (plan, checkpointing) {
+        if !committables.is_empty() {
+            cp.store.record_commit(plan.checkpoint).map_err(|e| TaskError::Checkpoint(e.to_string()))?;
+        }
+    }
     for node in graph.nodes.iter().filter(|n| n.imp.kind() == NodeKind::Sink) {
         let keep = committables.get(node.state_id()).cloned().unwrap_or_default();
         node.imp.recover(&keep).map_err(|source| TaskError::Io {
@@ -226,7 +237,7 @@ fn supervise(
             tracing::info!(job = %job, checkpoint = p.checkpoint, "restoring");
             restored_from.get_or_insert(p.checkpoint);
         }
-        let outcome = settle_sinks(&graph, plan.as_ref()).and_then(|()| {
+        let outcome = settle_sinks(&graph, plan.as_ref(), checkpointing.as_ref()).and_then(|()| {
             if plan.as_ref().is_some_and(|p| p.finished) {
                 tracing::info!(job = %job, "the job had already finished: its last output is committed");
                 return Ok(0);
@@ -272,8 +283,10 @@ fn supervise(
                 flags.abort.store(false, Ordering::SeqCst);
                 flags.stop_sources.store(flags.cancelled.load(Ordering::SeqCst), Ordering::SeqCst);
                 if let Some(cp) = &checkpointing {
-                    if let Some(latest) =
-                        cp.store.latest().map_err(|e| JobError::Restore { job: job.clone(), message: e.to_string() })?
+                    if let Some(latest) = cp
+                        .store
+                        .latest_restorable(cp.config.allow_duplicate_output)
+                        .map_err(|e| JobError::Restore { job: job.clone(), message: e.to_string() })?
                     {
                         start = Some(latest);
                     }

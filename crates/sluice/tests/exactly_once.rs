@@ -214,6 +214,96 @@ fn at_least_once_mode_loses_nothing_across_failures_and_retention_keeps_the_newe
     let got: Vec<u64> = committed_lines(&out).iter().map(|l| l.parse().unwrap()).collect();
     let counts = multiset(got);
     assert!((0..70_000u64).all(|v| counts.contains_key(&v)), "every record arrives at least once");
-    let folders = std::fs::read_dir(checkpoints.join("at-least-once")).unwrap().count();
+    let folders = std::fs::read_dir(checkpoints.join("at-least-once"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("chk-"))
+        .count();
     assert!(folders <= 2, "{folders} checkpoints kept, 2 retained");
+}
+
+/// Flips the last byte of the keyed state file of checkpoint `id` of `job`.
+fn flip_keyed_state(checkpoints: &Path, job: &str, id: u64) {
+    let folder = checkpoints.join(job).join(format!("chk-{id:012}"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder.join("_manifest.json")).unwrap()).unwrap();
+    let file = manifest["states"].as_array().unwrap().iter().find(|s| s["kind"] == "keyed").unwrap()["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = folder.join(file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x5a;
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[test]
+fn falling_back_past_a_committed_checkpoint_is_refused_unless_duplicates_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let job = "committed-corrupt";
+    let build = |failpoint: Option<sluice::dataflow::Failpoint>, allow: bool| {
+        let env = StreamEnv::new();
+        env.set_parallelism(2)
+            .set_watermark_interval(Duration::from_millis(20))
+            .enable_checkpointing(Duration::from_millis(40), checkpoints.to_str().unwrap())
+            .set_restart_strategy(RestartStrategy::FixedDelay { attempts: 3, delay: Duration::from_millis(20) });
+        if let Some(fp) = failpoint {
+            env.set_failpoint(fp);
+        }
+        if allow {
+            env.allow_duplicate_output();
+        }
+        env.source(
+            SequenceSource::new(0..N).with_rate_limit(150_000.0),
+            Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
+        )
+        .uid("events")
+        .key_by(|i| key_of(*i))
+        .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
+        .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
+        .uid("counts")
+        .sink(TransactionalFileSink::new(&out))
+        .uid("files");
+        env
+    };
+    // Checkpoint 5 completes; before it commits, checkpoint 4 (committed) and 5 are both
+    // damaged on disk and the job dies. Only checkpoint 3 can be read, but the output of
+    // 4 is already in the committed files.
+    let corrupt = Trigger::new(5);
+    let root = checkpoints.clone();
+    let failpoint: sluice::dataflow::Failpoint = Arc::new(move |point: &str, id: u64| {
+        if point == "commit" && corrupt.hit(id) {
+            flip_keyed_state(&root, job, id - 1);
+            flip_keyed_state(&root, job, id);
+            return Err(format!("injected crash after completing checkpoint {id}"));
+        }
+        Ok(())
+    });
+    let error = build(Some(failpoint), false).execute(job).unwrap_err().to_string();
+    assert!(
+        error.contains("output of checkpoint 4 was already committed")
+            && error.contains("restoring checkpoint 3 would write again")
+            && error.contains("allow_duplicate_output"),
+        "{error}"
+    );
+    let before = committed_lines(&out);
+    assert!(!before.is_empty(), "checkpoint 4's output was committed");
+    // Started again, it still refuses: nothing is written.
+    let again = build(None, false).execute(job).unwrap_err().to_string();
+    assert!(again.contains("checkpoint 4"), "{again}");
+    assert_eq!(committed_lines(&out).len(), before.len());
+    // Accepting the duplicates: the job resumes from 3 and writes what 4 had committed again.
+    let result = build(None, true).execute(job).unwrap();
+    assert_eq!(result.restored_from, Some(3));
+    let got = multiset(committed_lines(&out));
+    let want = multiset(reference());
+    let mut duplicates = 0;
+    for (line, n) in &want {
+        let seen = got.get(line).copied().unwrap_or(0);
+        assert!(seen >= *n, "{line} lost");
+        duplicates += seen - n;
+    }
+    assert!(got.keys().all(|l| want.contains_key(l)), "only reference lines");
+    assert!(duplicates > 0, "the override costs duplicates, as its message says");
 }
