@@ -268,8 +268,9 @@ impl StreamEnv {
     pub(crate) fn add_node(&self, name: &str, inputs: Vec<Edge>, imp: Box<dyn NodeImpl>, chainable: bool) -> NodeId {
         let mut state = self.state.borrow_mut();
         let id = NodeId(state.nodes.len());
-        let name = format!("{name}-{}", id.0);
-        state.nodes.push(Node { id, name, uid: None, parallelism: None, inputs, chainable, imp });
+        let fallback_state_id = format!("{name}-{}", id.0);
+        let name = name.to_string();
+        state.nodes.push(Node { id, name, uid: None, fallback_state_id, parallelism: None, inputs, chainable, imp });
         id
     }
 

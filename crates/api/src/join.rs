@@ -31,8 +31,8 @@ fn tag_and_key<K: Key, T: Data, U: Data>(
     left_key: KeyFn<T, K>,
     right_key: KeyFn<U, K>,
 ) -> KeyedStream<K, JoinSide<T, U>> {
-    let l = left.map(JoinSide::Left).name("join-left");
-    let r = right.map(JoinSide::Right).name("join-right");
+    let l = left.map(JoinSide::Left).internal_name("join-left");
+    let r = right.map(JoinSide::Right).internal_name("join-right");
     l.union(&r).key_by(move |side| match side {
         JoinSide::Left(a) => left_key(a),
         JoinSide::Right(b) => right_key(b),
@@ -150,7 +150,7 @@ impl<K: Key, T: Data, U: Data> WindowJoin<K, T, U> {
                 }
                 out
             })
-            .name("window-join")
+            .internal_name("window-join")
     }
 }
 
@@ -205,7 +205,7 @@ impl<K: Key, T: Data, U: Data> IntervalJoin<K, T, U> {
         let keyed = tag_and_key(&self.left.stream, &self.right.stream, self.left.key_fn, self.right.key_fn);
         keyed
             .process(IntervalJoinFunction { lower: self.lower, upper: self.upper, f: Arc::new(f) })
-            .name("interval-join")
+            .internal_name("interval-join")
     }
 }
 

@@ -67,7 +67,10 @@ impl DataStreamSink {
     }
     /// The sink's display name.
     pub fn name(self, name: &str) -> Self {
-        self.env.with_node(self.node, |n| n.name = name.to_string());
+        self.env.with_node(self.node, |n| {
+            n.name = name.to_string();
+            n.fallback_state_id = name.to_string();
+        });
         self
     }
     /// The sink's parallelism.
@@ -127,10 +130,22 @@ impl<T: Data> DataStream<T> {
         self
     }
 
+    /// Names an operator the API builds for the user (the join's parts): its display
+    /// name only, so that its state id stays unique by position.
+    pub(crate) fn internal_name(self, name: &str) -> Self {
+        if let Some(nodes) = self.single_node("a name") {
+            self.env.with_node(nodes[0], |n| n.name = name.to_string());
+        }
+        self
+    }
+
     /// Sets the operator's display name (used in errors and logs).
     pub fn name(self, name: &str) -> Self {
         if let Some(nodes) = self.single_node("a name") {
-            self.env.with_node(nodes[0], |n| n.name = name.to_string());
+            self.env.with_node(nodes[0], |n| {
+            n.name = name.to_string();
+            n.fallback_state_id = name.to_string();
+        });
         }
         self
     }

@@ -281,10 +281,13 @@ impl<T: Data> NodeImpl for SinkNode<T> {
 pub struct Node {
     /// Its index.
     pub id: NodeId,
-    /// Its display name.
+    /// Its display name: the user's (`.name(..)`), or the operator's kind ("map").
     pub name: String,
     /// The stable id that state is matched by across code changes.
     pub uid: Option<String>,
+    /// The id its state is stored under when it has no uid: the user's name, or the
+    /// kind and the node's position ("map-2"), which names need not be unique for.
+    pub fallback_state_id: String,
     /// Its parallelism; `None` takes the job's default.
     pub parallelism: Option<usize>,
     /// Its inputs.
@@ -296,9 +299,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// The id its state is stored under: the uid, or the name when it has none.
+    /// The id its state is stored under: the uid, or [`Node::fallback_state_id`].
     pub fn state_id(&self) -> &str {
-        self.uid.as_deref().unwrap_or(&self.name)
+        self.uid.as_deref().unwrap_or(&self.fallback_state_id)
     }
 }
 

@@ -11,6 +11,7 @@
 //! idleness, end of input) share one [`Message`] enum on every edge, so a watermark can
 //! never overtake the records before it.
 
+pub mod counters;
 mod error;
 mod exchange;
 mod graph;

@@ -3,6 +3,7 @@
 //! optional bounded read up to the offsets that were latest at the start, and a policy for
 //! messages that cannot be decoded.
 
+use sluice_dataflow::counters::{count, Counter};
 use crate::codec::{DecodeErrorPolicy, Deserializer, KafkaMessage};
 use crate::partition::owner_of;
 use crate::{kafka_io, ConfigError, KafkaConfig};
@@ -516,6 +517,7 @@ impl<T> KafkaReader<T> {
             )),
             DecodeErrorPolicy::Skip => {
                 let n = self.skipped.fetch_add(1, Ordering::Relaxed);
+                count(Counter::RecordSkipped, 1);
                 if n < 10 || n.is_power_of_two() {
                     tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), error = %error, skipped = n + 1, "skipping a message that cannot be decoded");
                 }
@@ -523,6 +525,7 @@ impl<T> KafkaReader<T> {
             }
             DecodeErrorPolicy::DeadLetter(topic) => {
                 self.skipped.fetch_add(1, Ordering::Relaxed);
+                count(Counter::RecordSkipped, 1);
                 let producer = self.dead_letters.as_ref().expect("created for the dead-letter policy");
                 let mut headers = OwnedHeaders::new();
                 for (key, value) in m.headers() {

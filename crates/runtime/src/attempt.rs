@@ -29,6 +29,8 @@ pub(crate) struct Flags {
     pub abort: AtomicBool,
     /// Savepoints asked for through the API, answered with the savepoint's path.
     pub savepoint_requests: Mutex<Vec<Sender<Result<String, String>>>>,
+    /// What the job's tasks counted, over every attempt.
+    pub counters: Arc<sluice_dataflow::counters::JobCounters>,
 }
 
 /// Someone waiting for a savepoint: an API caller, or a command-line request's answer file.
@@ -76,8 +78,21 @@ enum Work {
 type Inbox = (SyncSender<Envelope>, Receiver<Envelope>);
 
 /// The tasks of an attempt, built and not yet started.
+/// Which subtask a task thread runs: its chain's head operator (the user's name) and index.
+struct TaskName {
+    operator: String,
+    subtask: usize,
+    parallelism: usize,
+}
+
+impl std::fmt::Display for TaskName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "'{}' (subtask {} of {})", self.operator, self.subtask, self.parallelism)
+    }
+}
+
 struct Built {
-    work: Vec<(String, Work)>,
+    work: Vec<(TaskName, Work)>,
     barrier_senders: Vec<(usize, Sender<Barrier>)>,
     reports: Receiver<TaskReport>,
 }
@@ -162,7 +177,7 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
                 }
             }
             let head_node = chain.nodes[0];
-            let name = format!("{}#{}", graph.nodes[head_node.0].name, subtask);
+            let name = TaskName { operator: graph.nodes[head_node.0].name.clone(), subtask, parallelism: chain.parallelism };
             let job = match source {
                 Some(task_impl) => {
                     let (tx, rx) = channel();
@@ -280,8 +295,10 @@ pub(crate) fn run_attempt(
     for (name, job) in work {
         let (task_flags, errors) = (flags.clone(), errors.clone());
         let tick = graph.config.tick;
-        let spawned = std::thread::Builder::new().name(format!("sluice:{name}")).spawn(move || {
+        let thread_name = format!("sluice:{}#{}", name.operator, name.subtask);
+        let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
             let flags = task_flags;
+            sluice_dataflow::counters::enter(flags.counters.clone());
             // User code is guarded where it is called, naming its operator; this is the net
             // under everything else, so that no panic can end a task without failing the
             // attempt (the coordinator would otherwise wait for its report forever).
@@ -293,15 +310,15 @@ pub(crate) fn run_attempt(
             }))
             .unwrap_or_else(|payload| {
                 Err(TaskError::Panicked {
-                    operator: name.clone(),
-                    subtask: 0,
-                    parallelism: 1,
+                    operator: name.operator.clone(),
+                    subtask: name.subtask,
+                    parallelism: name.parallelism,
                     message: sluice_dataflow::panic_message(&*payload),
                 })
             });
             if let Err(error) = result {
                 if !error.is_secondary() {
-                    tracing::error!(task = %name, error = %error, "task failed");
+                    tracing::error!("task {name} failed: {error}");
                 }
                 flags.abort.store(true, Ordering::SeqCst);
                 flags.stop_sources.store(true, Ordering::SeqCst);

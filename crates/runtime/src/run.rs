@@ -4,6 +4,7 @@
 use crate::attempt::{commit_sinks, run_attempt, Checkpointing, Flags};
 use crate::restart::RestartTracker;
 use sluice_checkpoint::{plan_restore, CheckpointStore, LoadedCheckpoint, OperatorShape, RestorePlan};
+use sluice_dataflow::counters::Counter;
 use sluice_dataflow::{GraphError, JobGraph, NodeKind, StartFrom, TaskError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -51,6 +52,10 @@ pub struct JobResult {
     pub cancelled: bool,
     /// Restarts after failures.
     pub restarts: u32,
+    /// Records dropped as late by windows without a side output (over every attempt).
+    pub late_records_dropped: u64,
+    /// Records a decode policy skipped or dead-lettered (over every attempt).
+    pub records_skipped: u64,
     /// The checkpoint the job started from, if any.
     pub restored_from: Option<u64>,
     /// Duration and size in bytes of each completed checkpoint.
@@ -168,6 +173,7 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
         cancelled: Default::default(),
         abort: Default::default(),
         savepoint_requests: Default::default(),
+        counters: Default::default(),
     });
     let supervisor_flags = flags.clone();
     let supervisor = std::thread::Builder::new()
@@ -252,6 +258,8 @@ fn supervise(
                     tasks,
                     cancelled: flags.cancelled.load(Ordering::SeqCst),
                     restarts: restarts.restarts(),
+                    late_records_dropped: flags.counters.get(Counter::LateRecordDropped),
+                    records_skipped: flags.counters.get(Counter::RecordSkipped),
                     restored_from,
                     checkpoints: checkpointing.map(|c| c.stats).unwrap_or_default(),
                 })

@@ -306,7 +306,10 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
     fn reject_late(&mut self, value: T, time: Timestamp, out: &mut Output<L::Out>) {
         match L::late(value) {
             Some(late) => out.emit(late, time),
-            None => self.late_dropped += 1,
+            None => {
+                self.late_dropped += 1;
+                crate::counters::count(crate::counters::Counter::LateRecordDropped, 1);
+            }
         }
     }
 
