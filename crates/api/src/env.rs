@@ -270,7 +270,17 @@ impl StreamEnv {
         let id = NodeId(state.nodes.len());
         let fallback_state_id = format!("{name}-{}", id.0);
         let name = name.to_string();
-        state.nodes.push(Node { id, name, uid: None, fallback_state_id, parallelism: None, inputs, chainable, imp });
+        state.nodes.push(Node {
+            id,
+            name,
+            uid: None,
+            requires_timestamps: false,
+            fallback_state_id,
+            parallelism: None,
+            inputs,
+            chainable,
+            imp,
+        });
         id
     }
 

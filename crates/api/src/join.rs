@@ -203,9 +203,11 @@ impl<K: Key, T: Data, U: Data> IntervalJoin<K, T, U> {
             ));
         }
         let keyed = tag_and_key(&self.left.stream, &self.right.stream, self.left.key_fn, self.right.key_fn);
-        keyed
+        let joined = keyed
             .process(IntervalJoinFunction { lower: self.lower, upper: self.upper, f: Arc::new(f) })
-            .internal_name("interval-join")
+            .internal_name("interval-join");
+        joined.requires_timestamps();
+        joined
     }
 }
 

@@ -130,6 +130,14 @@ impl<T: Data> DataStream<T> {
         self
     }
 
+    /// Marks the operator as working in event time: the graph is refused if its input
+    /// carries no timestamps.
+    pub(crate) fn requires_timestamps(&self) {
+        for node in &self.nodes {
+            self.env.with_node(*node, |n| n.requires_timestamps = true);
+        }
+    }
+
     /// Names an operator the API builds for the user (the join's parts): its display
     /// name only, so that its state id stays unique by position.
     pub(crate) fn internal_name(self, name: &str) -> Self {
@@ -143,9 +151,9 @@ impl<T: Data> DataStream<T> {
     pub fn name(self, name: &str) -> Self {
         if let Some(nodes) = self.single_node("a name") {
             self.env.with_node(nodes[0], |n| {
-            n.name = name.to_string();
-            n.fallback_state_id = name.to_string();
-        });
+                n.name = name.to_string();
+                n.fallback_state_id = name.to_string();
+            });
         }
         self
     }

@@ -154,9 +154,15 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
         let key_fn = self.keyed.key_fn.clone();
         let input = &self.keyed.stream;
         match self.late_tag {
-            None => input.then_op(name, move || {
-                WindowOperator::<K, T, W, DropLate>::new(key_fn.clone(), assigner, time, lateness, function())
-            }),
+            None => {
+                let results = input.then_op(name, move || {
+                    WindowOperator::<K, T, W, DropLate>::new(key_fn.clone(), assigner, time, lateness, function())
+                });
+                if time == WindowTime::EventTime {
+                    results.requires_timestamps();
+                }
+                results
+            }
             Some(tag) => {
                 let both: DataStream<WindowOutput<W::Out, T>> = input.then_op(name, move || {
                     WindowOperator::<K, T, W, LateToSideOutput>::new(
@@ -167,6 +173,9 @@ impl<K: Key, T: Data> WindowedStream<K, T> {
                         function(),
                     )
                 });
+                if time == WindowTime::EventTime {
+                    both.requires_timestamps();
+                }
                 let results = both.filter_map(|o| match o {
                     WindowOutput::Result(r) => Some(r),
                     WindowOutput::Late(_) => None,

@@ -117,6 +117,19 @@ impl CheckpointStore {
         Ok(CheckpointStore { store: open_local(location)?, location: location.into(), job: sanitize(job) })
     }
 
+    /// Opens the store for a job that will write checkpoints: also proves that the location
+    /// can be written (a read-only folder is refused now, not at the first checkpoint).
+    pub fn open_for_writing(location: &str, job: &str) -> Result<Self, StoreError> {
+        let store = Self::open(location, job)?;
+        let probe = format!("{}/_write_probe", store.job);
+        store.put(&probe, b"sluice".to_vec()).map_err(|e| StoreError::Location {
+            location: location.into(),
+            message: format!("cannot write checkpoints there ({e}); give a folder this process can write"),
+        })?;
+        let _ = block_on(store.store.delete(&Path::from(probe.as_str())));
+        Ok(store)
+    }
+
     fn folder(&self, id: u64, savepoint: bool) -> String {
         let kind = if savepoint { "savepoint" } else { "chk" };
         format!("{}/{kind}-{id:012}", self.job)
@@ -320,10 +333,7 @@ impl CheckpointStore {
                     self.job, self.location
                 )));
             }
-            tracing::warn!(
-                "job '{}': {what}; resuming from {fallback} as asked: {cost}",
-                self.job
-            );
+            tracing::warn!("job '{}': {what}; resuming from {fallback} as asked: {cost}", self.job);
         } else if found.is_none() && !problems.is_empty() {
             tracing::warn!(
                 "job '{}': none of its {} checkpoint(s) in '{}' can be read; it starts from nothing (no output of \
@@ -350,7 +360,9 @@ impl CheckpointStore {
                 let folder = self.folder(id, false);
                 let manifest = self
                     .get(&format!("{folder}/{MANIFEST}"))
-                    .map_err(|_| format!("{folder} has no manifest (the checkpoint is incomplete, or its manifest was deleted)"))
+                    .map_err(|_| {
+                        format!("{folder} has no manifest (the checkpoint is incomplete, or its manifest was deleted)")
+                    })
                     .and_then(|bytes| Manifest::parse(&bytes));
                 (id, manifest)
             })

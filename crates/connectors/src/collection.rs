@@ -24,6 +24,11 @@ impl<T> CollectionSource<T> {
 }
 
 impl<T: Data + Sync> Source<T> for CollectionSource<T> {
+    /// Records have no event time until a timestamp assigner gives them one.
+    fn has_timestamps(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> String {
         "collection".into()
     }

@@ -81,8 +81,16 @@ impl TextFileSource {
 }
 
 impl Source<String> for TextFileSource {
+    /// Records have no event time until a timestamp assigner gives them one.
+    fn has_timestamps(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> String {
         format!("text file source '{}'", self.path.display())
+    }
+    fn validate(&self) -> Result<(), String> {
+        self.files().map(|_| ()).map_err(|e| e.to_string())
     }
     fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<String>>> {
         let mine = self.splits(parallelism)?.into_iter().skip(index).step_by(parallelism).collect::<Vec<_>>();
@@ -200,9 +208,23 @@ impl<T> TextFileSink<T> {
     }
 }
 
+/// Creates an output folder before the job starts, so that a path that cannot be one (a
+/// regular file on the way, no permission) fails the job at once with the fix.
+pub(crate) fn ensure_output_folder(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create the output folder '{}': {e}; choose a folder that can be created and written",
+            dir.display()
+        )
+    })
+}
+
 impl<T: Display + Send + 'static> Sink<T> for TextFileSink<T> {
     fn name(&self) -> String {
         format!("text file sink '{}'", self.dir.display())
+    }
+    fn validate(&self, _config: &sluice_dataflow::JobConfig) -> Result<(), String> {
+        ensure_output_folder(&self.dir)
     }
     fn create_writer(&self, index: usize, _parallelism: usize) -> io::Result<Box<dyn SinkWriter<T>>> {
         std::fs::create_dir_all(&self.dir)

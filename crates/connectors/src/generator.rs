@@ -71,8 +71,16 @@ impl SequenceSource {
 }
 
 impl Source<u64> for SequenceSource {
+    /// Records have no event time until a timestamp assigner gives them one.
+    fn has_timestamps(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> String {
         "sequence".into()
+    }
+    fn validate(&self) -> Result<(), String> {
+        Source::<u64>::validate(&self.0)
     }
     fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<u64>>> {
         self.0.create_reader(index, parallelism)
@@ -96,15 +104,25 @@ impl<F> GeneratorSource<F> {
 }
 
 impl<T: Send + 'static, F: IndexFn<T>> Source<T> for GeneratorSource<F> {
+    /// Records have no event time until a timestamp assigner gives them one.
+    fn has_timestamps(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> String {
         "generator".into()
     }
-    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>> {
-        if let Some(rate) = self.rate {
-            if rate.is_nan() || rate <= 0.0 {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "the rate limit must be above 0 records/s"));
-            }
+    fn validate(&self) -> Result<(), String> {
+        match self.rate {
+            Some(rate) if !(rate > 0.0 && rate.is_finite()) => Err(format!(
+                "the rate limit is {rate} records/s; give a number above 0 (or no rate limit: with_rate_limit only \
+                 slows a source down)"
+            )),
+            _ => Ok(()),
         }
+    }
+    fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>> {
+        Source::<T>::validate(self).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(Box::new(GeneratorReader {
             next: self.start + index as u64,
             stride: parallelism as u64,

@@ -29,6 +29,11 @@ impl SocketTextSource {
 }
 
 impl Source<String> for SocketTextSource {
+    /// Records have no event time until a timestamp assigner gives them one.
+    fn has_timestamps(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> String {
         format!("socket {}:{}", self.host, self.port)
     }

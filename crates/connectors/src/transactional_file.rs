@@ -65,6 +65,10 @@ impl<T: Display + Send + 'static> Sink<T> for TransactionalFileSink<T> {
         format!("exactly-once file sink '{}'", self.dir.display())
     }
 
+    fn validate(&self, _config: &sluice_dataflow::JobConfig) -> Result<(), String> {
+        crate::file::ensure_output_folder(&self.dir)
+    }
+
     fn create_writer(&self, index: usize, _parallelism: usize) -> io::Result<Box<dyn SinkWriter<T>>> {
         for sub in [IN_PROGRESS, PENDING] {
             fs::create_dir_all(self.dir.join(sub))

@@ -104,7 +104,12 @@ pub trait NodeImpl: Send + Sync {
     ) -> TaskResult<Box<dyn SourceTask>> {
         unreachable!("only source nodes start source tasks")
     }
-    /// Checks the node's settings against the job's (sinks only).
+    /// Whether the records it emits carry event time (sources only): a timestamp assigner,
+    /// or timestamps of the source's own ([`Source::has_timestamps`]).
+    fn provides_timestamps(&self) -> bool {
+        true
+    }
+    /// Checks the node's settings against the job's (sources and sinks).
     fn validate(&self, _config: &JobConfig) -> Result<(), String> {
         Ok(())
     }
@@ -153,6 +158,12 @@ pub struct SourceNode<T> {
 impl<T: Data> NodeImpl for SourceNode<T> {
     fn kind(&self) -> NodeKind {
         NodeKind::Source
+    }
+    fn provides_timestamps(&self) -> bool {
+        self.strategy.timestamps.is_some() || self.source.has_timestamps()
+    }
+    fn validate(&self, _config: &JobConfig) -> Result<(), String> {
+        self.source.validate()
     }
     fn max_parallelism(&self) -> Option<usize> {
         self.source.max_parallelism()
@@ -285,6 +296,9 @@ pub struct Node {
     pub name: String,
     /// The stable id that state is matched by across code changes.
     pub uid: Option<String>,
+    /// Whether it works in event time (an event-time window, an interval join): its input
+    /// must carry timestamps, which [`JobGraph::validate`] checks.
+    pub requires_timestamps: bool,
     /// The id its state is stored under when it has no uid: the user's name, or the
     /// kind and the node's position ("map-2"), which names need not be unique for.
     pub fallback_state_id: String,
@@ -543,6 +557,24 @@ impl JobGraph {
             ));
         }
         let mut uids = HashSet::new();
+        // Records carry event time from a source that gives it on; operators keep their
+        // input's (a union needs it on every input).
+        let mut stamped = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let has = match node.imp.kind() {
+                NodeKind::Source => node.imp.provides_timestamps(),
+                _ => node.inputs.iter().all(|e| stamped.get(e.from.0).copied().unwrap_or(false)),
+            };
+            stamped.push(has);
+            if node.requires_timestamps && !has {
+                return Err(GraphError(format!(
+                    "'{}' works in event time but its input has no timestamps; give the source a watermark strategy \
+                     that assigns them (Watermarks::bounded(..).with_timestamps(|e| ..)), or use a processing-time \
+                     window",
+                    node.name
+                )));
+            }
+        }
         for node in &self.nodes {
             let p = self.parallelism_of(node.id);
             if p == 0 {

@@ -23,7 +23,7 @@ pub mod snapshot;
 mod source;
 pub mod testing;
 
-pub use error::{GraphError, TaskError, TaskResult};
+pub use error::{fail_unrecoverable, GraphError, TaskError, TaskResult, Unrecoverable};
 pub use exchange::{ErasedInput, Target};
 pub use graph::{
     AnyInput, CheckpointConfig, CheckpointMode, Edge, Failpoint, JobConfig, JobGraph, Node, NodeId, NodeImpl, NodeKind,

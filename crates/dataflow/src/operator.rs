@@ -148,11 +148,18 @@ pub fn guard_panic<R>(info: &SubtaskInfo, f: impl FnOnce() -> R) -> TaskResult<R
             subtask: info.index,
             message: state.to_string(),
         },
-        Err(payload) => TaskError::Panicked {
-            operator: info.operator.to_string(),
-            subtask: info.index,
-            parallelism: info.parallelism,
-            message: panic_message(&*payload),
+        Err(payload) => match payload.downcast::<crate::error::Unrecoverable>() {
+            Ok(failure) => TaskError::Unrecoverable {
+                operator: info.operator.to_string(),
+                subtask: info.index,
+                message: failure.0,
+            },
+            Err(payload) => TaskError::Panicked {
+                operator: info.operator.to_string(),
+                subtask: info.index,
+                parallelism: info.parallelism,
+                message: panic_message(&*payload),
+            },
         },
     })
 }

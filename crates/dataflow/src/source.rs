@@ -32,6 +32,18 @@ pub trait Source<T>: Send + Sync + 'static {
     fn max_parallelism(&self) -> Option<usize> {
         None
     }
+    /// Whether its records carry timestamps of their own (a Kafka record's), so that event
+    /// time works without a timestamp assigner. A source that knows its records have none
+    /// says `false`, and an event-time window behind it without an assigner is refused
+    /// when the graph is built rather than when the first record arrives.
+    fn has_timestamps(&self) -> bool {
+        true
+    }
+    /// Checks what can be checked before the job starts (an input that exists, settings
+    /// in range); the message says what to change.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// The reader of subtask `index` of `parallelism`: it reads its share of the input.
     fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>>;
 }

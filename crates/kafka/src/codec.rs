@@ -148,7 +148,13 @@ pub fn text_value() -> impl Fn(String) -> ProducerRecord + Send + Sync + 'static
 /// Writes values as JSON, without a key.
 pub fn json_value<T: Serialize>() -> impl Fn(T) -> ProducerRecord + Send + Sync + 'static {
     |v| ProducerRecord {
-        value: Some(serde_json::to_vec(&v).expect("a value serde can describe encodes as JSON")),
+        value: Some(serde_json::to_vec(&v).unwrap_or_else(|e| {
+            // The same value never encodes: fail the job with the reason, do not restart it.
+            sluice_dataflow::fail_unrecoverable(format!(
+                "a value cannot be written as JSON: {e}; JSON object keys must be strings or numbers (convert a \
+                 map's keys, or write the value with another serializer)"
+            ))
+        })),
         ..Default::default()
     }
 }
@@ -183,5 +189,25 @@ pub fn record<V>(
         key: r.key,
         headers: r.headers.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect(),
         value: value(r.value).value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_value_json_cannot_write_fails_without_a_panic_message_dump() {
+        let serialize = json_value::<BTreeMap<(u8, u8), u8>>();
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            serialize(BTreeMap::from([((1, 2), 3)]));
+        }))
+        .unwrap_err();
+        let failure = payload.downcast::<sluice_dataflow::Unrecoverable>().expect("an unrecoverable failure");
+        assert!(failure.0.contains("JSON object keys must be strings"), "{}", failure.0);
+        // Keys that are numbers are written as JSON strings.
+        let record = json_value::<BTreeMap<u8, u8>>()(BTreeMap::from([(1, 2)]));
+        assert_eq!(record.value.as_deref(), Some(&b"{\"1\":2}"[..]));
     }
 }

@@ -39,12 +39,31 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Connection settings shared by sources and sinks.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct KafkaConfig {
     /// `host:port[,host:port...]`.
     pub bootstrap_servers: String,
     /// Extra librdkafka properties, applied last.
     pub properties: Vec<(String, String)>,
+    /// How long the check before the job starts waits for the brokers to answer
+    /// ([`DEFAULT_CONNECT_TIMEOUT`] unless set): a wrong address or a broker that is down
+    /// is reported after this long, with the address.
+    pub connect_timeout: Duration,
+}
+
+/// The default of [`KafkaConfig::connect_timeout`]: 10 s covers a broker that is starting or
+/// a slow network, and is short enough that a wrong address is reported while the user
+/// is still looking (librdkafka's own request timeouts run to a minute).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: String::new(),
+            properties: Vec::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
 }
 
 impl KafkaConfig {
@@ -60,6 +79,22 @@ impl KafkaConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap_servers).set("log_level", "4");
         config
+    }
+
+    /// The topic metadata of the cluster, within the connect timeout; the error names the
+    /// address and what to check.
+    fn reachable_metadata(&self, topic: Option<&str>) -> Result<rdkafka::metadata::Metadata, String> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let mut config = self.client_config();
+        self.apply_properties(&mut config);
+        let client: BaseConsumer = config.create().map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+        client.fetch_metadata(topic, self.connect_timeout).map_err(|e| {
+            format!(
+                "cannot reach Kafka at {} within {:?}: {e}; is the broker running at that address? (the wait is \
+                 .connect_timeout(..))",
+                self.bootstrap_servers, self.connect_timeout
+            )
+        })
     }
 
     fn apply_properties(&self, config: &mut ClientConfig) {

@@ -154,6 +154,12 @@ impl<T> KafkaSinkBuilder<T> {
         self.client.bootstrap_servers = servers.to_string();
         self
     }
+    /// How long the check before the job starts waits for the brokers (default
+    /// [`crate::DEFAULT_CONNECT_TIMEOUT`], 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.client.connect_timeout = timeout;
+        self
+    }
     /// The topic written to (it must exist).
     pub fn topic(mut self, topic: &str) -> Self {
         self.topic = Some(topic.to_string());
@@ -299,6 +305,7 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
 
     fn validate(&self, config: &JobConfig) -> Result<(), String> {
         let s = &self.settings;
+        s.client.reachable_metadata(Some(&s.topic))?;
         let (brokers, partitions) = s.cluster().map_err(|e| {
             format!("cannot reach Kafka at {}: {e}; is the broker running?", s.client.bootstrap_servers)
         })?;

@@ -3,7 +3,6 @@
 //! optional bounded read up to the offsets that were latest at the start, and a policy for
 //! messages that cannot be decoded.
 
-use sluice_dataflow::counters::{count, Counter};
 use crate::codec::{DecodeErrorPolicy, Deserializer, KafkaMessage};
 use crate::partition::owner_of;
 use crate::{kafka_io, ConfigError, KafkaConfig};
@@ -13,6 +12,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use sluice_dataflow::counters::{count, Counter};
 use sluice_dataflow::{Poll, Source, SourceReader, SplitEvent, SplitRun};
 use sluice_types::{Record, NO_TIMESTAMP};
 use std::collections::HashMap;
@@ -119,6 +119,12 @@ impl<T> KafkaSourceBuilder<T> {
     /// The brokers to bootstrap from, `host:port[,host:port...]`.
     pub fn bootstrap_servers(mut self, servers: &str) -> Self {
         self.client.bootstrap_servers = servers.to_string();
+        self
+    }
+    /// How long the check before the job starts waits for the brokers (default
+    /// [`crate::DEFAULT_CONNECT_TIMEOUT`], 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.client.connect_timeout = timeout;
         self
     }
     /// Reads these topics.
@@ -245,6 +251,26 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
             Some(p) => format!("kafka source /{}/", p.as_str()),
             None => format!("kafka source {}", s.topics.join(",")),
         }
+    }
+
+    /// The brokers answer within the connect timeout and every named topic exists.
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.settings;
+        let metadata = s.client.reachable_metadata(None)?;
+        for t in &s.topics {
+            if !metadata.topics().iter().any(|m| m.name() == t && m.error().is_none()) {
+                return Err(format!(
+                    "Kafka topic '{t}' does not exist at {}; create it or fix the topic name",
+                    s.client.bootstrap_servers
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Kafka records carry their own timestamps (producer or broker time).
+    fn has_timestamps(&self) -> bool {
+        true
     }
 
     fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>> {

@@ -177,7 +177,8 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
                 }
             }
             let head_node = chain.nodes[0];
-            let name = TaskName { operator: graph.nodes[head_node.0].name.clone(), subtask, parallelism: chain.parallelism };
+            let name =
+                TaskName { operator: graph.nodes[head_node.0].name.clone(), subtask, parallelism: chain.parallelism };
             let job = match source {
                 Some(task_impl) => {
                     let (tx, rx) = channel();

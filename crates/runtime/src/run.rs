@@ -150,7 +150,8 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
     let mut checkpointing = None;
     let mut start = None;
     if let Some(config) = graph.config.checkpointing.clone() {
-        let store = CheckpointStore::open(&config.location, &graph.name).map_err(|e| restore_error(e.to_string()))?;
+        let store = CheckpointStore::open_for_writing(&config.location, &graph.name)
+            .map_err(|e| restore_error(e.to_string()))?;
         let existing = store.checkpoint_ids().map_err(|e| restore_error(e.to_string()))?;
         start = match &config.start {
             StartFrom::Fresh => None,
