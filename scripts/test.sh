@@ -40,4 +40,6 @@ echo "== cargo test"
 # The integration tests run several multi-threaded jobs each; two test threads keep a
 # 2-core machine responsive without serialising everything.
 cargo test --workspace --locked -- --test-threads=2
+echo "== time arithmetic at the ends of i64, in release mode (overflow wraps silently there)"
+cargo test --release --locked -p sluice --test time_limits
 echo "all tests passed"

@@ -250,28 +250,28 @@ where
                     .list_state::<(Timestamp, U)>(RIGHT)
                     .get()
                     .iter()
-                    .filter(|(t, _)| *t >= time + lower && *t <= time + upper)
+                    .filter(|(t, _)| *t >= time.saturating_add(lower) && *t <= time.saturating_add(upper))
                     .map(|(t, right)| (f(&left, right), time.max(*t)))
                     .collect();
                 for (out, at) in pairs {
                     ctx.emit_at(out, at);
                 }
                 ctx.list_state::<(Timestamp, T)>(LEFT).add((time, left));
-                ctx.register_event_time_timer(time + upper.max(0));
+                ctx.register_event_time_timer(time.saturating_add(upper.max(0)));
             }
             JoinSide::Right(right) => {
                 let pairs: Vec<(O, Timestamp)> = ctx
                     .list_state::<(Timestamp, T)>(LEFT)
                     .get()
                     .iter()
-                    .filter(|(t, _)| time >= *t + lower && time <= *t + upper)
+                    .filter(|(t, _)| time >= t.saturating_add(lower) && time <= t.saturating_add(upper))
                     .map(|(t, left)| (f(left, &right), time.max(*t)))
                     .collect();
                 for (out, at) in pairs {
                     ctx.emit_at(out, at);
                 }
                 ctx.list_state::<(Timestamp, U)>(RIGHT).add((time, right));
-                ctx.register_event_time_timer(time - lower.min(0));
+                ctx.register_event_time_timer(time.saturating_sub(lower.min(0)));
             }
         }
     }
@@ -280,7 +280,7 @@ where
         // A left record can still meet right records up to its time + upper; a right
         // record can still meet left records down to its time - lower.
         let (lower, upper) = (self.lower, self.upper);
-        ctx.list_state::<(Timestamp, T)>(LEFT).retain(|(t, _)| t + upper.max(0) > time);
-        ctx.list_state::<(Timestamp, U)>(RIGHT).retain(|(t, _)| t - lower.min(0) > time);
+        ctx.list_state::<(Timestamp, T)>(LEFT).retain(|(t, _)| t.saturating_add(upper.max(0)) > time);
+        ctx.list_state::<(Timestamp, U)>(RIGHT).retain(|(t, _)| t.saturating_sub(lower.min(0)) > time);
     }
 }

@@ -4,7 +4,7 @@
 use crate::error::{TaskError, TaskResult};
 use crate::operator::{guard_panic, now_millis, Input, SubtaskInfo};
 use crate::snapshot::{Barrier, OperatorState, SubtaskState};
-use sluice_types::{Record, Timestamp, MAX_WATERMARK, MIN_WATERMARK, NO_TIMESTAMP};
+use sluice_types::{Record, Timestamp, MAX_TIMESTAMP, MAX_WATERMARK, MIN_TIMESTAMP, MIN_WATERMARK, NO_TIMESTAMP};
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -235,8 +235,11 @@ impl WatermarkGenerator {
         }
         match self.kind {
             WatermarkKind::None => MIN_WATERMARK,
-            WatermarkKind::Monotonic => self.max_timestamp - 1,
-            WatermarkKind::Bounded(bound) => self.max_timestamp - bound.as_millis() as Timestamp - 1,
+            WatermarkKind::Monotonic => self.max_timestamp.saturating_sub(1),
+            WatermarkKind::Bounded(bound) => {
+                let bound = Timestamp::try_from(bound.as_millis()).unwrap_or(Timestamp::MAX);
+                self.max_timestamp.saturating_sub(bound).saturating_sub(1)
+            }
         }
     }
 }
@@ -375,11 +378,28 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 Poll::Ready => {
                     if !batch.is_empty() {
                         if let Some(assign) = &self.strategy.timestamps {
-                            guard_panic(&self.info, || {
+                            let out_of_range = guard_panic(&self.info, || {
+                                let mut out_of_range = None;
                                 for record in batch.iter_mut() {
                                     record.time = assign(&record.value);
+                                    if !(MIN_TIMESTAMP..=MAX_TIMESTAMP).contains(&record.time) {
+                                        out_of_range = Some(record.time);
+                                    }
                                 }
+                                out_of_range
                             })?;
+                            if let Some(time) = out_of_range {
+                                // The same record gets the same timestamp after a restart.
+                                return Err(TaskError::Unrecoverable {
+                                    operator: self.info.operator.to_string(),
+                                    subtask: self.info.index,
+                                    message: format!(
+                                        "the timestamp assigner returned {time}, outside the valid event time \
+                                         {MIN_TIMESTAMP}..={MAX_TIMESTAMP} (i64::MIN marks \"no timestamp\" and \
+                                         i64::MAX the end of input); clamp or fix the timestamps"
+                                    ),
+                                });
+                            }
                         }
                         if self.strategy.kind != WatermarkKind::None {
                             if per_split {

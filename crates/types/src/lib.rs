@@ -13,7 +13,9 @@ pub use hash::{stable_hash, MapHasher, StableHasher};
 pub use keygroup::{
     key_group_of, key_group_range, subtask_for_key_group, KeyGroup, KeyGroupRange, DEFAULT_MAX_PARALLELISM,
 };
-pub use time::{Record, TimeWindow, Timestamp, MAX_WATERMARK, MIN_WATERMARK, NO_TIMESTAMP};
+pub use time::{
+    Record, TimeWindow, Timestamp, MAX_TIMESTAMP, MAX_WATERMARK, MIN_TIMESTAMP, MIN_WATERMARK, NO_TIMESTAMP,
+};
 
 use serde::{de::DeserializeOwned, Serialize};
 use std::hash::Hash;

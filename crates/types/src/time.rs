@@ -1,4 +1,11 @@
 //! Event time: timestamps in milliseconds, watermarks and the time window type.
+//!
+//! Event timestamps lie in [`MIN_TIMESTAMP`]`..=`[`MAX_TIMESTAMP`]: the two values outside
+//! are markers (no timestamp, the end of input), and a timestamp assigner that returns
+//! one fails the job with that range in its message. Arithmetic on times saturates at the
+//! ends of `i64`: a window that would end after `i64::MAX` ends at `i64::MAX`, one that
+//! would start before `i64::MIN` starts there, so records near the limits still land in
+//! a window that contains them, and nothing wraps around.
 
 use serde::{Deserialize, Serialize};
 
@@ -7,6 +14,11 @@ pub type Timestamp = i64;
 
 /// The timestamp of a record that carries none (no timestamp assigner, no native time).
 pub const NO_TIMESTAMP: Timestamp = i64::MIN;
+/// The earliest event timestamp a record can have (`i64::MIN` means "no timestamp").
+pub const MIN_TIMESTAMP: Timestamp = i64::MIN + 1;
+/// The latest event timestamp a record can have (`i64::MAX` is the final watermark, which
+/// a window or timer must be able to lie below).
+pub const MAX_TIMESTAMP: Timestamp = i64::MAX - 1;
 /// The watermark before any has been seen.
 pub const MIN_WATERMARK: Timestamp = i64::MIN;
 /// The final watermark of a bounded stream: every event-time window and timer fires.
@@ -49,7 +61,7 @@ impl TimeWindow {
     /// The largest timestamp that belongs to the window; results carry it as their time,
     /// and the window fires when the watermark reaches it.
     pub fn max_timestamp(&self) -> Timestamp {
-        self.end - 1
+        self.end.saturating_sub(1)
     }
 
     /// Whether the two windows overlap or touch (session windows merge such windows).

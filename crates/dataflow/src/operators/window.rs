@@ -57,18 +57,21 @@ impl WindowAssigner {
     pub fn assign(&self, timestamp: Timestamp, out: &mut Vec<TimeWindow>) {
         match *self {
             WindowAssigner::Tumbling { size, offset } => {
-                let start = timestamp - (timestamp - offset).rem_euclid(size);
-                out.push(TimeWindow::new(start, start + size));
+                let start = window_start(timestamp, offset, size);
+                out.push(TimeWindow::new(start, start.saturating_add(size)));
             }
             WindowAssigner::Sliding { size, slide, offset } => {
-                let last_start = timestamp - (timestamp - offset).rem_euclid(slide);
-                let mut start = last_start;
-                while start > timestamp - size {
-                    out.push(TimeWindow::new(start, start + size));
-                    start -= slide;
+                let mut start = window_start(timestamp, offset, slide);
+                // Starts are compared in i128: `timestamp - size` may lie below i64::MIN.
+                while start as i128 > timestamp as i128 - size as i128 {
+                    out.push(TimeWindow::new(start, start.saturating_add(size)));
+                    match start.checked_sub(slide) {
+                        Some(next) => start = next,
+                        None => break,
+                    }
                 }
             }
-            WindowAssigner::Session { gap } => out.push(TimeWindow::new(timestamp, timestamp + gap)),
+            WindowAssigner::Session { gap } => out.push(TimeWindow::new(timestamp, timestamp.saturating_add(gap))),
         }
     }
 
@@ -76,6 +79,13 @@ impl WindowAssigner {
     pub fn is_merging(&self) -> bool {
         matches!(self, WindowAssigner::Session { .. })
     }
+}
+
+/// The start of the aligned window of length `size` (shifted by `offset`) holding
+/// `timestamp`, computed without overflow: near `i64::MIN` it is clamped there.
+fn window_start(timestamp: Timestamp, offset: i64, size: i64) -> Timestamp {
+    let (t, offset, size) = (timestamp as i128, offset as i128, size as i128);
+    (t - (t - offset).rem_euclid(size)).max(i64::MIN as i128) as Timestamp
 }
 
 /// What a window computes: an accumulator per key and window, and what it emits.
@@ -354,7 +364,7 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
             WindowAssigner::Session { gap } => gap,
             _ => unreachable!("only session windows merge"),
         };
-        let fresh = TimeWindow::new(time, time + gap);
+        let fresh = TimeWindow::new(time, time.saturating_add(gap));
         let existing = self.sessions.remove(&key).unwrap_or_default();
         let (hits, mut kept): (Vec<_>, Vec<_>) = existing.into_iter().partition(|s| s.window.intersects(&fresh));
         if hits.is_empty() && self.is_late(&fresh) {
