@@ -55,7 +55,7 @@ pub mod prelude {
         CheckpointMode, RestartStrategy, Sink, SinkWriter, Source, SourceReader, StartFrom, Watermarks,
     };
     pub use sluice_state::TimeDomain;
-    pub use sluice_types::{Record, TimeWindow, Timestamp};
+    pub use sluice_types::{stable_hash_fields, Record, StableHash, TimeWindow, Timestamp};
 }
 
 /// Runs a job built in a [`StreamEnv`] on the local runtime (threads of this process).

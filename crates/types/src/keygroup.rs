@@ -21,7 +21,7 @@ pub type KeyGroupRange = Range<u32>;
 
 /// The key group of `key` when there are `max_parallelism` groups.
 #[inline]
-pub fn key_group_of<K: Hash + ?Sized>(key: &K, max_parallelism: usize) -> KeyGroup {
+pub fn key_group_of<K: crate::StableHash + ?Sized>(key: &K, max_parallelism: usize) -> KeyGroup {
     KeyGroup((stable_hash(key) % max_parallelism as u64) as u32)
 }
 

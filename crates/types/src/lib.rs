@@ -9,7 +9,7 @@ mod hash;
 mod keygroup;
 mod time;
 
-pub use hash::{stable_hash, MapHasher, StableHasher};
+pub use hash::{stable_hash, Bytes, MapHasher, StableHash, StableHasher};
 pub use keygroup::{
     key_group_of, key_group_range, subtask_for_key_group, KeyGroup, KeyGroupRange, DEFAULT_MAX_PARALLELISM,
 };
@@ -27,8 +27,8 @@ impl<T: Clone + Send + Serialize + DeserializeOwned + 'static> Data for T {}
 
 /// What a key of a keyed stream satisfies: data that can be hashed (stably, see
 /// [`stable_hash`]) and compared.
-pub trait Key: Data + Hash + Eq {}
-impl<T: Data + Hash + Eq> Key for T {}
+pub trait Key: Data + Hash + Eq + StableHash {}
+impl<T: Data + Hash + Eq + StableHash> Key for T {}
 
 /// A hash map with Sluice's fast, deterministic hasher (seeded apart from the key-group
 /// hash so that a subtask's keys still spread over all buckets).
