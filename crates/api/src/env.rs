@@ -81,6 +81,13 @@ impl StreamEnv {
         self
     }
 
+    /// The most bytes a batch between tasks holds (default 256 KiB): with large records,
+    /// batches are cut shorter so that in-flight data stays bounded in bytes.
+    pub fn set_max_batch_bytes(&self, bytes: usize) -> &Self {
+        self.state.borrow_mut().config.max_batch_bytes = bytes;
+        self
+    }
+
     /// How often sources emit watermarks (default 200 ms).
     pub fn set_watermark_interval(&self, interval: Duration) -> &Self {
         self.state.borrow_mut().config.watermark_interval = interval;

@@ -27,6 +27,57 @@ impl Target {
     }
 }
 
+/// How many records a batch may hold: the configured batch size, or fewer when records
+/// are large, so that a batch stays under `max_batch_bytes`. The weight of a record is
+/// estimated from a few records of each batch that passes (their encoded length, at least
+/// their in-memory size), which costs three size computations a batch.
+pub(crate) struct BatchLimit<T> {
+    record_bytes: fn(&T) -> usize,
+    max_records: usize,
+    max_bytes: usize,
+    records: usize,
+}
+
+impl<T> Clone for BatchLimit<T> {
+    fn clone(&self) -> Self {
+        BatchLimit { ..*self }
+    }
+}
+
+impl<T: serde::Serialize> BatchLimit<T> {
+    pub(crate) fn new(info: &crate::SubtaskInfo) -> Self {
+        BatchLimit {
+            record_bytes: sluice_state::codec::encoded_len::<T>,
+            max_records: info.batch_size.max(1),
+            max_bytes: info.max_batch_bytes.max(1),
+            // Until a record has been weighed, start small: a first batch of a thousand
+            // 100 MB records must not be asked for.
+            records: info.batch_size.clamp(1, 64),
+        }
+    }
+}
+
+impl<T> BatchLimit<T> {
+    /// Records per batch now.
+    #[inline]
+    pub(crate) fn records(&self) -> usize {
+        self.records
+    }
+
+    /// Weighs a few records of `batch` and adjusts the limit.
+    #[inline]
+    pub(crate) fn observe(&mut self, batch: &[Record<T>]) {
+        let Some(last) = batch.len().checked_sub(1) else { return };
+        let weight = [0, last / 2, last]
+            .iter()
+            .map(|&i| (self.record_bytes)(&batch[i].value))
+            .max()
+            .unwrap_or(0)
+            .max(std::mem::size_of::<Record<T>>());
+        self.records = (self.max_bytes / weight).clamp(1, self.max_records);
+    }
+}
+
 /// How one edge routes records.
 pub(crate) enum Route<T> {
     /// Whole batches round-robin over the targets (one target: forward).
@@ -42,37 +93,33 @@ pub(crate) struct EdgeWriter<T> {
     route: Route<T>,
     targets: Vec<Target>,
     buffers: Vec<Vec<Record<T>>>,
-    batch_size: usize,
+    limit: BatchLimit<T>,
 }
 
 impl<T: Clone + Send + 'static> EdgeWriter<T> {
-    pub(crate) fn round_robin(targets: Vec<Target>, batch_size: usize) -> Self {
-        Self::with_route(Route::RoundRobin { next: 0 }, targets, batch_size)
+    pub(crate) fn round_robin(targets: Vec<Target>, limit: BatchLimit<T>) -> Self {
+        Self::with_route(Route::RoundRobin { next: 0 }, targets, limit)
     }
 
-    pub(crate) fn broadcast(targets: Vec<Target>, batch_size: usize) -> Self {
-        Self::with_route(Route::Broadcast, targets, batch_size)
+    pub(crate) fn broadcast(targets: Vec<Target>, limit: BatchLimit<T>) -> Self {
+        Self::with_route(Route::Broadcast, targets, limit)
     }
 
     pub(crate) fn hashed(
         hash: Arc<dyn Fn(&T) -> u64 + Send + Sync>,
         targets: Vec<Target>,
         max_parallelism: usize,
-        batch_size: usize,
+        limit: BatchLimit<T>,
     ) -> Self {
         let owner_of_group = (0..max_parallelism)
             .map(|g| subtask_for_key_group(KeyGroup(g as u32), max_parallelism, targets.len()) as u32)
             .collect();
-        Self::with_route(
-            Route::Hash { hash, owner_of_group, max_parallelism: max_parallelism as u64 },
-            targets,
-            batch_size,
-        )
+        Self::with_route(Route::Hash { hash, owner_of_group, max_parallelism: max_parallelism as u64 }, targets, limit)
     }
 
-    fn with_route(route: Route<T>, targets: Vec<Target>, batch_size: usize) -> Self {
+    fn with_route(route: Route<T>, targets: Vec<Target>, limit: BatchLimit<T>) -> Self {
         let buffers = targets.iter().map(|_| Vec::new()).collect();
-        EdgeWriter { route, targets, buffers, batch_size }
+        EdgeWriter { route, targets, buffers, limit }
     }
 
     fn send_batch(&self, target: usize, batch: Vec<Record<T>>) -> TaskResult {
@@ -80,6 +127,23 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
     }
 
     fn write(&mut self, batch: Vec<Record<T>>) -> TaskResult {
+        self.limit.observe(&batch);
+        let limit = self.limit.records();
+        if batch.len() > limit && !matches!(self.route, Route::Hash { .. } if self.targets.len() > 1) {
+            // Large records: cut the batch so no channel holds more than its bytes allow.
+            let mut records = batch.into_iter();
+            loop {
+                let chunk: Vec<Record<T>> = records.by_ref().take(limit).collect();
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                self.write_within_limit(chunk)?;
+            }
+        }
+        self.write_within_limit(batch)
+    }
+
+    fn write_within_limit(&mut self, batch: Vec<Record<T>>) -> TaskResult {
         match &mut self.route {
             Route::RoundRobin { next } => {
                 let target = *next;
@@ -96,15 +160,16 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
                 if self.targets.len() == 1 {
                     return self.targets[0].send(Message::Data(Box::new(batch)));
                 }
+                let limit = self.limit.records();
                 for record in batch {
                     let group = (hash(&record.value) % *max_parallelism) as usize;
                     let target = owner_of_group[group] as usize;
                     let buffer = &mut self.buffers[target];
                     if buffer.capacity() == 0 {
-                        buffer.reserve_exact(self.batch_size);
+                        buffer.reserve_exact(limit);
                     }
                     buffer.push(record);
-                    if buffer.len() >= self.batch_size {
+                    if buffer.len() >= limit {
                         let full = std::mem::take(buffer);
                         self.targets[target].send(Message::Data(Box::new(full)))?;
                     }

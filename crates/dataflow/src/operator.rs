@@ -31,6 +31,8 @@ pub struct SubtaskInfo {
     pub max_parallelism: usize,
     /// Records per batch.
     pub batch_size: usize,
+    /// Bytes per batch between tasks, at most ([`crate::JobConfig::max_batch_bytes`]).
+    pub max_batch_bytes: usize,
 }
 
 /// The receiving end of a stage in a chain: the next operator, a sink or an exchange.

@@ -283,6 +283,8 @@ pub trait SourceTask: Send {
 /// Drives one source subtask: polls its reader, assigns timestamps, emits periodic
 /// watermarks and idleness, and ends with the final watermark when the input ends.
 pub struct SourceRunner<T> {
+    /// How many records a poll may return (fewer when records are large).
+    pub(crate) limit: crate::exchange::BatchLimit<T>,
     /// The subtask's reader.
     pub reader: Box<dyn SourceReader<T>>,
     /// Timestamps, watermarks and idleness.
@@ -338,7 +340,7 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
         let mut last_tick = Instant::now();
         let mut last_record = Instant::now();
         let mut idle = false;
-        let batch_size = self.info.batch_size;
+
         let mut split_marks =
             SplitWatermarks { kind: self.strategy.kind, splits: HashMap::new(), runs: Vec::new(), events: Vec::new() };
         let mut per_split = false;
@@ -352,6 +354,7 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
             if let Some(barrier) = control.barriers.as_ref().and_then(|b| b.try_recv().ok()) {
                 self.inject(barrier, control)?;
             }
+            let batch_size = self.limit.records();
             let mut batch = Vec::with_capacity(batch_size);
             // The reader is the user's (or a connector's) code: a panic in it fails the
             // job like a panic in any operator, naming the source and subtask.
@@ -376,6 +379,7 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
             }
             match poll {
                 Poll::Ready => {
+                    self.limit.observe(&batch);
                     if !batch.is_empty() {
                         if let Some(assign) = &self.strategy.timestamps {
                             let out_of_range = guard_panic(&self.info, || {

@@ -92,6 +92,7 @@ impl<In: Send + 'static, Out: Send + 'static> OperatorHarness<In, Out> {
             parallelism: 1,
             max_parallelism: sluice_types::DEFAULT_MAX_PARALLELISM,
             batch_size: 1024,
+            max_batch_bytes: crate::graph::DEFAULT_MAX_BATCH_BYTES,
         };
         let link = Link::new(Box::new(operator), Box::new(Capture(events.clone())), info);
         OperatorHarness { link, events }

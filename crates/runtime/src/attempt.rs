@@ -127,6 +127,7 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
                 parallelism: chain.parallelism,
                 max_parallelism: config.max_parallelism,
                 batch_size: config.batch_size,
+                max_batch_bytes: config.max_batch_bytes,
             };
             let restored = |node: usize| {
                 restore.and_then(|r| r.states.get(&(graph.nodes[node].state_id().to_string(), subtask)).cloned())

@@ -30,6 +30,12 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("in-memory state always serializes")
 }
 
+/// How many bytes `value` takes encoded (what it would weigh on a network or in a
+/// checkpoint), computed without writing it.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default()).unwrap_or(0)
+}
+
 /// Deserializes state from a snapshot; the whole input must be used.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StateError> {
     let error = |reason: String| StateError { what: what.to_string(), reason };
