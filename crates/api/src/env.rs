@@ -191,60 +191,6 @@ impl StreamEnv {
         self
     }
 
-    /// Applies the command-line flags of a job binary:
-    /// `--parallelism N`, `--checkpoint-dir DIR` (with `--checkpoint-interval-ms MS`,
-    /// default 1000), `--fresh` (ignore existing checkpoints), `--from PATH` (start from a
-    /// checkpoint or savepoint folder), `--allow-non-restored-state`. Other arguments are
-    /// left to the program.
-    pub fn apply_args(&self, args: &[String]) -> Result<&Self, GraphError> {
-        let value =
-            |i: usize, flag: &str| args.get(i + 1).cloned().ok_or_else(|| GraphError(format!("{flag} needs a value")));
-        let number = |i: usize, flag: &str| -> Result<u64, GraphError> {
-            let v = value(i, flag)?;
-            v.parse().map_err(|_| GraphError(format!("{flag} {v}: expected a whole number")))
-        };
-        let mut interval = Duration::from_millis(1000);
-        for (i, arg) in args.iter().enumerate() {
-            match arg.as_str() {
-                "--parallelism" => {
-                    self.set_parallelism(number(i, arg)? as usize);
-                }
-                "--checkpoint-interval-ms" => interval = Duration::from_millis(number(i, arg)?),
-                _ => {}
-            }
-        }
-        for (i, arg) in args.iter().enumerate() {
-            match arg.as_str() {
-                "--checkpoint-dir" => {
-                    self.enable_checkpointing(interval, &value(i, arg)?);
-                }
-                "--fresh" => {
-                    self.start_from(StartFrom::Fresh);
-                }
-                "--from" => {
-                    self.start_from(StartFrom::Path(value(i, arg)?));
-                }
-                "--allow-non-restored-state" => {
-                    self.allow_non_restored_state();
-                }
-                "--allow-duplicates" => {
-                    self.allow_duplicate_output();
-                }
-                _ => {}
-            }
-        }
-        Ok(self)
-    }
-
-    /// An environment configured from this process's command line (see
-    /// [`StreamEnv::apply_args`]).
-    pub fn from_args() -> Result<Self, GraphError> {
-        let env = StreamEnv::new();
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        env.apply_args(&args)?;
-        Ok(env)
-    }
-
     /// The current settings.
     pub fn config(&self) -> JobConfig {
         self.state.borrow().config.clone()

@@ -17,37 +17,52 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// Runs one benchmark workload and prints one RESULT line.
+#[derive(clap::Parser)]
+#[command(name = "sluice-bench")]
 struct Args {
+    /// The workload: w1, w2, w3, w1-baseline, w2-baseline, k1, k1-baseline, k1-fill,
+    /// k1-topic or k1-count.
+    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count"])]
     workload: String,
+    /// Records (events) to process; a multiple of the parallelism.
+    #[arg(long, default_value_t = 10_000_000, value_parser = parse_count)]
     n: u64,
+    /// Parallelism of the job.
+    #[arg(long, short = 'p', default_value_t = 1, value_parser = parse_parallelism)]
     parallelism: usize,
+    /// Records per batch.
+    #[arg(long, default_value_t = 1024)]
     batch_size: usize,
+    /// A running broker to use (Kafka workloads); otherwise one is started.
+    #[arg(long, value_name = "HOST:PORT", requires = "input")]
     bootstrap: Option<String>,
+    /// The input topic on `--bootstrap`.
+    #[arg(long, value_name = "TOPIC", requires = "bootstrap")]
     input: Option<String>,
 }
 
+fn parse_parallelism(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(p) if (1..=1024).contains(&p) => Ok(p),
+        _ => Err(format!("'{text}' is not a parallelism from 1 to 1024")),
+    }
+}
+
+/// A count, with `_` allowed between digits (`10_000_000`).
+fn parse_count(text: &str) -> Result<u64, String> {
+    text.replace('_', "").parse().map_err(|e| format!("'{text}' is not a whole number: {e}"))
+}
+
 fn parse_args() -> Result<Args, String> {
-    let mut args = std::env::args().skip(1);
-    let usage = "usage: sluice-bench <w1|w2|w3|w1-baseline|w2-baseline|k1|k1-baseline|k1-fill> --n N --parallelism P \
-                 [--batch-size B] [--bootstrap HOST:PORT --input TOPIC]";
-    let workload = args.next().ok_or(usage)?;
-    let (mut n, mut parallelism, mut batch_size) = (10_000_000u64, 1usize, 1024usize);
-    let (mut bootstrap, mut input) = (None, None);
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value; {usage}"))?;
-        match flag.as_str() {
-            "--n" => n = value.replace('_', "").parse().map_err(|e| format!("--n {value}: {e}"))?,
-            "--parallelism" | "-p" => parallelism = value.parse().map_err(|e| format!("--parallelism {value}: {e}"))?,
-            "--batch-size" => batch_size = value.parse().map_err(|e| format!("--batch-size {value}: {e}"))?,
-            "--bootstrap" => bootstrap = Some(value),
-            "--input" => input = Some(value),
-            other => return Err(format!("unknown flag {other}; {usage}")),
-        }
+    let args = <Args as clap::Parser>::parse();
+    if args.n == 0 || args.n % args.parallelism as u64 != 0 {
+        return Err(format!(
+            "--n must be a positive multiple of --parallelism (got n={}, p={})",
+            args.n, args.parallelism
+        ));
     }
-    if parallelism == 0 || n == 0 || n % parallelism as u64 != 0 {
-        return Err(format!("--n must be a positive multiple of --parallelism (got n={n}, p={parallelism})"));
-    }
-    Ok(Args { workload, n, parallelism, batch_size, bootstrap, input })
+    Ok(args)
 }
 
 /// W2's key of event `i`.

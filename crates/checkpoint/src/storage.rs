@@ -424,6 +424,22 @@ impl CheckpointStore {
         Ok(request.with_file_name(format!("_savepoint_{token}")))
     }
 
+    /// Withdraws a savepoint request nobody waits for any more (its `answer` file is the
+    /// one [`CheckpointStore::request_savepoint`] returned), so that a job started later
+    /// does not take a savepoint nobody asked for. Returns whether it was still pending.
+    pub fn withdraw_savepoint_request(&self, answer: &std::path::Path) -> bool {
+        let request = std::path::PathBuf::from(self.request_path());
+        let token = answer.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("_savepoint_"));
+        let pending = std::fs::read_to_string(&request).ok();
+        let ours = matches!((token, pending.as_deref()), (Some(t), Some(p)) if p.trim() == t);
+        if ours {
+            let _ = std::fs::remove_file(&request);
+        }
+        // An answer that arrives after all is not left behind either.
+        let _ = std::fs::remove_file(answer);
+        ours
+    }
+
     /// Takes a pending command-line savepoint request, if any (the running job polls this).
     pub fn take_savepoint_request(&self) -> Option<std::path::PathBuf> {
         let request = std::path::PathBuf::from(self.request_path());
@@ -514,6 +530,9 @@ mod tests {
         let answer = store.request_savepoint().unwrap();
         assert_eq!(store.take_savepoint_request(), Some(answer));
         assert!(store.take_savepoint_request().is_none(), "a request is taken once");
+        let unanswered = store.request_savepoint().unwrap();
+        assert!(store.withdraw_savepoint_request(&unanswered));
+        assert!(store.take_savepoint_request().is_none(), "a withdrawn request is not taken");
     }
 
     #[test]

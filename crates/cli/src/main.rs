@@ -1,28 +1,63 @@
 //! The `sluice` command line (local mode): trigger a savepoint of a running job and list
 //! a job's checkpoints and savepoints. Cluster commands (submit, list jobs, cancel) come
-//! with the cluster layer.
-//!
-//! ```text
-//! sluice savepoint   --checkpoint-dir DIR --job NAME [--timeout-secs 60]
-//! sluice checkpoints --checkpoint-dir DIR --job NAME
-//! ```
+//! with the cluster layer. `sluice --help` and `sluice <command> --help` explain each flag.
 //!
 //! A running job polls its checkpoint folder for a savepoint request about every 100 ms,
-//! takes the savepoint, and writes the answer beside the request; `savepoint` waits for it.
+//! takes the savepoint, and writes the answer beside the request; `savepoint` waits for it,
+//! and withdraws the request if no answer comes in time.
 
+use clap::{Parser, Subcommand};
 use sluice_checkpoint::CheckpointStore;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage:\n  sluice savepoint   --checkpoint-dir DIR --job NAME [--timeout-secs 60]\n  \
-                     sluice checkpoints --checkpoint-dir DIR --job NAME";
+/// Sluice's command line: savepoints and checkpoints of jobs running in local mode.
+#[derive(Parser)]
+#[command(name = "sluice", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn flag(args: &[String], name: &str) -> Result<String, String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .ok_or_else(|| format!("{name} is required\n{USAGE}"))
+/// Which job: its checkpoint folder and name.
+#[derive(clap::Args)]
+struct JobLocation {
+    /// The folder the job writes its checkpoints to (its --checkpoint-dir).
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: String,
+    /// The job's name (what it passes to execute).
+    #[arg(long, value_name = "NAME")]
+    job: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Asks a running job to take a savepoint and prints its path.
+    Savepoint {
+        #[command(flatten)]
+        location: JobLocation,
+        /// How long to wait for the job's answer; the request is withdrawn after it.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Lists a job's checkpoints and savepoints, each checked against its checksums.
+    Checkpoints {
+        #[command(flatten)]
+        location: JobLocation,
+    },
+}
+
+/// Opens an existing checkpoint folder; a folder that does not exist is an error, and
+/// nothing is created.
+fn open(location: &JobLocation) -> Result<CheckpointStore, String> {
+    let dir = location.checkpoint_dir.trim_start_matches("file://");
+    if !std::path::Path::new(dir).is_dir() {
+        return Err(format!(
+            "there is no checkpoint folder '{}'; give the --checkpoint-dir the job was started with",
+            location.checkpoint_dir
+        ));
+    }
+    CheckpointStore::open(&location.checkpoint_dir, &location.job).map_err(|e| e.to_string())
 }
 
 fn savepoint(store: &CheckpointStore, timeout: Duration) -> Result<String, String> {
@@ -39,7 +74,15 @@ fn savepoint(store: &CheckpointStore, timeout: Duration) -> Result<String, Strin
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!("no answer within {timeout:?}: is the job running with checkpoints in this folder, under this name?"))
+    let withdrawn = store.withdraw_savepoint_request(&answer);
+    Err(format!(
+        "no answer within {timeout:?}: is the job running with checkpoints in this folder, under this name? {}",
+        if withdrawn {
+            "The request is withdrawn."
+        } else {
+            "The job took the request just now; its answer is dropped."
+        }
+    ))
 }
 
 fn list(store: &CheckpointStore) -> Result<String, String> {
@@ -58,6 +101,9 @@ fn list(store: &CheckpointStore) -> Result<String, String> {
         };
         lines.push(line);
     }
+    if let Ok(Some(committed)) = store.committed() {
+        lines.push(format!("output committed up to checkpoint {committed}"));
+    }
     if lines.is_empty() {
         lines.push("no checkpoints".into());
     }
@@ -65,23 +111,13 @@ fn list(store: &CheckpointStore) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = (|| {
-        let command = args.first().ok_or(USAGE.to_string())?;
-        let store = CheckpointStore::open(&flag(&args, "--checkpoint-dir")?, &flag(&args, "--job")?)
-            .map_err(|e| e.to_string())?;
-        match command.as_str() {
-            "savepoint" => {
-                let secs = match flag(&args, "--timeout-secs") {
-                    Ok(v) => v.parse().map_err(|_| format!("--timeout-secs {v}: expected seconds"))?,
-                    Err(_) => 60,
-                };
-                savepoint(&store, Duration::from_secs(secs))
-            }
-            "checkpoints" => list(&store),
-            other => Err(format!("unknown command '{other}'\n{USAGE}")),
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Savepoint { location, timeout_secs } => {
+            open(location).and_then(|store| savepoint(&store, Duration::from_secs(*timeout_secs)))
         }
-    })();
+        Command::Checkpoints { location } => open(location).and_then(|store| list(&store)),
+    };
     match result {
         Ok(out) => {
             println!("{out}");

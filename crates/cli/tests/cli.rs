@@ -45,11 +45,33 @@ fn a_savepoint_is_triggered_from_the_command_line_and_listed() {
     job.cancel();
     job.join().unwrap();
     let (ok, _, stderr) = sluice(&["savepoint", "--checkpoint-dir", root, "--job", "cli job", "--timeout-secs", "1"]);
-    assert!(!ok && stderr.contains("is the job running"), "{stderr}");
+    assert!(!ok && stderr.contains("is the job running") && stderr.contains("withdrawn"), "{stderr}");
+    // The unanswered request was withdrawn: the next run of the job takes no savepoint.
+    let request = checkpoints.join("cli_job").join("_savepoint_request");
+    assert!(!request.exists(), "the request file is gone");
 }
 
 #[test]
 fn usage_errors_name_the_fix() {
     let (ok, _, stderr) = sluice(&["savepoint"]);
-    assert!(!ok && stderr.contains("--checkpoint-dir is required"), "{stderr}");
+    assert!(!ok && stderr.contains("--checkpoint-dir <DIR>") && stderr.contains("required"), "{stderr}");
+    // Unknown flags are refused; a flag is not taken as another flag's value.
+    let (ok, _, stderr) = sluice(&["checkpoints", "--checkpoint-dir", "/tmp", "--job", "j", "--verbose"]);
+    assert!(!ok && stderr.contains("unexpected argument '--verbose'"), "{stderr}");
+    let (ok, _, stderr) = sluice(&["checkpoints", "--checkpoint-dir", "--job", "j"]);
+    assert!(!ok && stderr.contains("--checkpoint-dir"), "{stderr}");
+    // A bad number names its flag.
+    let (ok, _, stderr) = sluice(&["savepoint", "--checkpoint-dir", "/tmp", "--job", "j", "--timeout-secs", "soon"]);
+    assert!(!ok && stderr.contains("'soon'") && stderr.contains("--timeout-secs"), "{stderr}");
+    // --help works for every command.
+    for command in [&["--help"][..], &["savepoint", "--help"], &["checkpoints", "--help"]] {
+        let (ok, stdout, _) = sluice(command);
+        assert!(ok && stdout.contains("Usage"), "{command:?}: {stdout}");
+    }
+    // A folder that does not exist is said so, and nothing is created.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere");
+    let (ok, _, stderr) = sluice(&["checkpoints", "--checkpoint-dir", missing.to_str().unwrap(), "--job", "j"]);
+    assert!(!ok && stderr.contains("there is no checkpoint folder"), "{stderr}");
+    assert!(!missing.exists(), "nothing is created");
 }

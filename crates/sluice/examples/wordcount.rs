@@ -44,12 +44,19 @@ fn sentence(i: u64) -> (String, i64) {
     (words.join(" "), (i * 10) as i64 - (x % 50) as i64)
 }
 
+/// A windowed word count in event time over generated sentences.
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    job: sluice::JobArgs,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    use clap::Parser;
     let env = StreamEnv::new();
     env.set_parallelism(2);
     // `--parallelism N`, `--checkpoint-dir DIR` and the other job flags work here too.
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    env.apply_args(&args)?;
+    Cli::parse().job.apply(&env);
     let strategy = Watermarks::bounded(Duration::from_millis(50)).with_timestamps(|s: &(String, i64)| s.1);
     let sentences = env.source(GeneratorSource::new(0..6_000, sentence), strategy);
     let counts = sentences

@@ -38,6 +38,9 @@ pub use sluice_api::{
 };
 pub use sluice_runtime::{JobError, JobHandle, JobResult};
 
+mod args;
+pub use args::JobArgs;
+
 use std::sync::{Mutex, OnceLock};
 
 /// Everything a job needs in scope.

@@ -1,38 +1,66 @@
 //! The counting job: events `0..n` at a steady rate, keyed, counted in tumbling event-time
-//! windows, written exactly-once to `--out`. Checkpoint flags as in
-//! `StreamEnv::apply_args` (`--checkpoint-dir`, `--fresh`, `--from`, ...).
-//!
-//! `counts --out DIR --checkpoint-dir DIR [--n N] [--rate R] [--parallelism P]`
+//! windows, written exactly-once to `--out`. The job flags of [`sluice::JobArgs`]
+//! (`--checkpoint-dir`, `--fresh`, `--from`, ...) apply; `--help` lists them all.
 //!
 //! With `--n 0` the source has no end: the job runs until Ctrl-C (SIGINT), which stops it
 //! with a final checkpoint that the next run resumes from.
 
+use clap::Parser;
 use sluice::prelude::*;
 use sluice_testjobs::{key_of, WINDOW_MS};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-fn arg(args: &[String], flag: &str) -> Option<String> {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned()
+/// Counts events per key in 100 ms event-time windows, exactly once into files.
+#[derive(Parser)]
+struct Cli {
+    /// The folder the committed files go to.
+    #[arg(long, value_name = "DIR")]
+    out: String,
+    /// How many events (0: without end, until Ctrl-C).
+    #[arg(long, default_value_t = 300_000)]
+    n: u64,
+    /// Events per second, over all subtasks.
+    #[arg(long, default_value_t = 100_000.0)]
+    rate: f64,
+    /// Panics once, in this process, after this many events have been counted (to see a
+    /// restart reported).
+    #[arg(long, value_name = "N")]
+    fail_once_at: Option<u64>,
+    #[command(flatten)]
+    job: sluice::JobArgs,
 }
 
+static SEEN: AtomicU64 = AtomicU64::new(0);
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let out = arg(&args, "--out").ok_or("--out DIR is required")?;
-    let n: u64 = arg(&args, "--n").map(|v| v.parse()).transpose()?.unwrap_or(300_000);
-    let rate: f64 = arg(&args, "--rate").map(|v| v.parse()).transpose()?.unwrap_or(100_000.0);
+    let cli = Cli::parse();
     let env = StreamEnv::new();
     env.set_parallelism(2).set_watermark_interval(Duration::from_millis(20));
-    env.apply_args(&args)?;
-    let numbers = if n == 0 { SequenceSource::unbounded(0) } else { SequenceSource::new(0..n) };
-    env.source(numbers.with_rate_limit(rate), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
+    cli.job.apply(&env);
+    let numbers = if cli.n == 0 { SequenceSource::unbounded(0) } else { SequenceSource::new(0..cli.n) };
+    let fail_at = cli.fail_once_at;
+    env.source(numbers.with_rate_limit(cli.rate), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
         .uid("events")
+        .map(move |i| {
+            if fail_at == Some(SEEN.fetch_add(1, Ordering::Relaxed)) {
+                panic!("failing once, as asked (--fail-once-at)");
+            }
+            i
+        })
+        .uid("pass")
         .key_by(|i| key_of(*i))
         .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
         .aggregate_with(Count, |k, w, c| format!("{k},{},{c}", w.start))
         .uid("counts")
-        .sink(TransactionalFileSink::new(&out))
+        .sink(TransactionalFileSink::new(&cli.out))
         .uid("files");
     let result = env.execute("counts")?;
-    eprintln!("done: restored from {:?}, {} checkpoints", result.restored_from, result.checkpoints.len());
+    eprintln!(
+        "done: restored from {}, {} checkpoints, {} restarts",
+        result.restored_from.map_or("nothing".to_string(), |c| format!("checkpoint {c}")),
+        result.checkpoints.len(),
+        result.restarts
+    );
     Ok(())
 }
