@@ -51,6 +51,15 @@ pub mod harness {
         /// Waits for the exit; panics if it does not come within `within` (a deadline
         /// against hangs). Returns the status and, if stderr was piped, what it printed.
         pub fn wait(&mut self, within: Duration) -> (ExitStatus, String) {
+            // Read stderr while waiting: a child that writes more than a pipe holds would
+            // otherwise block on it until the deadline.
+            let reader = self.0.stderr.take().map(|mut pipe| {
+                std::thread::spawn(move || {
+                    let mut text = String::new();
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+                    text
+                })
+            });
             let deadline = Instant::now() + within;
             let status = loop {
                 if let Some(status) = self.0.try_wait().expect("the child can be waited for") {
@@ -59,10 +68,7 @@ pub mod harness {
                 assert!(Instant::now() < deadline, "the job did not exit within {within:?}");
                 std::thread::sleep(Duration::from_millis(20));
             };
-            let mut stderr = String::new();
-            if let Some(pipe) = self.0.stderr.as_mut() {
-                let _ = std::io::Read::read_to_string(pipe, &mut stderr);
-            }
+            let stderr = reader.map(|r| r.join().unwrap_or_default()).unwrap_or_default();
             (status, stderr)
         }
     }

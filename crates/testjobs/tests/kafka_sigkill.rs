@@ -84,6 +84,7 @@ fn kafka_to_kafka_killed_with_sigkill_commits_exactly_the_reference() {
     let (status, stderr) = start(broker.bootstrap(), &checkpoints, &[]).wait(Duration::from_secs(180));
     assert!(status.success(), "seed {seed}: the last run failed: {status}\n{stderr}");
     assert!(kills >= 2, "seed {seed}: only {kills} kills landed before the job finished");
+    assert!(stderr.contains("restored from checkpoint"), "seed {seed}: the last run restored nothing:\n{stderr}");
     assert_exact_output(&broker, &input, seed);
 }
 
@@ -105,6 +106,7 @@ fn crash_then_finish(step: &str) {
     assert!(!blocked_partitions(broker.bootstrap(), "out").unwrap().is_empty());
     let (status, stderr) = start(broker.bootstrap(), &checkpoints, &[]).wait(Duration::from_secs(120));
     assert!(status.success(), "the restarted job failed: {status}\n{stderr}");
+    assert!(stderr.contains("restored from checkpoint"), "the restart resumed from a checkpoint:\n{stderr}");
     assert_exact_output(&broker, &input, seed);
 }
 

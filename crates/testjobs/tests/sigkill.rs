@@ -12,7 +12,7 @@ fn start(out: &Path, checkpoints: &Path, n: u64) -> KillOnDrop {
         .args(["--out", out.to_str().unwrap(), "--checkpoint-dir", checkpoints.to_str().unwrap()])
         .args(["--checkpoint-interval-ms", "100", "--n", &n.to_string(), "--rate", "100000"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("the counts binary starts");
     KillOnDrop(child)
@@ -41,9 +41,11 @@ fn a_job_killed_with_sigkill_and_started_again_commits_exactly_the_reference() {
         kills += 1;
     }
     let mut job = start(&out, &checkpoints, n);
-    let status = job.wait(Duration::from_secs(120)).0;
-    assert!(status.success(), "seed {seed}: the last run failed: {status}");
+    let (status, stderr) = job.wait(Duration::from_secs(120));
+    assert!(status.success(), "seed {seed}: the last run failed: {status}\n{stderr}");
     assert!(kills >= 2, "seed {seed}: only {kills} kills landed before the job finished");
+    // Kills that all landed before the first checkpoint would test no recovery at all.
+    assert!(stderr.contains("restored from checkpoint"), "seed {seed}: the last run restored nothing:\n{stderr}");
     let got = committed(&out);
     let want = counts_reference(n);
     assert_eq!(got.len(), want.len(), "seed {seed}: {} lines committed, {} expected", got.len(), want.len());
@@ -70,8 +72,58 @@ fn ctrl_c_stops_an_unbounded_job_with_a_final_checkpoint_that_the_next_run_resum
     // The next run, bounded this time, resumes where Ctrl-C stopped it.
     let n = 300_000;
     let mut job = start(&out, &checkpoints, n);
-    assert!(job.wait(Duration::from_secs(120)).0.success());
+    let (status, stderr) = job.wait(Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("restored from checkpoint"), "it resumed from the final checkpoint:\n{stderr}");
     let got = committed(&out);
     assert!(got.len() > stopped_at);
     assert_eq!(multiset(got), multiset(counts_reference(n)));
+}
+
+#[test]
+fn a_restart_is_reported_on_stderr_with_its_cause_attempt_and_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let mut job = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_counts"))
+            .args(["--out", out.to_str().unwrap(), "--checkpoint-dir", checkpoints.to_str().unwrap()])
+            .args(["--checkpoint-interval-ms", "50", "--n", "20000", "--fail-once-at", "5000"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the counts binary starts"),
+    );
+    let (status, stderr) = job.wait(Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("job 'counts' failed: operator 'map' (subtask")
+            && stderr.contains("failing once, as asked")
+            && stderr.contains("restart 1 in"),
+        "the restart is on stderr without any set-up:\n{stderr}"
+    );
+    assert!(stderr.contains("1 restarts"), "{stderr}");
+    assert_eq!(multiset(committed(&out)), multiset(counts_reference(20_000)));
+}
+
+#[test]
+fn job_flags_are_parsed_strictly_with_messages_that_name_the_flag() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_counts")).args(args).output().expect("the counts binary runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, stderr) = run(&["--out", "/tmp/x", "--n", "many"]);
+    assert!(!ok && stderr.contains("'many'") && stderr.contains("--n"), "{stderr}");
+    let (ok, _, stderr) = run(&["--out", "/tmp/x", "--checkpoint-intervall-ms", "5"]);
+    assert!(!ok && stderr.contains("unexpected argument"), "{stderr}");
+    let (ok, _, stderr) = run(&["--out", "--n", "5"]);
+    assert!(!ok && stderr.contains("--out"), "a flag is not another flag's value: {stderr}");
+    let (ok, _, stderr) = run(&["--out", "/tmp/x", "--fresh"]);
+    assert!(!ok && stderr.contains("--checkpoint-dir"), "--fresh needs checkpoints: {stderr}");
+    let (ok, stdout, _) = run(&["--help"]);
+    assert!(ok && stdout.contains("--allow-duplicates") && stdout.contains("--checkpoint-dir"), "{stdout}");
 }
