@@ -306,3 +306,33 @@ fn processing_time_timers_fire_on_the_clock_not_the_watermark() {
     h.processing_time(1_000);
     assert_eq!(h.take_records(), vec![(7, 1_000)]);
 }
+
+/// Sets a processing-time timer a second ahead of each record's arrival count, and on
+/// every firing another one a second later (a periodic timer).
+#[derive(Clone)]
+struct Periodic;
+
+impl KeyedProcessFunction<u32, Pair, (u32, i64)> for Periodic {
+    fn process_element(&mut self, value: Pair, ctx: &mut KeyedContext<'_, u32, (u32, i64)>) {
+        ctx.register_processing_time_timer(1_000 + value.1 as i64);
+    }
+    fn on_timer(&mut self, time: Timestamp, ctx: &mut KeyedContext<'_, u32, (u32, i64)>) {
+        let key = *ctx.key();
+        ctx.emit_at((key, time), time);
+        ctx.register_processing_time_timer(time + 1_000);
+    }
+}
+
+#[test]
+fn pending_processing_time_timers_fire_when_the_input_ends_and_periodic_ones_stop() {
+    let mut h = OperatorHarness::new(KeyedProcessOperator::new(key(), Periodic));
+    h.push((1, 0), 0);
+    h.push((2, 500), 0);
+    h.processing_time(10);
+    assert_eq!(h.take_records(), vec![]);
+    h.end();
+    // Both pending timers fire in time order; key 1's follow-up at 2_000 is later than
+    // every timer pending at the end, so it is not waited for.
+    let fired: Vec<(u32, i64)> = h.take_records().into_iter().map(|(v, _)| v).collect();
+    assert_eq!(fired, vec![(1, 1_000), (2, 1_500)]);
+}

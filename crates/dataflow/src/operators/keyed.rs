@@ -182,6 +182,22 @@ impl<K: Key, T: Send + 'static, O: Send + 'static, F: KeyedProcessFunction<K, T,
         self.fire(TimeDomain::ProcessingTime, now, out);
     }
 
+    /// At the end of the input, processing-time timers still pending fire, in time order
+    /// and at the time they were set for, as processing-time windows do: what a function
+    /// was waiting to emit is not dropped silently. A timer that a firing one sets for
+    /// later than every timer pending at the end (a periodic timer) is not waited for; how
+    /// many were left is logged.
+    fn finish(&mut self, out: &mut Output<O>) {
+        let Some(last) = self.timers.queue(TimeDomain::ProcessingTime).entries().map(|(t, _)| *t).max() else {
+            return;
+        };
+        self.fire(TimeDomain::ProcessingTime, last, out);
+        let left = self.timers.queue(TimeDomain::ProcessingTime).len();
+        if left > 0 {
+            tracing::info!(left, "processing-time timers set while the input ended are dropped");
+        }
+    }
+
     fn snapshot(&mut self, max_parallelism: usize) -> Option<OperatorState> {
         let mut chunks: BTreeMap<u32, ProcessChunk<K>> = BTreeMap::new();
         let empty = || ProcessChunk { tables: Vec::new(), event_timers: Vec::new(), processing_timers: Vec::new() };
