@@ -307,3 +307,53 @@ fn falling_back_past_a_committed_checkpoint_is_refused_unless_duplicates_are_acc
     assert!(got.keys().all(|l| want.contains_key(l)), "only reference lines");
     assert!(duplicates > 0, "the override costs duplicates, as its message says");
 }
+
+#[test]
+fn the_output_of_tolerated_failed_and_timed_out_checkpoints_is_committed_with_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let failed_uploads = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(AtomicU64::new(0));
+    let env = StreamEnv::new();
+    env.set_parallelism(2)
+        .set_watermark_interval(Duration::from_millis(20))
+        .enable_checkpointing(Duration::from_millis(40), checkpoints.to_str().unwrap())
+        .set_checkpoint_timeout(Duration::from_millis(150))
+        .set_tolerable_checkpoint_failures(3)
+        .set_restart_strategy(RestartStrategy::None);
+    // Checkpoints 3 and 4 fail to upload (their files were pre-committed by the sink); later,
+    // one subtask stalls for 400 ms once, so the checkpoint in flight times out.
+    let uploads = failed_uploads.clone();
+    env.set_failpoint(Arc::new(move |point: &str, id: u64| {
+        if point == "upload" && (id == 3 || id == 4) {
+            uploads.fetch_add(1, Ordering::SeqCst);
+            return Err(format!("injected upload failure at checkpoint {id}"));
+        }
+        Ok(())
+    }));
+    let counter = seen.clone();
+    env.source(
+        SequenceSource::new(0..N).with_rate_limit(150_000.0),
+        Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
+    )
+    .uid("events")
+    .map(move |i| {
+        if counter.fetch_add(1, Ordering::SeqCst) == 80_000 {
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        i
+    })
+    .uid("stall")
+    .key_by(|i| key_of(*i))
+    .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
+    .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
+    .uid("counts")
+    .sink(TransactionalFileSink::new(&out))
+    .uid("files");
+    let result = env.execute("carried").unwrap();
+    assert_eq!(failed_uploads.load(Ordering::SeqCst), 2, "two uploads failed");
+    assert_eq!(result.restarts, 0, "the failures were tolerated");
+    // Nothing pre-committed by the failed or abandoned checkpoints is lost or doubled.
+    assert_eq!(multiset(committed_lines(&out)), multiset(reference()));
+    assert_eq!(std::fs::read_dir(out.join(".pending")).unwrap().count(), 0, "nothing left pending");
+}
