@@ -188,3 +188,150 @@ fn each_decode_error_policy_does_what_it_says() {
         assert!(header("sluice.error").is_some_and(|e| !e.is_empty()));
     }
 }
+
+/// A job from `source` through a map that panics once after `fail_at` records (when set)
+/// to a Kafka sink with `guarantee`, checkpointed every 50 ms; returns its result.
+fn checkpointed_copy(
+    b: &str,
+    source: KafkaSource<Event>,
+    output: &str,
+    guarantee: sluice_kafka::DeliveryGuarantee,
+    fail_at: Option<u64>,
+    checkpoints: &std::path::Path,
+    configure: impl FnOnce(&StreamEnv),
+) -> sluice::JobResult {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    let env = StreamEnv::new();
+    env.set_parallelism(2)
+        .enable_checkpointing(Duration::from_millis(50), checkpoints.to_str().unwrap())
+        .set_restart_strategy(RestartStrategy::FixedDelay { attempts: 3, delay: Duration::from_millis(50) });
+    configure(&env);
+    let seen = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sink = sluice_kafka::KafkaSink::builder()
+        .bootstrap_servers(b)
+        .topic(output)
+        .serializer(codec::json_value())
+        .delivery_guarantee(guarantee)
+        .transactional_id_prefix(&format!("{output}-tx"))
+        .transaction_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    env.source(source, Watermarks::none())
+        .uid("events")
+        .map(move |e: Event| {
+            // Slow enough (about 1.5 s in all) that several checkpoints complete before
+            // the failure and before the end.
+            if seen.fetch_add(1, Ordering::SeqCst) % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if fail_at.is_some_and(|at| seen.load(Ordering::SeqCst) == at) && !failed.swap(true, Ordering::SeqCst) {
+                panic!("injected failure after {at} records", at = fail_at.unwrap());
+            }
+            e
+        })
+        .uid("pass")
+        .sink(sink)
+        .uid("out");
+    env.execute(output).unwrap()
+}
+
+fn events_in(b: &str, topic: &str) -> Vec<(u64, String)> {
+    let records = read_committed(b, topic, Duration::from_secs(60)).unwrap();
+    sorted(
+        records
+            .iter()
+            .map(|r| serde_json::from_slice::<Event>(r.value.as_deref().unwrap()).unwrap())
+            .map(|e| (e.id, e.user))
+            .collect(),
+    )
+}
+
+#[test]
+fn decode_policies_and_sinks_keep_their_guarantees_across_failures_and_checkpoints() {
+    use sluice_kafka::DeliveryGuarantee::{AtLeastOnce, ExactlyOnce};
+    let seed = seed();
+    let broker = KafkaBroker::start().expect("a Kafka broker");
+    let b = broker.bootstrap();
+    let (good, bad) = mixed_topic(b, "mixed", seed);
+    let want = sorted(good.iter().map(|e| (e.id, e.user.clone())).collect::<Vec<_>>());
+    let dir = tempfile::tempdir().unwrap();
+
+    // Skip, then a restart: exactly the good records, once, in the exactly-once output;
+    // the skipped ones are counted in the result (over both attempts).
+    create_topic(b, "skipped-out", 2).unwrap();
+    let result = checkpointed_copy(
+        b,
+        json_source(b, "mixed", DecodeErrorPolicy::Skip),
+        "skipped-out",
+        ExactlyOnce,
+        Some(1500),
+        &dir.path().join("skip"),
+        |_| {},
+    );
+    assert_eq!(result.restarts, 1, "seed {seed}");
+    assert!(result.restored_from.is_some(), "seed {seed}: the restart restored a checkpoint");
+    assert!(result.records_skipped >= bad.len() as u64, "seed {seed}: {} skipped", result.records_skipped);
+    assert_eq!(events_in(b, "skipped-out"), want, "seed {seed}");
+
+    // Dead letters with checkpoints and a restart: every bad message reaches the
+    // dead-letter topic (at least once: they are written outside the sink's transactions).
+    create_topic(b, "dlq", 1).unwrap();
+    create_topic(b, "dlq-out", 2).unwrap();
+    checkpointed_copy(
+        b,
+        json_source(b, "mixed", DecodeErrorPolicy::DeadLetter("dlq".into())),
+        "dlq-out",
+        ExactlyOnce,
+        Some(2000),
+        &dir.path().join("dlq"),
+        |_| {},
+    );
+    assert_eq!(events_in(b, "dlq-out"), want, "seed {seed}");
+    let letters = read_committed(b, "dlq", Duration::from_secs(60)).unwrap();
+    let letter_values: std::collections::HashSet<Option<Vec<u8>>> = letters.iter().map(|l| l.value.clone()).collect();
+    assert!(bad.iter().all(|r| letter_values.contains(&r.value)), "seed {seed}: a dead letter is missing");
+    assert!(letters.len() >= bad.len());
+
+    // The at-least-once sink under a failure: nothing lost, duplicates allowed.
+    create_topic(b, "alo-out", 2).unwrap();
+    checkpointed_copy(
+        b,
+        json_source(b, "mixed", DecodeErrorPolicy::Skip),
+        "alo-out",
+        AtLeastOnce,
+        Some(1000),
+        &dir.path().join("alo"),
+        |_| {},
+    );
+    let got = events_in(b, "alo-out");
+    let distinct: std::collections::BTreeSet<(u64, String)> = got.iter().cloned().collect();
+    assert_eq!(distinct.into_iter().collect::<Vec<_>>(), want, "seed {seed}: every record at least once");
+
+    // Tolerated checkpoint failures: the transactions they pre-committed are committed
+    // with the next checkpoint, so the exactly-once output is still exact.
+    create_topic(b, "carried-out", 2).unwrap();
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = failed.clone();
+    let result = checkpointed_copy(
+        b,
+        json_source(b, "mixed", DecodeErrorPolicy::Skip),
+        "carried-out",
+        ExactlyOnce,
+        None,
+        &dir.path().join("carried"),
+        move |env| {
+            env.set_tolerable_checkpoint_failures(2).set_failpoint(std::sync::Arc::new(move |point: &str, id: u64| {
+                if point == "upload" && (id == 2 || id == 3) {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    return Err(format!("injected upload failure at checkpoint {id}"));
+                }
+                Ok(())
+            }));
+        },
+    );
+    assert_eq!(failed.load(Ordering::SeqCst), 2, "seed {seed}: two checkpoints failed");
+    assert_eq!(result.restarts, 0, "seed {seed}: tolerated");
+    assert_eq!(events_in(b, "carried-out"), want, "seed {seed}");
+}
