@@ -15,6 +15,7 @@
 use sluice::prelude::*;
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Runs one benchmark workload and prints one RESULT line.
@@ -65,49 +66,164 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// What a run produced: how many records, and an order-independent checksum of their
+/// content (the wrapping sum of a fingerprint of each record), so that wrong values, lost
+/// or doubled records fail the run, not only a wrong count. The fingerprints are a few
+/// arithmetic operations, so the sink still costs what WORKLOADS.md's discarding sink does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    count: u64,
+    checksum: u64,
+}
+
+impl Tally {
+    fn add(&mut self, fingerprint: u64) {
+        self.count += 1;
+        self.checksum = self.checksum.wrapping_add(fingerprint);
+    }
+}
+
+/// W1's fingerprint of an output value: the value.
+#[inline(always)]
+fn w1_fingerprint(v: &u64) -> u64 {
+    *v
+}
+
+/// W2's fingerprint of an output (key, window start, count): each part multiplied by its
+/// own odd constant, so a wrong count, key or window changes the sum.
+#[inline(always)]
+fn w2_fingerprint(&(key, start, count): &(i64, i64, i64)) -> u64 {
+    (key as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (start as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ (count as u64).wrapping_mul(0x1656_67b1_9e37_79f9)
+}
+
+/// A sink that keeps only the [`Tally`] of what it is given, by a fingerprint function (a
+/// discarding sink that still lets the run check its output). The function is a type
+/// parameter, so it inlines into the fold over each batch.
+struct TallySink<F> {
+    fingerprint: F,
+    total: Arc<Mutex<Tally>>,
+}
+
+struct TallyWriter<F> {
+    fingerprint: F,
+    tally: Tally,
+    total: Arc<Mutex<Tally>>,
+}
+
+impl<T, F: Fn(&T) -> u64 + Copy + Send + Sync + 'static> Sink<T> for TallySink<F> {
+    fn name(&self) -> String {
+        "tally".into()
+    }
+    fn create_writer(&self, _: usize, _: usize) -> std::io::Result<Box<dyn SinkWriter<T>>> {
+        Ok(Box::new(TallyWriter { fingerprint: self.fingerprint, tally: Tally::default(), total: self.total.clone() }))
+    }
+}
+
+impl<T, F: Fn(&T) -> u64 + Copy + Send> SinkWriter<T> for TallyWriter<F> {
+    fn write_batch(&mut self, batch: Vec<Record<T>>) -> std::io::Result<()> {
+        let f = self.fingerprint;
+        self.tally.count += batch.len() as u64;
+        self.tally.checksum = batch.iter().fold(self.tally.checksum, |sum, record| sum.wrapping_add(f(&record.value)));
+        Ok(())
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        let mut total = self.total.lock().unwrap_or_else(|e| e.into_inner());
+        total.count += self.tally.count;
+        total.checksum = total.checksum.wrapping_add(self.tally.checksum);
+        self.tally = Tally::default();
+        Ok(())
+    }
+}
+
+fn tally_sink<F>(fingerprint: F) -> (TallySink<F>, Arc<Mutex<Tally>>) {
+    let total = Arc::new(Mutex::new(Tally::default()));
+    (TallySink { fingerprint, total: total.clone() }, total)
+}
+
+fn tally_of(total: &Arc<Mutex<Tally>>) -> Tally {
+    *total.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// K1's fingerprint of a record: the stable hash of its key and value bytes.
+fn k1_fingerprint(key: &[u8], value: &[u8]) -> u64 {
+    sluice::types::stable_hash(&(sluice::types::Bytes(key), sluice::types::Bytes(value)))
+}
+
 /// W2's key of event `i`.
 #[inline]
 fn w2_key(i: u64) -> u64 {
     i.wrapping_mul(2_654_435_761) % 10_000
 }
 
-/// How many of 0..n survive W1's filter: 2i+1 is a multiple of 3 exactly when i % 3 == 1.
-fn w1_expected(n: u64) -> u64 {
-    n - (n + 1) / 3
+/// What W1 must output, computed by a plain loop: the values 2i+1 that are not multiples
+/// of 3 (of these there are n - (n + 1) / 3).
+fn w1_reference(n: u64) -> Tally {
+    let mut tally = Tally::default();
+    for i in 0..n {
+        let v = i.wrapping_mul(2).wrapping_add(1);
+        if v % 3 != 0 {
+            tally.add(w1_fingerprint(&v));
+        }
+    }
+    tally
+}
+
+/// What W2 (and W3) must output, computed by a plain loop over the events: a
+/// (key, window start, count) for every key that had events in a window.
+fn w2_reference(n: u64) -> Tally {
+    let mut counts: HashMap<(u64, i64), i64> = HashMap::new();
+    let mut tally = Tally::default();
+    let mut window = 0i64;
+    for i in 0..n {
+        let start = i as i64 - (i as i64).rem_euclid(1000);
+        if start != window {
+            for ((key, w), count) in counts.drain() {
+                tally.add(w2_fingerprint(&(key as i64, w, count)));
+            }
+            window = start;
+        }
+        *counts.entry((w2_key(i), start)).or_insert(0) += 1;
+    }
+    for ((key, w), count) in counts {
+        tally.add(w2_fingerprint(&(key as i64, w, count)));
+    }
+    tally
 }
 
 /// W1: longs -> map v*2+1 -> filter v%3 != 0 -> discard.
-fn w1(n: u64, parallelism: usize, batch_size: usize) -> Result<u64, String> {
+fn w1(n: u64, parallelism: usize, batch_size: usize) -> Result<Tally, String> {
     let env = StreamEnv::new();
     env.set_parallelism(parallelism).set_batch_size(batch_size);
-    let out = env
-        .source(SequenceSource::new(0..n), Watermarks::none())
+    let (sink, out) = tally_sink(w1_fingerprint);
+    env.source(SequenceSource::new(0..n), Watermarks::none())
         .map(|v| v.wrapping_mul(2).wrapping_add(1))
         .filter(|v| v % 3 != 0)
-        .discard();
+        .sink(sink);
     env.execute("w1").map_err(|e| e.to_string())?;
-    Ok(out.count())
+    Ok(tally_of(&out))
 }
 
 /// W2: keyed tumbling event-time window of 1 s counting per key, emitting
 /// (key, window start, count) as three i64.
-fn w2(n: u64, parallelism: usize, batch_size: usize) -> Result<u64, String> {
+fn w2(n: u64, parallelism: usize, batch_size: usize) -> Result<Tally, String> {
     let env = StreamEnv::new();
     env.set_parallelism(parallelism).set_batch_size(batch_size).set_watermark_interval(Duration::from_millis(200));
-    let out = env
-        .source(SequenceSource::new(0..n), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
+    let (sink, out) = tally_sink(w2_fingerprint);
+    env.source(SequenceSource::new(0..n), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
         .key_by(|i| w2_key(*i))
         .window(Tumbling::event_time(Duration::from_millis(1000)))
         .aggregate_with(Count, |key, window, count| (*key as i64, window.start, count as i64))
         .uid("w2-counts")
-        .discard();
+        .sink(sink);
     env.execute("w2").map_err(|e| e.to_string())?;
-    Ok(out.count())
+    Ok(tally_of(&out))
 }
 
 /// W3: W2 with aligned exactly-once checkpoints every second into a fresh local folder.
-/// Returns the output count and the (duration, bytes) of each checkpoint.
-fn w3(n: u64, parallelism: usize, batch_size: usize) -> Result<(u64, Vec<(Duration, u64)>), String> {
+/// Returns the output and the (duration, bytes) of each checkpoint.
+fn w3(n: u64, parallelism: usize, batch_size: usize) -> Result<(Tally, Vec<(Duration, u64)>), String> {
     let dir = std::env::temp_dir().join(format!("sluice-w3-{}", std::process::id()));
     let env = StreamEnv::new();
     env.set_parallelism(parallelism)
@@ -115,17 +231,25 @@ fn w3(n: u64, parallelism: usize, batch_size: usize) -> Result<(u64, Vec<(Durati
         .set_watermark_interval(Duration::from_millis(200))
         .enable_checkpointing(Duration::from_millis(1000), dir.to_str().ok_or("temp dir is not UTF-8")?)
         .start_from(StartFrom::Fresh);
-    let out = env
-        .source(SequenceSource::new(0..n), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
+    let (sink, out) = tally_sink(w2_fingerprint);
+    env.source(SequenceSource::new(0..n), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
         .uid("w3-events")
         .key_by(|i| w2_key(*i))
         .window(Tumbling::event_time(Duration::from_millis(1000)))
         .aggregate_with(Count, |key, window, count| (*key as i64, window.start, count as i64))
         .uid("w3-counts")
-        .discard();
+        .sink(sink);
     let result = env.execute("w3").map_err(|e| e.to_string());
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((out.count(), result?.checkpoints))
+    let checkpoints = result?.checkpoints;
+    // The last checkpoint is the final one at the end of input: a W3 without a periodic
+    // one measured nothing of what checkpoints cost while the stream runs.
+    if checkpoints.len() < 2 {
+        return Err(format!(
+            "W3 took no periodic checkpoint (the job ended within the 1 s interval): use a larger --n than {n}"
+        ));
+    }
+    Ok((tally_of(&out), checkpoints))
 }
 
 fn median<T: Copy + Ord>(mut values: Vec<T>) -> Option<T> {
@@ -170,22 +294,45 @@ fn k1_fill(bootstrap: &str, topic: &str, partitions: i32, n: u64) -> Result<(), 
     use sluice_kafka::testing::{create_topic, produce, TestRecord};
     create_topic(bootstrap, topic, partitions).map_err(|e| e.to_string())?;
     let records = (0..n).map(|i| {
-        let mut value = format!("{i:020}").into_bytes();
-        value.resize(100, b'a' + (i % 26) as u8);
-        TestRecord {
-            key: Some(format!("{:08}", w2_key(i) * 100 + i % 100).into_bytes()),
-            value: Some(value),
-            ..Default::default()
-        }
+        let (key, value) = k1_record(i);
+        TestRecord { key: Some(key), value: Some(value), ..Default::default() }
     });
     produce(bootstrap, topic, records).map_err(|e| e.to_string())?;
     Ok(())
 }
 
+/// Input record `i` of K1, as `k1_fill` writes it: (key, value).
+fn k1_record(i: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut value = format!("{i:020}").into_bytes();
+    value.resize(100, b'a' + (i % 26) as u8);
+    (format!("{:08}", w2_key(i) * 100 + i % 100).into_bytes(), value)
+}
+
+/// What K1's output topic must hold: every input record with its value upper-cased.
+fn k1_reference(n: u64) -> Tally {
+    let mut tally = Tally::default();
+    for i in 0..n {
+        let (key, mut value) = k1_record(i);
+        value.make_ascii_uppercase();
+        tally.add(k1_fingerprint(&key, &value));
+    }
+    tally
+}
+
+/// The [`Tally`] of what a `read_committed` consumer sees in `topic`.
+fn k1_output(bootstrap: &str, topic: &str) -> Result<Tally, String> {
+    let mut tally = Tally::default();
+    sluice_kafka::testing::for_each_committed(bootstrap, topic, Duration::from_secs(600), |key, value| {
+        tally.add(k1_fingerprint(key.unwrap_or_default(), value.unwrap_or_default()))
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(tally)
+}
+
 /// K1: Kafka (100-byte keyed records) -> map -> Kafka, exactly-once, checkpoints every
 /// second. Returns the records the job read, after checking that a `read_committed`
 /// consumer sees exactly that many in the output topic.
-fn k1(bootstrap: &str, input: &str, parallelism: usize) -> Result<(u64, Duration), String> {
+fn k1(bootstrap: &str, input: &str, parallelism: usize) -> Result<(Tally, Duration), String> {
     use sluice_kafka::{DeliveryGuarantee, KafkaMessage, KafkaSink, KafkaSource, ProducerRecord};
     let run = format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis());
     let output = format!("k1-out-{run}");
@@ -226,9 +373,7 @@ fn k1(bootstrap: &str, input: &str, parallelism: usize) -> Result<(u64, Duration
     let elapsed = started.elapsed();
     let _ = std::fs::remove_dir_all(&checkpoints);
     result?;
-    let written = sluice_kafka::testing::count_committed(bootstrap, &output, Duration::from_secs(600))
-        .map_err(|e| e.to_string())?;
-    Ok((written, elapsed))
+    Ok((k1_output(bootstrap, &output)?, elapsed))
 }
 
 fn main() -> ExitCode {
@@ -243,31 +388,44 @@ fn main() -> ExitCode {
         return kafka_main(&args);
     }
     let started = Instant::now();
-    let (produced, expected) = match args.workload.as_str() {
-        "w1" => (w1(args.n, args.parallelism, args.batch_size), w1_expected(args.n)),
-        "w2" => (w2(args.n, args.parallelism, args.batch_size), args.n),
-        "w3" => {
-            let run = w3(args.n, args.parallelism, args.batch_size);
-            if let Ok((_, checkpoints)) = &run {
-                // The last checkpoint is the final one at the end of input; the periodic ones
-                // are what the stream pays while running.
-                let periodic = &checkpoints[..checkpoints.len().saturating_sub(1)];
-                let ms = median(periodic.iter().map(|c| c.0.as_micros() as u64).collect()).unwrap_or(0) as f64 / 1000.0;
-                let bytes = median(periodic.iter().map(|c| c.1).collect()).unwrap_or(0);
-                eprintln!("CHECKPOINTS count={} median_ms={ms:.1} median_bytes={bytes}", periodic.len());
-            }
-            (run.map(|(count, _)| count), args.n)
-        }
-        "w1-baseline" => (Ok(w1_baseline(args.n)), w1_expected(args.n)),
-        "w2-baseline" => (Ok(w2_baseline(args.n)), args.n),
+    // Engine runs are checked against a reference computed afterwards by a plain loop;
+    // the baseline loops count what they produce (their output is black-boxed).
+    let produced: Result<(u64, Option<Tally>), String> = match args.workload.as_str() {
+        "w1" => w1(args.n, args.parallelism, args.batch_size).map(|t| (t.count, Some(t))),
+        "w2" => w2(args.n, args.parallelism, args.batch_size).map(|t| (t.count, Some(t))),
+        "w3" => w3(args.n, args.parallelism, args.batch_size).map(|(tally, checkpoints)| {
+            // The periodic checkpoints are what the stream pays while running.
+            let periodic = &checkpoints[..checkpoints.len() - 1];
+            let ms = median(periodic.iter().map(|c| c.0.as_micros() as u64).collect()).unwrap_or(0) as f64 / 1000.0;
+            let bytes = median(periodic.iter().map(|c| c.1).collect()).unwrap_or(0);
+            eprintln!("CHECKPOINTS count={} median_ms={ms:.1} median_bytes={bytes}", periodic.len());
+            (tally.count, Some(tally))
+        }),
+        "w1-baseline" => Ok((w1_baseline(args.n), None)),
+        "w2-baseline" => Ok((w2_baseline(args.n), None)),
         other => {
             eprintln!("unknown workload '{other}': use w1, w2, w3, w1-baseline or w2-baseline");
             return ExitCode::from(2);
         }
     };
     let secs = started.elapsed().as_secs_f64();
-    match produced {
-        Ok(count) if count == expected => {
+    let reference = match args.workload.as_str() {
+        "w1" | "w1-baseline" => w1_reference(args.n),
+        _ => w2_reference(args.n),
+    };
+    let wrong = match &produced {
+        Ok((_, Some(tally))) if *tally != reference => Some(format!(
+            "wrong output: {} records with checksum {:#x}, expected {} with checksum {:#x}",
+            tally.count, tally.checksum, reference.count, reference.checksum
+        )),
+        Ok((count, None)) if *count != reference.count => {
+            Some(format!("wrong output: {count} records, expected {}", reference.count))
+        }
+        Ok(_) => None,
+        Err(e) => Some(e.clone()),
+    };
+    match wrong {
+        None => {
             println!(
                 "RESULT workload={} n={} p={} secs={:.3} rate={:.0}",
                 args.workload,
@@ -278,12 +436,8 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Ok(count) => {
-            eprintln!("wrong output: {count} records, expected {expected}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("{e}");
+        Some(message) => {
+            eprintln!("{message}");
             ExitCode::FAILURE
         }
     }
@@ -292,7 +446,7 @@ fn main() -> ExitCode {
 /// K1's yardstick: one thread copying the input topic to a new one with librdkafka alone
 /// (consumer -> upper-case -> idempotent producer, no engine, no transactions, no
 /// checkpoints). Returns the records copied and the time taken.
-fn k1_baseline(bootstrap: &str, input: &str) -> Result<(u64, Duration), String> {
+fn k1_baseline(bootstrap: &str, input: &str) -> Result<(Tally, Duration), String> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -354,9 +508,7 @@ fn k1_baseline(bootstrap: &str, input: &str) -> Result<(u64, Duration), String> 
     }
     producer.flush(Duration::from_secs(120)).map_err(e)?;
     let elapsed = started.elapsed();
-    let written = sluice_kafka::testing::count_committed(bootstrap, &output, Duration::from_secs(600))
-        .map_err(|e| e.to_string())?;
-    Ok((written, elapsed))
+    Ok((k1_output(bootstrap, &output)?, elapsed))
 }
 
 /// `k1-fill --bootstrap B --input T --n N` writes K1's input; `k1` runs K1 on it (with no
@@ -416,8 +568,11 @@ fn kafka_main(args: &Args) -> ExitCode {
     } else {
         k1(&bootstrap, &input, args.parallelism)
     };
+    // The output is checked record for record (count and content checksum) against the
+    // input's formula, whenever the input is K1's own (k1-fill's records).
+    let reference = k1_reference(args.n);
     match run {
-        Ok((written, elapsed)) if written == args.n => {
+        Ok((written, elapsed)) if written == reference => {
             let secs = elapsed.as_secs_f64();
             println!(
                 "RESULT workload={} n={} p={} secs={secs:.3} rate={:.0}",
@@ -429,7 +584,11 @@ fn kafka_main(args: &Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok((written, _)) => {
-            eprintln!("wrong output: a read_committed consumer sees {written} records, expected {}", args.n);
+            eprintln!(
+                "wrong output: a read_committed consumer sees {} records with checksum {:#x}, expected {} with \
+                 checksum {:#x}",
+                written.count, written.checksum, reference.count, reference.checksum
+            );
             ExitCode::FAILURE
         }
         Err(e) => {

@@ -389,6 +389,18 @@ pub fn open_transactions(bootstrap: &str, prefix: &str) -> io::Result<Vec<String
     protocol::list_open(&[bootstrap.to_string()], prefix, Duration::from_secs(10))
 }
 
+/// Calls `each` with the key and value of every record a `read_committed` consumer sees in
+/// `topic`, to the end of every partition within `timeout` (for large topics: nothing is
+/// kept).
+pub fn for_each_committed(
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+    mut each: impl FnMut(Option<&[u8]>, Option<&[u8]>),
+) -> io::Result<()> {
+    consume_to_end(bootstrap, topic, timeout, |m| each(m.key(), m.payload()))
+}
+
 /// How many records a `read_committed` consumer sees in `topic`, read to the end of every
 /// partition within `timeout` (for large topics, without keeping them).
 pub fn count_committed(bootstrap: &str, topic: &str, timeout: Duration) -> io::Result<u64> {
