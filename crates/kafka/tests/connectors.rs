@@ -231,6 +231,40 @@ fn the_sink_partitions_like_kafka_and_rejects_settings_that_cannot_work() {
     assert!(e.contains("'no-such-topic' does not exist"), "{e}");
     let e = refused(keyed_sink(b, "by-key", SinkPartitioning::Fixed(7)), false);
     assert!(e.contains("fixed partition 7 does not exist"), "{e}");
+
+    // A source on a topic that does not exist, and clients of an address where no broker
+    // listens, fail before the job starts: the latter within the connect timeout.
+    let source_error = |servers: &str, topic: &str| -> String {
+        let source = sluice_kafka::KafkaSource::builder()
+            .bootstrap_servers(servers)
+            .topics([topic])
+            .bounded()
+            .connect_timeout(Duration::from_secs(2))
+            .deserializer(codec::text())
+            .build()
+            .unwrap();
+        let env = StreamEnv::new();
+        env.set_restart_strategy(RestartStrategy::FixedDelay { attempts: 1000, delay: Duration::from_millis(1) });
+        env.source(source, Watermarks::none()).discard();
+        env.execute("refused source").unwrap_err().to_string()
+    };
+    let e = source_error(b, "no-such-input");
+    assert!(e.contains("Kafka topic 'no-such-input' does not exist"), "{e}");
+    let nobody = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let e = source_error(&nobody, "by-key");
+    assert!(e.contains(&format!("cannot reach Kafka at {nobody} within 2s")), "{e}");
+    let sink = KafkaSink::builder()
+        .bootstrap_servers(&nobody)
+        .topic("by-key")
+        .serializer(codec::text_value())
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let e = refused(sink, false);
+    assert!(e.contains(&format!("cannot reach Kafka at {nobody}")), "{e}");
     let e = KafkaSink::builder::<String>()
         .bootstrap_servers(b)
         .topic("by-key")
