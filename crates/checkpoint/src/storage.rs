@@ -314,7 +314,7 @@ impl CheckpointStore {
             let damaged: Vec<&String> =
                 problems.iter().filter(|p| p.starts_with(&format!("checkpoint {committed}:"))).collect();
             let what = match damaged.first() {
-                Some(problem) => format!("{problem}"),
+                Some(problem) => problem.to_string(),
                 None => format!("checkpoint {committed} is missing"),
             };
             let fallback = match found_id {

@@ -223,7 +223,7 @@ fn checkpointed_copy(
         .map(move |e: Event| {
             // Slow enough (about 1.5 s in all) that several checkpoints complete before
             // the failure and before the end.
-            if seen.fetch_add(1, Ordering::SeqCst) % 10 == 0 {
+            if seen.fetch_add(1, Ordering::SeqCst).is_multiple_of(10) {
                 std::thread::sleep(Duration::from_millis(10));
             }
             if fail_at.is_some_and(|at| seen.load(Ordering::SeqCst) == at) && !failed.swap(true, Ordering::SeqCst) {

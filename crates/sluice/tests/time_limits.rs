@@ -56,7 +56,7 @@ fn sliding_windows_near_the_lower_end_stop_at_i64_min() {
     for (t, start, end, _) in &got {
         assert!(start <= t && t < end, "{t} lies in [{start}, {end})");
     }
-    assert!(got.iter().all(|g| g.1 >= i64::MIN && g.2 > g.1), "{got:?}");
+    assert!(got.iter().all(|g| g.2 > g.1), "no window is empty or wrapped: {got:?}");
     assert!(got.iter().filter(|g| g.0 == MAX_TIMESTAMP).count() >= 1);
     assert!(got.iter().filter(|g| g.0 == MIN_TIMESTAMP + 6_000).count() == 2, "two overlapping windows: {got:?}");
 }
