@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine: formatting and lint checks, unit
-# tests, integration tests and doc examples. Needs a Rust toolchain (1.85 or newer) and
+# tests, integration tests and doc examples. Needs a Rust toolchain (1.88 or newer) and
 # crates.io; for the Kafka tests it installs what is missing (a C toolchain for
 # librdkafka, Java 17 and Maven from Debian, the Kafka 4.4 jars from Maven Central). Each
 # Kafka test starts its own broker and kills it when it ends.
