@@ -570,17 +570,23 @@ mod tests {
         }
     }
 
+    /// A store of job "job" holding checkpoints 1 to 3.
+    fn three_checkpoints() -> (tempfile::TempDir, CheckpointStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        for id in 1..=3 {
+            write(&store, id);
+        }
+        (dir, store)
+    }
+
     const DAMAGES: [&str; 5] =
         ["flipped byte", "truncated state file", "deleted state file", "deleted manifest", "garbled manifest"];
 
     #[test]
     fn a_damaged_committed_checkpoint_is_never_passed_over_silently() {
         for how in DAMAGES {
-            let dir = tempfile::tempdir().unwrap();
-            let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
-            for id in 1..=3 {
-                write(&store, id);
-            }
+            let (dir, store) = three_checkpoints();
             store.record_commit(2).unwrap();
             store.record_commit(3).unwrap();
             store.record_commit(1).unwrap(); // never goes back
@@ -608,11 +614,7 @@ mod tests {
     #[test]
     fn a_damaged_checkpoint_newer_than_the_committed_one_falls_back_quietly() {
         for how in DAMAGES {
-            let dir = tempfile::tempdir().unwrap();
-            let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
-            for id in 1..=3 {
-                write(&store, id);
-            }
+            let (dir, store) = three_checkpoints();
             store.record_commit(2).unwrap();
             damage(&dir.path().join("job/chk-000000000003"), how);
             assert_eq!(store.latest_restorable(false).unwrap().unwrap().manifest.checkpoint, 2, "{how}");

@@ -274,10 +274,12 @@ fn supervise(
                     return Err(JobError::Task { job, source: error });
                 }
                 let Some(delay) = restarts.on_failure(Instant::now()) else {
-                    tracing::error!(
-                        "job '{job}' failed and the restart strategy gives up after {} restart(s): {error}",
-                        restarts.restarts()
-                    );
+                    match restarts.restarts() {
+                        0 => tracing::error!("job '{job}' failed and its restart strategy allows no restart: {error}"),
+                        n => tracing::error!(
+                            "job '{job}' failed and the restart strategy gives up after {n} restart(s): {error}"
+                        ),
+                    }
                     return Err(JobError::Task { job, source: error });
                 };
                 tracing::warn!(

@@ -147,19 +147,7 @@ fn a_corrupted_latest_checkpoint_falls_back_to_the_previous_and_output_stays_exa
     // before committing: the restart must skip 4, restore 3, and abort 4's transactions.
     env.set_failpoint(Arc::new(move |point: &str, id: u64| {
         if point == "commit" && trigger.hit(id) {
-            let folder = root.join("exactly-once-corrupt").join(format!("chk-{id:012}"));
-            let manifest: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(folder.join("_manifest.json")).unwrap()).unwrap();
-            let file = manifest["states"].as_array().unwrap().iter().find(|s| s["kind"] == "keyed").unwrap()["file"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            let path = folder.join(file);
-            let mut bytes = std::fs::read(&path).unwrap();
-            let last = bytes.len() - 1;
-            bytes[last] ^= 0x5a;
-            std::fs::write(&path, bytes).unwrap();
-            *seen.lock().unwrap() = Some(path);
+            *seen.lock().unwrap() = Some(flip_keyed_state(&root, "exactly-once-corrupt", id));
             return Err(format!("injected crash after completing checkpoint {id}"));
         }
         Ok(())
@@ -221,8 +209,8 @@ fn at_least_once_mode_loses_nothing_across_failures_and_retention_keeps_the_newe
     assert!(folders <= 2, "{folders} checkpoints kept, 2 retained");
 }
 
-/// Flips the last byte of the keyed state file of checkpoint `id` of `job`.
-fn flip_keyed_state(checkpoints: &Path, job: &str, id: u64) {
+/// Flips the last byte of the keyed state file of checkpoint `id` of `job`; returns it.
+fn flip_keyed_state(checkpoints: &Path, job: &str, id: u64) -> std::path::PathBuf {
     let folder = checkpoints.join(job).join(format!("chk-{id:012}"));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(folder.join("_manifest.json")).unwrap()).unwrap();
@@ -235,6 +223,7 @@ fn flip_keyed_state(checkpoints: &Path, job: &str, id: u64) {
     let last = bytes.len() - 1;
     bytes[last] ^= 0x5a;
     std::fs::write(&path, bytes).unwrap();
+    path
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{multiset, seed, sorted, window_start, Rng};
+use common::{multiset, seed, sorted, window_start, Rng, SumValues};
 use sluice::prelude::*;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -96,26 +96,6 @@ fn tumbling_windows_with_out_of_order_and_late_records_match_the_reference() {
             assert_eq!(sorted(late.values()), sorted(want_late), "parallelism {parallelism}");
         }
     });
-}
-
-#[derive(Clone)]
-struct SumValues;
-
-impl AggregateFunction<Event> for SumValues {
-    type Acc = u64;
-    type Out = u64;
-    fn create_accumulator(&self) -> u64 {
-        0
-    }
-    fn add(&self, acc: &mut u64, e: Event) {
-        *acc += e.1;
-    }
-    fn get_result(&self, acc: &u64) -> u64 {
-        *acc
-    }
-    fn merge(&self, a: u64, b: u64) -> u64 {
-        a + b
-    }
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{multiset, seed, Rng};
+use common::{multiset, seed, Rng, SumValues};
 use sluice::prelude::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -72,30 +72,10 @@ fn run_aligned(input: &[Event], spec: WindowSpec, lateness: i64, parallelism: us
         .key_by(|e| e.0)
         .window(spec)
         .allowed_lateness(Duration::from_millis(lateness as u64))
-        .aggregate_with(Sum, |k, w, sum| (*k, w.start, sum))
+        .aggregate_with(SumValues, |k, w, sum| (*k, w.start, sum))
         .collect();
     env.execute("late firings").unwrap();
     out.values()
-}
-
-#[derive(Clone)]
-struct Sum;
-
-impl AggregateFunction<Event> for Sum {
-    type Acc = u64;
-    type Out = u64;
-    fn create_accumulator(&self) -> u64 {
-        0
-    }
-    fn add(&self, acc: &mut u64, e: Event) {
-        *acc += e.1
-    }
-    fn get_result(&self, acc: &u64) -> u64 {
-        *acc
-    }
-    fn merge(&self, a: u64, b: u64) -> u64 {
-        a + b
-    }
 }
 
 #[test]
@@ -168,7 +148,7 @@ fn a_late_record_that_starts_a_session_past_the_watermark_fires_it_at_once() {
             .key_by(|e| e.0)
             .window(Session::event_time(Duration::from_secs(1)))
             .allowed_lateness(Duration::from_secs(10))
-            .aggregate_with(Sum, |k, w, sum| (*k, w.start, w.end, sum))
+            .aggregate_with(SumValues, |k, w, sum| (*k, w.start, w.end, sum))
             .collect();
         env.execute("late sessions").unwrap();
         let want = vec![(0, 15_000, 16_000, 2), (0, 15_000, 17_000, 5), (1, 14_000, 15_000, 4), (0, 22_000, 23_000, 1)];

@@ -55,3 +55,24 @@ pub fn window_start(t: i64, size: i64) -> i64 {
 pub fn committed_lines(dir: &std::path::Path) -> Vec<String> {
     sluice::connectors::committed_lines(dir).unwrap()
 }
+
+/// Sums the value (the second field) of (key, value, event time) records.
+#[derive(Clone)]
+pub struct SumValues;
+
+impl<K> sluice::prelude::AggregateFunction<(K, u64, i64)> for SumValues {
+    type Acc = u64;
+    type Out = u64;
+    fn create_accumulator(&self) -> u64 {
+        0
+    }
+    fn add(&self, acc: &mut u64, e: (K, u64, i64)) {
+        *acc += e.1;
+    }
+    fn get_result(&self, acc: &u64) -> u64 {
+        *acc
+    }
+    fn merge(&self, a: u64, b: u64) -> u64 {
+        a + b
+    }
+}
