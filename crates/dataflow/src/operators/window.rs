@@ -54,6 +54,7 @@ pub enum WindowAssigner {
 
 impl WindowAssigner {
     /// Appends the windows `timestamp` belongs to.
+    #[inline]
     pub fn assign(&self, timestamp: Timestamp, out: &mut Vec<TimeWindow>) {
         match *self {
             WindowAssigner::Tumbling { size, offset } => {
@@ -62,8 +63,9 @@ impl WindowAssigner {
             }
             WindowAssigner::Sliding { size, slide, offset } => {
                 let mut start = window_start(timestamp, offset, slide);
-                // Starts are compared in i128: `timestamp - size` may lie below i64::MIN.
-                while start as i128 > timestamp as i128 - size as i128 {
+                // `timestamp - size` may lie below i64::MIN: saturated, every start is above
+                // it, and the loop ends when the next start would be below i64::MIN.
+                while start > timestamp.saturating_sub(size) {
                     out.push(TimeWindow::new(start, start.saturating_add(size)));
                     match start.checked_sub(slide) {
                         Some(next) => start = next,
@@ -83,9 +85,19 @@ impl WindowAssigner {
 
 /// The start of the aligned window of length `size` (shifted by `offset`) holding
 /// `timestamp`, computed without overflow: near `i64::MIN` it is clamped there.
+#[inline]
 fn window_start(timestamp: Timestamp, offset: i64, size: i64) -> Timestamp {
-    let (t, offset, size) = (timestamp as i128, offset as i128, size as i128);
-    (t - (t - offset).rem_euclid(size)).max(i64::MIN as i128) as Timestamp
+    match timestamp.checked_sub(offset) {
+        // The start is at most `size - 1` below the timestamp: only near i64::MIN can it
+        // fall below, and then it is clamped there.
+        Some(shifted) => timestamp.checked_sub(shifted.rem_euclid(size)).unwrap_or(Timestamp::MIN),
+        // An offset that overflows the subtraction (rare): the same in i128, which is
+        // slow (a software division) and so kept off the common path.
+        None => {
+            let (t, offset, size) = (timestamp as i128, offset as i128, size as i128);
+            (t - (t - offset).rem_euclid(size)).max(i64::MIN as i128) as Timestamp
+        }
+    }
 }
 
 /// What a window computes: an accumulator per key and window, and what it emits.
