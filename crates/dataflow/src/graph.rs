@@ -531,6 +531,17 @@ impl JobGraph {
         consumers
     }
 
+    /// Runs every source's and sink's own checks ([`Source::validate`](crate::Source::validate),
+    /// [`Sink::validate`](crate::Sink::validate)): inputs that exist, folders that can be
+    /// created, brokers that answer. They may do I/O (a Kafka client asks for metadata), so
+    /// the runtime calls this once, just before the job starts, after [`JobGraph::validate`].
+    pub fn validate_connectors(&self) -> Result<(), GraphError> {
+        for node in &self.nodes {
+            node.imp.validate(&self.config).map_err(|message| GraphError(format!("'{}': {message}", node.name)))?;
+        }
+        Ok(())
+    }
+
     /// Checks what the type system cannot: settings in range, unique uids, a sink to run
     /// towards, parallelism within each source's and each keyed operator's limits.
     pub fn validate(&self) -> Result<(), GraphError> {
@@ -613,7 +624,6 @@ impl JobGraph {
                     node.name, c.max_parallelism
                 )));
             }
-            node.imp.validate(c).map_err(|message| GraphError(format!("'{}': {message}", node.name)))?;
             for edge in &node.inputs {
                 if edge.from.0 >= node.id.0 {
                     return Err(GraphError(format!("operator '{}' reads from a later node", node.name)));

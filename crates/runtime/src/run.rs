@@ -145,6 +145,7 @@ pub fn run(graph: JobGraph) -> Result<JobResult, JobError> {
 pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
     crate::report::init();
     graph.validate()?;
+    graph.validate_connectors()?;
     let job = graph.name.clone();
     let restore_error = |message: String| JobError::Restore { job: job.clone(), message };
     let mut checkpointing = None;
