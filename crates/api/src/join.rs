@@ -240,7 +240,9 @@ where
             .expect("an interval join needs event timestamps: give both sources a watermark strategy with timestamps");
         let watermark = ctx.current_watermark();
         if watermark != MIN_WATERMARK && time < watermark {
-            return; // Late: its partners may already be gone (Flink drops these too).
+            // Late: its partners may already be gone (Flink drops these too); counted.
+            sluice_dataflow::counters::count(sluice_dataflow::counters::Counter::LateRecordDropped, 1);
+            return;
         }
         let (lower, upper) = (self.lower, self.upper);
         let f = &self.f;

@@ -248,6 +248,7 @@ fn late_records_dropped_are_counted_in_the_result_and_names_are_the_users() {
     .discard();
     let result = env.execute("late").unwrap();
     assert_eq!(result.late_records_dropped, 2);
+
     assert_eq!(result.records_skipped, 0);
     assert_eq!(result.restarts, 0);
 
