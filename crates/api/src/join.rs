@@ -119,6 +119,27 @@ impl<K: Key, T: Data, U: Data> WindowJoin<K, T, U> {
     /// Keeps each window this long after it fired (event time only): a late record within
     /// it fires the window again with every pair it now holds, as Flink's window join
     /// (a co-group over a window with allowed lateness) does.
+    ///
+    /// ```
+    /// # use sluice::prelude::*;
+    /// # use std::time::Duration;
+    /// let env = StreamEnv::new();
+    /// let stamped = |items: Vec<(u32, i64)>| {
+    ///     env.source(CollectionSource::new(items), Watermarks::bounded(Duration::from_secs(1)).with_timestamps(|e: &(u32, i64)| e.1))
+    /// };
+    /// let pairs = stamped(vec![(1, 100), (1, 900)])
+    ///     .join(&stamped(vec![(1, 500)]))
+    ///     .where_key(|c| c.0)
+    ///     .equal_to(|v| v.0)
+    ///     .window(Tumbling::event_time(Duration::from_secs(1)))
+    ///     .allowed_lateness(Duration::from_secs(5))
+    ///     .apply(|c, v| (c.1, v.1))
+    ///     .collect();
+    /// env.execute("join with lateness").unwrap();
+    /// let mut got = pairs.values();
+    /// got.sort();
+    /// assert_eq!(got, vec![(100, 500), (900, 500)]);
+    /// ```
     pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
         self.lateness = lateness;
         self
