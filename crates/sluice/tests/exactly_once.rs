@@ -32,6 +32,22 @@ fn reference() -> Vec<String> {
     counts.into_iter().map(|((k, w), n)| format!("{k},{w},{n}")).collect()
 }
 
+/// The counting job without failures of its own: events `0..N` at 150k/s, counted per key
+/// in tumbling windows, exactly once into files in `out`.
+fn count_into_files(env: &StreamEnv, out: &Path) {
+    env.source(
+        SequenceSource::new(0..N).with_rate_limit(150_000.0),
+        Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
+    )
+    .uid("events")
+    .key_by(|i| key_of(*i))
+    .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
+    .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
+    .uid("counts")
+    .sink(TransactionalFileSink::new(out))
+    .uid("files");
+}
+
 /// Fires once, when `counter` reaches `at`.
 struct Trigger {
     at: u64,
@@ -152,17 +168,7 @@ fn a_corrupted_latest_checkpoint_falls_back_to_the_previous_and_output_stays_exa
         }
         Ok(())
     }));
-    env.source(
-        SequenceSource::new(0..N).with_rate_limit(150_000.0),
-        Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
-    )
-    .uid("events")
-    .key_by(|i| key_of(*i))
-    .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
-    .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
-    .uid("counts")
-    .sink(TransactionalFileSink::new(&out))
-    .uid("files");
+    count_into_files(&env, &out);
     let result = env.execute("exactly-once-corrupt").unwrap();
     assert!(corrupted_file.lock().unwrap().is_some(), "checkpoint 4 was corrupted");
     assert_eq!(result.restarts, 1);
@@ -243,17 +249,7 @@ fn falling_back_past_a_committed_checkpoint_is_refused_unless_duplicates_are_acc
         if allow {
             env.allow_duplicate_output();
         }
-        env.source(
-            SequenceSource::new(0..N).with_rate_limit(150_000.0),
-            Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
-        )
-        .uid("events")
-        .key_by(|i| key_of(*i))
-        .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
-        .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
-        .uid("counts")
-        .sink(TransactionalFileSink::new(&out))
-        .uid("files");
+        count_into_files(&env, &out);
         env
     };
     // Checkpoint 5 completes; before it commits, checkpoint 4 (committed) and 5 are both
