@@ -51,7 +51,11 @@ struct Cli {
     job: sluice::JobArgs,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    sluice::exit_with("wordcount", run())
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     use clap::Parser;
     let env = StreamEnv::new();
     env.set_parallelism(2);

@@ -41,6 +41,39 @@ pub use sluice_runtime::{JobError, JobHandle, JobResult};
 mod args;
 pub use args::JobArgs;
 
+/// Ends a job binary: on an error, prints it on stderr as a message (its `Display` and the
+/// chain of its sources, not a `Debug` dump) after the program's name, and exits with a
+/// failure code.
+///
+/// ```no_run
+/// fn run() -> Result<(), Box<dyn std::error::Error>> {
+///     Err("the input folder is missing".into())
+/// }
+/// fn main() -> std::process::ExitCode {
+///     sluice::exit_with("my-job", run())
+/// }
+/// ```
+pub fn exit_with(program: &str, result: Result<(), Box<dyn std::error::Error>>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            let mut message = error.to_string();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                // thiserror's transparent and "{source}" messages already hold their cause.
+                if !message.contains(&text) {
+                    message.push_str(": ");
+                    message.push_str(&text);
+                }
+                source = cause.source();
+            }
+            eprintln!("{program}: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 use std::sync::{Mutex, OnceLock};
 
 /// Everything a job needs in scope.

@@ -126,4 +126,14 @@ fn job_flags_are_parsed_strictly_with_messages_that_name_the_flag() {
     assert!(!ok && stderr.contains("--checkpoint-dir"), "--fresh needs checkpoints: {stderr}");
     let (ok, stdout, _) = run(&["--help"]);
     assert!(ok && stdout.contains("--allow-duplicates") && stdout.contains("--checkpoint-dir"), "{stdout}");
+    // A job that cannot start says why as a message, not as a Debug dump.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let under_file = file.join("checkpoints");
+    let out = dir.path().join("out");
+    let (ok, _, stderr) =
+        run(&["--out", out.to_str().unwrap(), "--checkpoint-dir", under_file.to_str().unwrap(), "--n", "10"]);
+    assert!(!ok && stderr.starts_with("counts: job 'counts' cannot start: checkpoint location"), "{stderr}");
+    assert!(!stderr.contains("Restore {") && !stderr.contains("message:"), "no Debug dump: {stderr}");
 }

@@ -35,7 +35,11 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    sluice::exit_with("big-records", run())
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     let env = StreamEnv::new();
     env.set_parallelism(2);

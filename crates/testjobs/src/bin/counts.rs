@@ -33,7 +33,11 @@ struct Cli {
 
 static SEEN: AtomicU64 = AtomicU64::new(0);
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    sluice::exit_with("counts", run())
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     let env = StreamEnv::new();
     env.set_parallelism(2).set_watermark_interval(Duration::from_millis(20));

@@ -45,7 +45,11 @@ thread_local! {
     static SEEN: Cell<u64> = const { Cell::new(0) };
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    sluice::exit_with("kafka-copy", run())
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     let pace_every = cli.pace_every;
     let env = StreamEnv::new();
