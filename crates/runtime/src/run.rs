@@ -234,6 +234,9 @@ fn supervise(
     let strategy = graph.config.restart.clone();
     let mut restarts = RestartTracker::new(strategy);
     let mut restored_from = None;
+    // Checkpoints below this id belong to earlier runs: a job started fresh (or from a
+    // given path) restarts from where it started until it has completed one of its own.
+    let first_id = checkpointing.as_ref().map_or(0, |cp| cp.next_id);
     loop {
         let plan = match &start {
             Some(loaded) => {
@@ -294,7 +297,7 @@ fn supervise(
                 }
                 flags.abort.store(false, Ordering::SeqCst);
                 flags.stop_sources.store(flags.cancelled.load(Ordering::SeqCst), Ordering::SeqCst);
-                if let Some(cp) = &checkpointing {
+                if let Some(cp) = checkpointing.as_ref().filter(|cp| cp.completed.iter().any(|id| *id >= first_id)) {
                     if let Some(latest) = cp
                         .store
                         .latest_restorable(cp.config.allow_duplicate_output)

@@ -341,3 +341,53 @@ fn the_output_of_tolerated_failed_and_timed_out_checkpoints_is_committed_with_th
     assert_eq!(multiset(committed_lines(&out)), multiset(reference()));
     assert_eq!(std::fs::read_dir(out.join(".pending")).unwrap().count(), 0, "nothing left pending");
 }
+
+#[test]
+fn a_job_started_fresh_restarts_fresh_until_it_has_a_checkpoint_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    let job = |out: &Path, fresh: bool, fail_at: Option<u64>| {
+        let env = StreamEnv::new();
+        env.set_parallelism(2)
+            .set_watermark_interval(Duration::from_millis(20))
+            // No periodic checkpoint during the run: only the final one.
+            .enable_checkpointing(Duration::from_secs(3600), checkpoints.to_str().unwrap())
+            .set_restart_strategy(RestartStrategy::FixedDelay { attempts: 3, delay: Duration::from_millis(20) });
+        if fresh {
+            env.start_from(StartFrom::Fresh);
+        }
+        let seen = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
+        env.source(
+            SequenceSource::new(0..N).with_rate_limit(300_000.0),
+            Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
+        )
+        .uid("events")
+        .map(move |i| {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            if fail_at == Some(n) && !failed.swap(true, Ordering::SeqCst) {
+                panic!("injected failure after {n} records");
+            }
+            i
+        })
+        .uid("keys")
+        .key_by(|i| key_of(*i))
+        .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
+        .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
+        .uid("counts")
+        .sink(TransactionalFileSink::new(out))
+        .uid("files");
+        env.execute("fresh-restart").unwrap()
+    };
+    // A first run ends with its final checkpoint in the folder.
+    let first = dir.path().join("first");
+    job(&first, false, None);
+    assert_eq!(multiset(committed_lines(&first)), multiset(reference()));
+    // A fresh run fails before any checkpoint of its own: its restart must start fresh
+    // again, not from the first run's (finished) checkpoint.
+    let second = dir.path().join("second");
+    let result = job(&second, true, Some(30_000));
+    assert_eq!(result.restarts, 1);
+    assert_eq!(result.restored_from, None, "nothing of the first run is restored");
+    assert_eq!(multiset(committed_lines(&second)), multiset(reference()));
+}
