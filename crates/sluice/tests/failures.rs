@@ -77,7 +77,11 @@ fn a_panicking_source_fails_the_job_chained_or_not_and_names_itself() {
         let env = StreamEnv::new();
         env.source(PanickingSource { after: 10 }, Watermarks::none()).discard();
         let handle = env.execute_async("dropped").unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        // The job fails by itself (the caller's `within` is the deadline), and then
+        // dropping its handle returns at once.
+        while !handle.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         drop(handle);
     });
 }
@@ -173,20 +177,34 @@ fn counting_job(env: &StreamEnv, checkpoints: &std::path::Path) {
         .discard();
 }
 
+/// Runs [`counting_job`] until a checkpoint holds keyed state of "sums", then cancels it.
+fn run_until_sums_are_checkpointed(checkpoints: &std::path::Path, job: &str) {
+    let env = StreamEnv::new();
+    counting_job(&env, checkpoints);
+    let handle = env.execute_async(job).unwrap();
+    let folder = checkpoints.join(job);
+    let has_sums = || {
+        std::fs::read_dir(&folder).into_iter().flatten().flatten().any(|entry| {
+            std::fs::read_to_string(entry.path().join("_manifest.json"))
+                .is_ok_and(|m| m.contains("\"sums\"") && m.contains("\"keyed\""))
+        })
+    };
+    // The caller's `within` is the deadline of this wait.
+    while !has_sums() {
+        assert!(!handle.is_finished(), "the job ended before a checkpoint held its sums");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.cancel();
+    handle.join().unwrap();
+}
+
 #[test]
 fn restored_state_of_another_type_fails_the_job_instead_of_restarting_it() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoints = dir.path().to_path_buf();
     let ck = checkpoints.clone();
     // A run that is cancelled with its rolling sums in a checkpoint.
-    within(DEADLINE, "the first run", move || {
-        let env = StreamEnv::new();
-        counting_job(&env, &ck);
-        let handle = env.execute_async("typed").unwrap();
-        std::thread::sleep(Duration::from_millis(150));
-        handle.cancel();
-        handle.join().unwrap();
-    });
+    within(DEADLINE, "the first run", move || run_until_sums_are_checkpointed(&ck, "typed"));
     // The same uid now reduces lists of strings: its state type changed from u64.
     let error = within(DEADLINE, "the run with the changed type", move || {
         let env = StreamEnv::new();
@@ -211,14 +229,7 @@ fn restored_state_of_another_type_fails_the_job_instead_of_restarting_it() {
 fn a_source_given_a_keyed_operators_state_is_an_error_naming_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let ck = dir.path().to_path_buf();
-    within(DEADLINE, "the first run", move || {
-        let env = StreamEnv::new();
-        counting_job(&env, &ck);
-        let handle = env.execute_async("uids").unwrap();
-        std::thread::sleep(Duration::from_millis(150));
-        handle.cancel();
-        handle.join().unwrap();
-    });
+    within(DEADLINE, "the first run", move || run_until_sums_are_checkpointed(&ck, "uids"));
     let ck = dir.path().to_path_buf();
     let error = within(DEADLINE, "the run with the swapped uid", move || {
         let env = StreamEnv::new();
