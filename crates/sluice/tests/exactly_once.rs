@@ -32,14 +32,24 @@ fn reference() -> Vec<String> {
     counts.into_iter().map(|((k, w), n)| format!("{k},{w},{n}")).collect()
 }
 
-/// The counting job without failures of its own: events `0..N` at 150k/s, counted per key
-/// in tumbling windows, exactly once into files in `out`.
-fn count_into_files(env: &StreamEnv, out: &Path) {
+/// The counting job: events `0..N` at 150k/s through a map that panics once at each of
+/// `panics` (counting records over every attempt), counted per key in tumbling windows,
+/// exactly once into files in `out`.
+fn count_into_files(env: &StreamEnv, out: &Path, panics: Vec<Arc<Trigger>>) {
+    let seen = AtomicU64::new(0);
     env.source(
         SequenceSource::new(0..N).with_rate_limit(150_000.0),
         Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
     )
     .uid("events")
+    .map(move |i| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        if panics.iter().any(|t| t.hit(n)) {
+            panic!("injected panic after {n} records");
+        }
+        i
+    })
+    .uid("keys")
     .key_by(|i| key_of(*i))
     .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
     .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
@@ -68,7 +78,6 @@ fn run(seed: u64, out: &Path, checkpoints: &Path) -> (sluice::JobResult, Vec<Arc
     let panics: Vec<Arc<Trigger>> = (0..2).map(|_| Trigger::new(5_000 + rng.below(N - 20_000))).collect();
     let upload_failure = Trigger::new(2 + rng.below(6));
     let commit_failure = Trigger::new(3 + rng.below(6));
-    let seen = Arc::new(AtomicU64::new(0));
 
     let env = StreamEnv::new();
     env.set_parallelism(2)
@@ -81,26 +90,7 @@ fn run(seed: u64, out: &Path, checkpoints: &Path) -> (sluice::JobResult, Vec<Arc
         "commit" if commit.hit(id) => Err(format!("injected failure before committing checkpoint {id}")),
         _ => Ok(()),
     }));
-    let (panic_at, counter) = (panics.clone(), seen.clone());
-    env.source(
-        SequenceSource::new(0..N).with_rate_limit(150_000.0),
-        Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
-    )
-    .uid("events")
-    .map(move |i| {
-        let n = counter.fetch_add(1, Ordering::SeqCst);
-        if panic_at.iter().any(|t| t.hit(n)) {
-            panic!("injected panic after {n} records");
-        }
-        (key_of(i), i)
-    })
-    .uid("keys")
-    .key_by(|e| e.0)
-    .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
-    .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
-    .uid("counts")
-    .sink(TransactionalFileSink::new(out))
-    .uid("files");
+    count_into_files(&env, out, panics.clone());
     let result = env.execute("exactly-once").unwrap();
     let mut triggers = panics;
     triggers.push(upload_failure);
@@ -168,7 +158,7 @@ fn a_corrupted_latest_checkpoint_falls_back_to_the_previous_and_output_stays_exa
         }
         Ok(())
     }));
-    count_into_files(&env, &out);
+    count_into_files(&env, &out, Vec::new());
     let result = env.execute("exactly-once-corrupt").unwrap();
     assert!(corrupted_file.lock().unwrap().is_some(), "checkpoint 4 was corrupted");
     assert_eq!(result.restarts, 1);
@@ -249,7 +239,7 @@ fn falling_back_past_a_committed_checkpoint_is_refused_unless_duplicates_are_acc
         if allow {
             env.allow_duplicate_output();
         }
-        count_into_files(&env, &out);
+        count_into_files(&env, &out, Vec::new());
         env
     };
     // Checkpoint 5 completes; before it commits, checkpoint 4 (committed) and 5 are both
@@ -356,27 +346,7 @@ fn a_job_started_fresh_restarts_fresh_until_it_has_a_checkpoint_of_its_own() {
         if fresh {
             env.start_from(StartFrom::Fresh);
         }
-        let seen = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicBool::new(false));
-        env.source(
-            SequenceSource::new(0..N).with_rate_limit(300_000.0),
-            Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
-        )
-        .uid("events")
-        .map(move |i| {
-            let n = seen.fetch_add(1, Ordering::SeqCst);
-            if fail_at == Some(n) && !failed.swap(true, Ordering::SeqCst) {
-                panic!("injected failure after {n} records");
-            }
-            i
-        })
-        .uid("keys")
-        .key_by(|i| key_of(*i))
-        .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
-        .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
-        .uid("counts")
-        .sink(TransactionalFileSink::new(out))
-        .uid("files");
+        count_into_files(&env, out, fail_at.map(Trigger::new).into_iter().collect());
         env.execute("fresh-restart").unwrap()
     };
     // A first run ends with its final checkpoint in the folder.
