@@ -85,15 +85,4 @@ impl TaskError {
 #[error("invalid job graph: {0}")]
 pub struct GraphError(pub String);
 
-/// A panic payload that fails the job without a restart: raised by library code running
-/// inside a user function's call (a serializer given a value it can never encode), where
-/// there is no error channel, through [`fail_unrecoverable`].
-#[derive(Debug)]
-pub struct Unrecoverable(pub String);
-
-/// Ends the current operator call with an error that fails the job at once (no restart
-/// would encode the same value differently). Does not run the panic hook: the job's error
-/// reports the message once.
-pub fn fail_unrecoverable(message: String) -> ! {
-    std::panic::resume_unwind(Box::new(Unrecoverable(message)))
-}
+pub use sluice_types::failure::{fail_unrecoverable, Unrecoverable};

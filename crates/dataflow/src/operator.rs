@@ -143,25 +143,16 @@ pub type OperatorFactory<In, Out> = Arc<dyn Fn(&SubtaskInfo) -> Box<dyn Operator
 
 /// Runs `f`, turning a panic into an error that names the operator and the subtask.
 pub fn guard_panic<R>(info: &SubtaskInfo, f: impl FnOnce() -> R) -> TaskResult<R> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| match payload.downcast::<sluice_state::StateError>() {
-        // Restored state of another type: no restart reads it differently.
-        Ok(state) => TaskError::Unrecoverable {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| match payload.downcast::<crate::error::Unrecoverable>() {
+        // Restored state of another type, a value that never encodes: no restart helps.
+        Ok(failure) => {
+            TaskError::Unrecoverable { operator: info.operator.to_string(), subtask: info.index, message: failure.0 }
+        }
+        Err(payload) => TaskError::Panicked {
             operator: info.operator.to_string(),
             subtask: info.index,
-            message: state.to_string(),
-        },
-        Err(payload) => match payload.downcast::<crate::error::Unrecoverable>() {
-            Ok(failure) => TaskError::Unrecoverable {
-                operator: info.operator.to_string(),
-                subtask: info.index,
-                message: failure.0,
-            },
-            Err(payload) => TaskError::Panicked {
-                operator: info.operator.to_string(),
-                subtask: info.index,
-                parallelism: info.parallelism,
-                message: panic_message(&*payload),
-            },
+            parallelism: info.parallelism,
+            message: panic_message(&*payload),
         },
     })
 }

@@ -81,14 +81,14 @@ impl KafkaConfig {
         config
     }
 
-    /// The topic metadata of the cluster, within the connect timeout; the error names the
+    /// The metadata of every topic of the cluster, within the connect timeout; the error names the
     /// address and what to check.
-    fn reachable_metadata(&self, topic: Option<&str>) -> Result<rdkafka::metadata::Metadata, String> {
+    fn reachable_metadata(&self) -> Result<rdkafka::metadata::Metadata, String> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let mut config = self.client_config();
         self.apply_properties(&mut config);
         let client: BaseConsumer = config.create().map_err(|e| format!("cannot create a Kafka client: {e}"))?;
-        client.fetch_metadata(topic, self.connect_timeout).map_err(|e| {
+        client.fetch_metadata(None, self.connect_timeout).map_err(|e| {
             format!(
                 "cannot reach Kafka at {} within {:?}: {e}; is the broker running at that address? (the wait is \
                  .connect_timeout(..))",

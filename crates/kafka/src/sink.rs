@@ -270,10 +270,10 @@ impl SinkSettings {
     }
 
     /// The brokers as `host:port`, and the topic's partition count.
-    fn cluster(&self) -> io::Result<(Vec<(i32, String)>, Option<i32>)> {
+    fn cluster(&self, timeout: Duration) -> io::Result<(Vec<(i32, String)>, Option<i32>)> {
         let client = self.metadata_client()?;
         let metadata = client
-            .fetch_metadata(Some(&self.topic), self.request_timeout)
+            .fetch_metadata(Some(&self.topic), timeout)
             .map_err(|e| kafka_io(&format!("reading metadata from {}", self.client.bootstrap_servers), e))?;
         let brokers = metadata.brokers().iter().map(|b| (b.id(), format!("{}:{}", b.host(), b.port()))).collect();
         let partitions = metadata
@@ -305,9 +305,12 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
 
     fn validate(&self, config: &JobConfig) -> Result<(), String> {
         let s = &self.settings;
-        s.client.reachable_metadata(Some(&s.topic))?;
-        let (brokers, partitions) = s.cluster().map_err(|e| {
-            format!("cannot reach Kafka at {}: {e}; is the broker running?", s.client.bootstrap_servers)
+        let (brokers, partitions) = s.cluster(s.client.connect_timeout).map_err(|e| {
+            format!(
+                "cannot reach Kafka at {} within {:?}: {e}; is the broker running at that address? (the wait is \
+                 .connect_timeout(..))",
+                s.client.bootstrap_servers, s.client.connect_timeout
+            )
         })?;
         if partitions.is_none() {
             return Err(format!(
@@ -368,7 +371,7 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
 
     fn create_writer(&self, index: usize, _parallelism: usize) -> io::Result<Box<dyn SinkWriter<T>>> {
         let s = &self.settings;
-        let (_, partitions) = s.cluster()?;
+        let (_, partitions) = s.cluster(s.request_timeout)?;
         let partitions = partitions.ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("Kafka topic '{}' does not exist", s.topic))
         })?;
@@ -428,7 +431,7 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
                 tracing::warn!(transaction = %id, error = %e, "could not abort a transaction; fencing it instead");
             }
         }
-        let (brokers, _) = s.cluster()?;
+        let (brokers, _) = s.cluster(s.request_timeout)?;
         let brokers: Vec<String> = brokers.into_iter().map(|b| b.1).collect();
         let open = protocol::list_open(&brokers, &format!("{}-", s.prefix), s.request_timeout)?;
         for id in open.into_iter().filter(|id| s.owns(id)) {

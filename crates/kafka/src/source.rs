@@ -256,7 +256,7 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
     /// The brokers answer within the connect timeout and every named topic exists.
     fn validate(&self) -> Result<(), String> {
         let s = &self.settings;
-        let metadata = s.client.reachable_metadata(None)?;
+        let metadata = s.client.reachable_metadata()?;
         for t in &s.topics {
             if !metadata.topics().iter().any(|m| m.name() == t && m.error().is_none()) {
                 return Err(format!(

@@ -6,8 +6,7 @@
 //! with Flink's POJO-less serializers). A state that no longer decodes is a state written
 //! by another type (the job's code
 //! changed since the checkpoint). Restarting cannot heal that, so [`decode_or_fail`] ends
-//! the operator with a [`StateError`] payload that the runtime turns into an error that
-//! fails the job instead of restarting it.
+//! the operator as a failure that fails the job instead of restarting it.
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -46,10 +45,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StateE
     }
 }
 
-/// [`decode`], ending the calling operator with the [`StateError`] when it fails (without
-/// running the panic hook: the runtime reports it, once, as the job's error).
+/// [`decode`], ending the calling operator with the [`StateError`]'s message when it fails,
+/// as a failure no restart heals ([`sluice_types::failure`]).
 pub fn decode_or_fail<T: DeserializeOwned>(bytes: &[u8], what: &str) -> T {
-    decode(bytes, what).unwrap_or_else(|e| std::panic::resume_unwind(Box::new(e)))
+    decode(bytes, what).unwrap_or_else(|e| sluice_types::failure::fail_unrecoverable(e.to_string()))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! processes and runs (which key group a key belongs to, which subtask owns a key group)
 //! lives here, so that the API, the runtime and the state layer cannot disagree.
 
+pub mod failure;
 mod hash;
 mod keygroup;
 mod time;

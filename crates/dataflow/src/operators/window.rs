@@ -347,15 +347,14 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
         let mut value = Some(value);
         for (i, window) in windows.iter().enumerate() {
             let v = if i == last { value.take().expect("taken once") } else { value.clone().expect("present") };
-            let typical = self.typical_keys;
-            // A window the watermark has already passed (within the allowed lateness) was
-            // due even if this subtask held nothing for it then: it counts as fired, so this
-            // late record fires it at once, as every later one will.
-            let passed = self.time == WindowTime::EventTime && window.max_timestamp() <= self.watermark;
+            let (typical, time, watermark) = (self.typical_keys, self.time, self.watermark);
             let bucket = self.aligned.entry(*window).or_insert_with(|| Bucket {
                 // Sized like the last window that fired: no rehashing as the window fills.
                 accumulators: FastMap::with_capacity_and_hasher(typical, Default::default()),
-                fired: passed,
+                // A window the watermark has already passed (within the allowed lateness)
+                // was due even if this subtask held nothing for it then: it counts as fired,
+                // so this late record fires it at once, as every later one will.
+                fired: time == WindowTime::EventTime && window.max_timestamp() <= watermark,
             });
             let acc = match bucket.accumulators.get_mut(&key) {
                 Some(acc) => acc,
