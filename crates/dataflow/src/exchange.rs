@@ -4,7 +4,7 @@
 //! untyped inbox feeds.
 
 use crate::error::{TaskError, TaskResult};
-use crate::message::{Envelope, Message};
+use crate::message::{Ending, Envelope, Message};
 use crate::operator::Input;
 use crate::snapshot::{Barrier, SubtaskState};
 use sluice_types::{subtask_for_key_group, KeyGroup, Record, Timestamp};
@@ -237,8 +237,8 @@ impl<T: Clone + Send + 'static> Input<T> for ExchangeOutput<T> {
     fn barrier(&mut self, barrier: Barrier, _states: &mut Vec<SubtaskState>) -> TaskResult {
         self.each(|e| e.signal(|| Message::Barrier(barrier)))
     }
-    fn end(&mut self, _states: &mut Vec<SubtaskState>) -> TaskResult {
-        self.each(|e| e.signal(|| Message::End))
+    fn end(&mut self, ending: Ending, _states: &mut Vec<SubtaskState>) -> TaskResult {
+        self.each(|e| e.signal(|| Message::End(ending)))
     }
 }
 
@@ -256,8 +256,9 @@ pub trait ErasedInput: Send {
     fn flush(&mut self) -> TaskResult;
     /// Barriers arrived on every input (aligned): snapshot the chain, pass the barrier on.
     fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult;
-    /// Every input has ended: finish the chain, collecting its final state.
-    fn end(&mut self, states: &mut Vec<SubtaskState>) -> TaskResult;
+    /// Every input has ended: finish the chain (if the input is exhausted), collecting its
+    /// final state.
+    fn end(&mut self, ending: Ending, states: &mut Vec<SubtaskState>) -> TaskResult;
 }
 
 pub(crate) struct Head<T>(pub(crate) Box<dyn Input<T>>);
@@ -282,7 +283,7 @@ impl<T: Send + 'static> ErasedInput for Head<T> {
     fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult {
         self.0.barrier(barrier, states)
     }
-    fn end(&mut self, states: &mut Vec<SubtaskState>) -> TaskResult {
-        self.0.end(states)
+    fn end(&mut self, ending: Ending, states: &mut Vec<SubtaskState>) -> TaskResult {
+        self.0.end(ending, states)
     }
 }

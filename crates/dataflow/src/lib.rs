@@ -29,7 +29,7 @@ pub use graph::{
     AnyInput, CheckpointConfig, CheckpointMode, Edge, Failpoint, JobConfig, JobGraph, Node, NodeId, NodeImpl, NodeKind,
     OperatorNode, OutEdge, Partitioning, RestartStrategy, SinkNode, SourceNode, StartFrom,
 };
-pub use message::{Envelope, Message};
+pub use message::{Ending, Envelope, Message};
 pub use operator::{
     guard_panic, now_millis, panic_message, Input, Link, Operator, OperatorFactory, Output, SubtaskInfo,
 };

@@ -16,7 +16,19 @@ pub enum Message {
     /// A checkpoint barrier.
     Barrier(Barrier),
     /// The channel has ended: no more messages follow.
-    End,
+    End(Ending),
+}
+
+/// Why a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The input is exhausted (a bounded source ended; its final watermark came first).
+    /// Operators finish: processing-time windows and timers fire.
+    Finished,
+    /// The job is stopping with a final checkpoint (Ctrl-C, cancel) and will resume from
+    /// it: nothing may fire that the rest of the input could still change. Watermarks
+    /// stop advancing and operators keep their open windows and timers in the checkpoint.
+    Stopped,
 }
 
 /// A message and the input channel of the receiving task it arrived on.
@@ -34,7 +46,7 @@ impl std::fmt::Debug for Message {
             Message::Watermark(w) => write!(f, "Watermark({w})"),
             Message::Idle(i) => write!(f, "Idle({i})"),
             Message::Barrier(b) => write!(f, "Barrier({})", b.id),
-            Message::End => write!(f, "End"),
+            Message::End(e) => write!(f, "End({e:?})"),
         }
     }
 }

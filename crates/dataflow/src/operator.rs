@@ -6,6 +6,7 @@
 //! the chain without any queue in between.
 
 use crate::error::{TaskError, TaskResult};
+use crate::message::Ending;
 use crate::snapshot::{Barrier, OperatorState, Restored, SubtaskState};
 use sluice_types::{Record, Timestamp};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -49,8 +50,9 @@ pub trait Input<T>: Send {
     fn flush(&mut self) -> TaskResult;
     /// A checkpoint barrier: add this stage's state to `states`, then pass the barrier on.
     fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult;
-    /// End of input: finish, add the final state to `states`, and pass the end on.
-    fn end(&mut self, states: &mut Vec<SubtaskState>) -> TaskResult;
+    /// End of input: finish (if the input is exhausted, not when the job stops), add the
+    /// final state to `states`, and pass the end on.
+    fn end(&mut self, ending: Ending, states: &mut Vec<SubtaskState>) -> TaskResult;
 }
 
 /// What an operator emits into: buffers single records into batches and passes batches on.
@@ -222,14 +224,16 @@ impl<In: Send, Out: Send + 'static> Input<In> for Link<In, Out> {
         self.output.next.barrier(barrier, states)
     }
 
-    fn end(&mut self, states: &mut Vec<SubtaskState>) -> TaskResult {
-        let (op, out) = (&mut self.operator, &mut self.output);
-        guard_panic(&self.info, || op.finish(out))?;
+    fn end(&mut self, ending: Ending, states: &mut Vec<SubtaskState>) -> TaskResult {
+        if ending == Ending::Finished {
+            let (op, out) = (&mut self.operator, &mut self.output);
+            guard_panic(&self.info, || op.finish(out))?;
+        }
         self.output.settle()?;
         let (op, max_parallelism) = (&mut self.operator, self.info.max_parallelism);
         if let Some(state) = guard_panic(&self.info, || op.snapshot(max_parallelism))? {
             states.push(SubtaskState { operator: self.info.state_id.to_string(), subtask: self.info.index, state });
         }
-        self.output.next.end(states)
+        self.output.next.end(ending, states)
     }
 }

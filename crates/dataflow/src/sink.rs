@@ -2,6 +2,7 @@
 
 use crate::error::{TaskError, TaskResult};
 use crate::graph::JobConfig;
+use crate::message::Ending;
 use crate::operator::{guard_panic, Input, SubtaskInfo};
 use crate::snapshot::{Barrier, OperatorState, SubtaskState};
 use sluice_types::{Record, Timestamp};
@@ -112,7 +113,7 @@ impl<T: Send> Input<T> for SinkInput<T> {
         self.push_committable(committable, states);
         Ok(())
     }
-    fn end(&mut self, states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn end(&mut self, _ending: Ending, states: &mut Vec<SubtaskState>) -> TaskResult {
         self.call("finishing", |w| w.finish())?;
         let committable = self.call("pre-committing", |w| w.pre_commit(None))?;
         self.push_committable(committable, states);

@@ -2,6 +2,7 @@
 //! drives one source subtask (timestamps, periodic watermarks, idleness, end of input).
 
 use crate::error::{TaskError, TaskResult};
+use crate::message::Ending;
 use crate::operator::{guard_panic, now_millis, Input, SubtaskInfo};
 use crate::snapshot::{Barrier, OperatorState, SubtaskState};
 use sluice_types::{Record, Timestamp, MAX_TIMESTAMP, MAX_WATERMARK, MIN_TIMESTAMP, MIN_WATERMARK, NO_TIMESTAMP};
@@ -324,9 +325,9 @@ impl<T: Send + 'static> SourceRunner<T> {
     }
 
     /// Ends the stream and reports the final state.
-    fn finish(&mut self, control: &TaskControl) -> TaskResult {
+    fn finish(&mut self, ending: Ending, control: &TaskControl) -> TaskResult {
         let mut states = self.position();
-        self.output.end(&mut states)?;
+        self.output.end(ending, &mut states)?;
         control.report(None, states);
         Ok(())
     }
@@ -349,7 +350,7 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 // Cancelled: end the stream without the final watermark, so that no window
                 // fires for input that was never read.
                 self.output.flush()?;
-                return self.finish(control);
+                return self.finish(Ending::Stopped, control);
             }
             if let Some(barrier) = control.barriers.as_ref().and_then(|b| b.try_recv().ok()) {
                 self.inject(barrier, control)?;
@@ -435,14 +436,14 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 Poll::Finished => {
                     self.output.flush()?;
                     self.output.watermark(MAX_WATERMARK)?;
-                    return self.finish(control);
+                    return self.finish(Ending::Finished, control);
                 }
             }
             split_marks.runs.clear();
             if end_after {
                 self.output.flush()?;
                 self.output.watermark(MAX_WATERMARK)?;
-                return self.finish(control);
+                return self.finish(Ending::Finished, control);
             }
             if self.watermark_interval.is_zero() || now.duration_since(last_watermark) >= self.watermark_interval {
                 last_watermark = now;

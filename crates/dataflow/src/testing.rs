@@ -11,6 +11,7 @@
 //! ```
 
 use crate::error::TaskResult;
+use crate::message::Ending;
 use crate::operator::{Input, Link, Operator, SubtaskInfo};
 use crate::snapshot::{Barrier, Restored, SubtaskState};
 use sluice_types::{Record, Timestamp};
@@ -62,7 +63,7 @@ impl<T: Send> Input<T> for Capture<T> {
     fn barrier(&mut self, barrier: Barrier, _states: &mut Vec<SubtaskState>) -> TaskResult {
         self.push(Event::Barrier(barrier.id))
     }
-    fn end(&mut self, _states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn end(&mut self, _ending: Ending, _states: &mut Vec<SubtaskState>) -> TaskResult {
         self.push(Event::End)
     }
 }
@@ -120,10 +121,15 @@ impl<In: Send + 'static, Out: Send + 'static> OperatorHarness<In, Out> {
         self.link.flush().expect("operator failed");
     }
 
-    /// Ends the input; returns the final state.
+    /// Ends the input (it is exhausted); returns the final state.
     pub fn end(&mut self) -> Vec<SubtaskState> {
+        self.end_with(Ending::Finished)
+    }
+
+    /// Ends the input as `ending` says; returns the final state.
+    pub fn end_with(&mut self, ending: Ending) -> Vec<SubtaskState> {
         let mut states = Vec::new();
-        self.link.end(&mut states).expect("operator failed");
+        self.link.end(ending, &mut states).expect("operator failed");
         states
     }
 

@@ -1,9 +1,11 @@
 //! The loop of a task fed by an inbox: dispatches batches to the chain's head, aligns
 //! watermarks over the input channels (the minimum over channels that are neither idle
 //! nor ended), passes idleness on, ticks processing time and ends when every channel has.
+//! Once a channel ends because the job stops (not because its input is exhausted), the
+//! watermark is frozen: the input that would have followed may still belong to any window.
 
 use sluice_dataflow::snapshot::Barrier;
-use sluice_dataflow::{now_millis, Envelope, ErasedInput, Message, TaskControl, TaskError, TaskResult};
+use sluice_dataflow::{now_millis, Ending, Envelope, ErasedInput, Message, TaskControl, TaskError, TaskResult};
 use sluice_types::{Timestamp, MIN_WATERMARK};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +25,8 @@ pub(crate) struct Alignment {
     watermark: Timestamp,
     idle: bool,
     open: usize,
+    /// A channel ended with [`Ending::Stopped`].
+    stopped: bool,
 }
 
 impl Alignment {
@@ -32,11 +36,15 @@ impl Alignment {
             watermark: MIN_WATERMARK,
             idle: false,
             open: channels,
+            stopped: false,
         }
     }
 
     /// The combined watermark if it advanced.
     fn advanced(&mut self) -> Option<Timestamp> {
+        if self.stopped {
+            return None;
+        }
         let min = self.channels.iter().filter(|c| !c.idle && !c.ended).map(|c| c.watermark).min()?;
         (min > self.watermark).then(|| {
             self.watermark = min;
@@ -59,7 +67,7 @@ impl Alignment {
             self.idle = all_idle;
             all_idle
         });
-        if all_idle {
+        if all_idle && !self.stopped {
             // The last active channel went idle: as Flink's watermark valve does, move to the
             // largest watermark any channel has reached, so records already received are
             // not held back until some channel wakes up.
@@ -74,12 +82,22 @@ impl Alignment {
     }
 
     /// Records a channel's end; returns (watermark if advanced, whether all have ended).
-    pub(crate) fn on_end(&mut self, channel: usize) -> (Option<Timestamp>, bool) {
+    pub(crate) fn on_end(&mut self, channel: usize, ending: Ending) -> (Option<Timestamp>, bool) {
+        self.stopped |= ending == Ending::Stopped;
         if !self.channels[channel].ended {
             self.channels[channel].ended = true;
             self.open -= 1;
         }
         (self.advanced(), self.open == 0)
+    }
+
+    /// How the task's input as a whole ended: stopped if any channel was.
+    pub(crate) fn ending(&self) -> Ending {
+        if self.stopped {
+            Ending::Stopped
+        } else {
+            Ending::Finished
+        }
     }
 }
 
@@ -176,15 +194,15 @@ pub(crate) fn run_inbox_task(
                         }
                     }
                 }
-                Message::End => {
-                    let (watermark, all_ended) = alignment.on_end(channel);
+                Message::End(ending) => {
+                    let (watermark, all_ended) = alignment.on_end(channel, ending);
                     if let Some(w) = watermark {
                         head.watermark(w)?;
                     }
                     if all_ended && barriers.current.is_none() {
                         head.flush()?;
                         let mut states = Vec::new();
-                        head.end(&mut states)?;
+                        head.end(alignment.ending(), &mut states)?;
                         control.report(None, states);
                         return Ok(());
                     }
@@ -202,7 +220,7 @@ pub(crate) fn run_inbox_task(
                 if alignment.open == 0 && replay.is_empty() {
                     head.flush()?;
                     let mut states = Vec::new();
-                    head.end(&mut states)?;
+                    head.end(alignment.ending(), &mut states)?;
                     control.report(None, states);
                     return Ok(());
                 }
@@ -230,7 +248,7 @@ mod tests {
         // Back from idleness with an older watermark: the output never goes back.
         assert_eq!(a.on_idle(2, false), (None, None));
         assert_eq!(a.on_watermark(2, 7), None);
-        assert_eq!(a.on_end(2), (None, false));
+        assert_eq!(a.on_end(2, Ending::Finished), (None, false));
         assert_eq!(a.on_idle(0, true), (Some(20), None));
         assert_eq!(a.on_idle(1, true), (None, Some(true)));
         // All idle: the largest watermark any channel reached is passed on.
@@ -239,8 +257,8 @@ mod tests {
         assert_eq!(b.on_idle(0, true), (None, None));
         assert_eq!(b.on_idle(1, true), (Some(30), Some(true)));
         assert_eq!(a.on_idle(1, false), (None, Some(false)));
-        assert!(!a.on_end(0).1);
-        assert!(a.on_end(1).1);
+        assert!(!a.on_end(0, Ending::Finished).1);
+        assert!(a.on_end(1, Ending::Finished).1);
     }
 
     /// Records what reaches the head of a task, as text.
@@ -274,8 +292,8 @@ mod tests {
             self.0.push(format!("barrier {}", barrier.id));
             Ok(())
         }
-        fn end(&mut self, _states: &mut Vec<sluice_dataflow::snapshot::SubtaskState>) -> TaskResult {
-            self.0.push("end".into());
+        fn end(&mut self, ending: Ending, _states: &mut Vec<sluice_dataflow::snapshot::SubtaskState>) -> TaskResult {
+            self.0.push(format!("end {ending:?}"));
             Ok(())
         }
     }
@@ -316,11 +334,11 @@ mod tests {
                 (1, data(&[11])),
             ]
             .into_iter()
-            .chain([(0, Message::End), (1, Message::End)])
+            .chain([(0, Message::End(Ending::Finished)), (1, Message::End(Ending::Finished))])
             .collect(),
         );
         // [2] arrived after channel 0's barrier: it waits until channel 1's barrier.
-        assert_eq!(seen, vec!["data [1]", "data [10]", "barrier 7", "data [2]", "data [11]", "end"]);
+        assert_eq!(seen, vec!["data [1]", "data [10]", "barrier 7", "data [2]", "data [11]", "end Finished"]);
         assert_eq!(reports, vec![Some(7), None]);
     }
 
@@ -333,11 +351,11 @@ mod tests {
                 (0, data(&[2])),
                 (1, data(&[10])),
                 (1, barrier(3)),
-                (0, Message::End),
-                (1, Message::End),
+                (0, Message::End(Ending::Finished)),
+                (1, Message::End(Ending::Finished)),
             ],
         );
-        assert_eq!(seen, vec!["data [2]", "data [10]", "barrier 3", "end"]);
+        assert_eq!(seen, vec!["data [2]", "data [10]", "barrier 3", "end Finished"]);
         assert_eq!(reports, vec![Some(3), None]);
     }
 
@@ -349,14 +367,46 @@ mod tests {
                 (0, barrier(1)),
                 (0, data(&[5])),
                 (1, barrier(2)),
-                (1, Message::End),
+                (1, Message::End(Ending::Finished)),
                 (0, barrier(2)),
-                (0, Message::End),
+                (0, Message::End(Ending::Finished)),
             ],
         );
         // Barrier 2 supersedes 1 (abandoned): channel 0's held [5] is released, then 2 aligns
         // once channel 0 delivers it (channel 1 has ended).
-        assert_eq!(seen, vec!["data [5]", "barrier 2", "end"]);
+        assert_eq!(seen, vec!["data [5]", "barrier 2", "end Finished"]);
         assert_eq!(reports, vec![Some(2), None]);
+    }
+
+    #[test]
+    fn a_stopped_channel_freezes_the_watermark_and_the_task_ends_stopped() {
+        let (seen, _) = script(
+            true,
+            vec![
+                (0, Message::Watermark(10)),
+                (1, Message::Watermark(20)),
+                // Channel 0 stops at 10: its next records could be at 11, so the other
+                // channel's 20 must not pass, nor the largest watermark when all go idle.
+                (0, Message::End(Ending::Stopped)),
+                (1, Message::Watermark(30)),
+                (1, Message::Idle(true)),
+                (1, Message::End(Ending::Stopped)),
+            ],
+        );
+        assert_eq!(seen, vec!["watermark 10", "idle true", "end Stopped"]);
+    }
+
+    #[test]
+    fn an_exhausted_channel_no_longer_holds_the_watermark_back() {
+        let (seen, _) = script(
+            true,
+            vec![
+                (0, Message::Watermark(10)),
+                (1, Message::Watermark(20)),
+                (0, Message::End(Ending::Finished)),
+                (1, Message::End(Ending::Finished)),
+            ],
+        );
+        assert_eq!(seen, vec!["watermark 10", "watermark 20", "end Finished"]);
     }
 }

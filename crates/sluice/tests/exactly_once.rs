@@ -361,3 +361,40 @@ fn a_job_started_fresh_restarts_fresh_until_it_has_a_checkpoint_of_its_own() {
     assert_eq!(result.restored_from, None, "nothing of the first run is restored");
     assert_eq!(multiset(committed_lines(&second)), multiset(reference()));
 }
+
+#[test]
+fn a_stopped_job_fires_no_window_early_and_the_next_run_completes_the_open_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    // Events per key in one processing-time window of a day; on a run that spans midnight
+    // (UTC) the counts of one key add up over two windows, which the sums allow for.
+    let job = |source: SequenceSource| {
+        let env = StreamEnv::new();
+        env.set_parallelism(2).enable_checkpointing(Duration::from_millis(50), checkpoints.to_str().unwrap());
+        env.source(source, Watermarks::none())
+            .uid("events")
+            .key_by(|i| i % 5)
+            .window(Tumbling::processing_time(Duration::from_secs(86_400)))
+            .aggregate_with(Count, |k, _, n| format!("{k},{n}"))
+            .uid("counts")
+            .sink(TransactionalFileSink::new(&out))
+            .uid("files");
+        env
+    };
+    let first = job(SequenceSource::unbounded(0).with_rate_limit(20_000.0)).execute_async("stopped").unwrap();
+    std::thread::sleep(Duration::from_millis(400)); // pacing: let some records in
+    first.cancel();
+    let first = first.join().unwrap();
+    assert!(first.cancelled);
+    // Stopping is not the end of the input: the open window holds part of its records.
+    assert_eq!(committed_lines(&out), Vec::<String>::new(), "no window fired when the job stopped");
+    let n = 1_000_000; // far beyond what 20 000 events/s reach before the stop
+    let second = job(SequenceSource::new(0..n)).execute("stopped").unwrap();
+    assert!(second.restored_from.is_some(), "the second run resumes the stopped one");
+    let mut sums: HashMap<u64, u64> = HashMap::new();
+    for line in committed_lines(&out) {
+        let (key, count) = line.split_once(',').unwrap();
+        *sums.entry(key.parse().unwrap()).or_default() += count.parse::<u64>().unwrap();
+    }
+    assert_eq!(sums, (0..5).map(|k| (k, n / 5)).collect());
+}
