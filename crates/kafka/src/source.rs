@@ -397,9 +397,14 @@ impl<T> KafkaReader<T> {
     }
 
     fn watermarks(&self, topic: &str, partition: i32) -> io::Result<(i64, i64)> {
-        self.consumer
-            .fetch_watermarks(topic, partition, self.settings.request_timeout)
-            .map_err(|e| kafka_io(&format!("reading the offsets of {topic}/{partition}"), e))
+        self.consumer.fetch_watermarks(topic, partition, self.settings.request_timeout).map_err(|e| {
+            let error = kafka_io(&format!("reading the offsets of {topic}/{partition}"), e.clone());
+            if leader_not_ready(&e) {
+                io::Error::new(io::ErrorKind::WouldBlock, error)
+            } else {
+                error
+            }
+        })
     }
 
     /// The first offset of a newly assigned partition.
@@ -489,7 +494,16 @@ impl<T> KafkaReader<T> {
             if self.by_topic.get(&topic).is_some_and(|m| m.contains_key(&partition)) {
                 continue;
             }
-            let next = self.starting_offset(&topic, partition, false)?;
+            let next = match self.starting_offset(&topic, partition, false) {
+                Ok(next) => next,
+                // A partition created a moment ago may have no leader yet: the next
+                // discovery tries it again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tracing::debug!(topic = %topic, partition, error = %e, "a new Kafka partition is not ready yet");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             tracing::info!(topic = %topic, partition, offset = next, "discovered a Kafka partition");
             self.add_partition(PartitionPosition { topic, partition, next, stop: None });
             added = true;
@@ -719,4 +733,19 @@ impl<T: Send + 'static> SourceReader<T> for KafkaReader<T> {
         events.append(&mut self.events);
         true
     }
+}
+
+/// Whether a broker error means a partition's leader is not known yet (a topic or
+/// partition created a moment ago): worth trying again, not a failure.
+fn leader_not_ready(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::NotLeaderForPartition
+                | Code::LeaderNotAvailable
+                | Code::UnknownTopicOrPartition
+                | Code::UnknownPartition
+        )
+    )
 }
