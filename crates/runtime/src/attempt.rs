@@ -4,6 +4,7 @@
 //! transactions once a checkpoint is complete, and write a final checkpoint when the
 //! tasks finish.
 
+use crate::coordinator::{Action, CheckpointCoordinator, Schedule};
 use crate::plan::{channel_count, channel_index, feeding_subtasks, is_pointwise, plan};
 use crate::task::run_inbox_task;
 use sluice_checkpoint::{to_prune, CheckpointMeta, CheckpointStore, RestorePlan};
@@ -12,9 +13,9 @@ use sluice_dataflow::{
     now_millis, AnyInput, CheckpointConfig, CheckpointMode, Envelope, ErasedInput, JobGraph, NodeKind, OutEdge,
     Partitioning, SourceTask, SubtaskInfo, Target, TaskControl, TaskError, TaskReport, TaskResult,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -235,27 +236,6 @@ fn committables_of(states: &[SubtaskState]) -> HashMap<String, Vec<Vec<u8>>> {
     by_sink
 }
 
-struct Pending {
-    id: u64,
-    savepoint: bool,
-    started: Instant,
-    awaiting: HashSet<usize>,
-    states: Vec<SubtaskState>,
-}
-
-type UploadResult = (u64, bool, Instant, Result<(u64, Vec<SubtaskState>), String>);
-
-/// Keeps the sink transactions of a checkpoint that failed (or of a barrier that arrived
-/// after its checkpoint was abandoned): they were pre-committed, so they must be committed
-/// with the next checkpoint that completes, and recorded in it for a restore to commit.
-fn carry_committables(carried: &mut Vec<SubtaskState>, states: impl IntoIterator<Item = SubtaskState>) {
-    for state in states {
-        if matches!(state.state, OperatorState::Committable(_)) && !carried.contains(&state) {
-            carried.push(state);
-        }
-    }
-}
-
 /// Writes a checkpoint (runs on the uploader thread).
 fn upload(
     ckpt: &CheckpointStore,
@@ -264,7 +244,7 @@ fn upload(
     id: u64,
     finished: bool,
     states: Vec<SubtaskState>,
-) -> Result<(u64, Vec<SubtaskState>), String> {
+) -> Result<u64, String> {
     let meta = CheckpointMeta {
         id,
         savepoint: false,
@@ -278,7 +258,7 @@ fn upload(
     let manifest = ckpt
         .write_with(meta, &states, || failpoint.map_or(Ok(()), |fp| fp("upload", id)))
         .map_err(|e| e.to_string())?;
-    Ok((manifest.states.iter().map(|s| s.bytes).sum(), states))
+    Ok(manifest.states.iter().map(|s| s.bytes).sum())
 }
 
 /// Runs one attempt to its end.
@@ -345,163 +325,72 @@ pub(crate) fn run_attempt(
         graph.config.max_parallelism,
         graph.nodes.iter().map(|n| (n.state_id().to_string(), graph.parallelism_of(n.id))).collect::<BTreeMap<_, _>>(),
     );
-    let mut finished: HashMap<usize, Vec<SubtaskState>> = HashMap::new();
-    let mut pending: Option<Pending> = None;
-    let mut uploading: Option<Receiver<UploadResult>> = None;
+    let sources: Vec<usize> = barrier_senders.iter().map(|(t, _)| *t).collect();
+    let next_id = checkpointing.as_ref().map_or(1, |cp| cp.next_id);
+    let schedule = match checkpointing.as_ref() {
+        Some(cp) => Schedule {
+            interval: cp.config.interval,
+            min_pause: cp.config.min_pause,
+            timeout: cp.config.timeout,
+            tolerable_failures: cp.config.tolerable_failures,
+        },
+        // Without checkpointing nothing is ever due.
+        None => Schedule {
+            interval: Duration::MAX,
+            min_pause: Duration::MAX,
+            timeout: Duration::MAX,
+            tolerable_failures: u32::MAX,
+        },
+    };
+    let mut coordinator = CheckpointCoordinator::new(schedule, tasks, sources, next_id, Instant::now());
+    let (uploads_tx, uploads) = channel::<(u64, Result<u64, String>)>();
     // Upload threads are joined before the attempt returns: no write outlives its attempt.
     let mut uploaders: Vec<JoinHandle<()>> = Vec::new();
-    let mut failed_in_a_row = 0u32;
-    let mut carried: Vec<SubtaskState> = Vec::new();
-    let mut uploading_committables: Vec<SubtaskState> = Vec::new();
-    let mut last_trigger = Instant::now();
-    let mut last_done = Instant::now();
     let mut coordinator_error: Option<TaskError> = None;
-    let live_sources: HashSet<usize> = barrier_senders.iter().map(|(t, _)| *t).collect();
     let mut waiters: Vec<SavepointWaiter> = Vec::new();
     let mut last_request_poll = Instant::now();
+    let mut actions: Vec<Action> = Vec::new();
 
-    let fail = |error: TaskError, flags: &Flags| {
-        flags.abort.store(true, Ordering::SeqCst);
-        flags.stop_sources.store(true, Ordering::SeqCst);
-        error
-    };
-
-    while finished.len() < tasks && !flags.abort.load(Ordering::SeqCst) {
-        match reports.recv_timeout(Duration::from_millis(5)) {
-            Ok(TaskReport { task, checkpoint: Some(id), states }) => {
-                match pending.as_mut().filter(|p| p.id == id && p.awaiting.contains(&task)) {
-                    Some(p) => {
-                        p.awaiting.remove(&task);
-                        p.states.extend(states);
-                    }
-                    None => carry_committables(&mut carried, states),
-                }
-            }
-            Ok(TaskReport { task, checkpoint: None, states }) => {
-                if let Some(p) = pending.as_mut() {
-                    // It ended before passing the barrier: its final state is its state at it.
-                    if p.awaiting.remove(&task) {
-                        p.states.extend(states.iter().cloned());
-                    }
-                }
-                finished.insert(task, states);
-            }
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+    while !coordinator.all_finished() && !flags.abort.load(Ordering::SeqCst) && coordinator_error.is_none() {
+        if let Ok(report) = reports.recv_timeout(Duration::from_millis(5)) {
+            coordinator.on_report(report, Instant::now(), &mut actions);
         }
-        let Some(cp) = checkpointing.as_deref_mut() else { continue };
-        if let Some(p) = pending.as_ref() {
-            if p.awaiting.is_empty() {
-                let p = pending.take().expect("checked above");
-                uploading_committables =
-                    p.states.iter().filter(|s| matches!(s.state, OperatorState::Committable(_))).cloned().collect();
-                let (tx, rx) = channel();
-                let (store, failpoint, shape) = (cp.store.clone(), cp.config.failpoint.clone(), shape.clone());
-                uploaders.push(std::thread::spawn(move || {
-                    let result = upload(&store, failpoint.as_ref(), &shape, p.id, false, p.states);
-                    let _ = tx.send((p.id, p.savepoint, p.started, result));
-                }));
-                uploading = Some(rx);
-            } else if p.started.elapsed() > cp.config.timeout {
-                tracing::warn!(checkpoint = p.id, "checkpoint timed out");
-                if let Some(p) = pending.take() {
-                    carry_committables(&mut carried, p.states);
-                }
-                failed_in_a_row += 1;
-                last_done = Instant::now();
+        while let Ok((id, result)) = uploads.try_recv() {
+            coordinator.on_uploaded(id, result, Instant::now(), &mut actions);
+        }
+        if let Some(cp) = checkpointing.as_deref_mut() {
+            let before = waiters.len();
+            waiters.extend(
+                flags.savepoint_requests.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(SavepointWaiter::Api),
+            );
+            if last_request_poll.elapsed() >= Duration::from_millis(100) {
+                last_request_poll = Instant::now();
+                waiters.extend(cp.store.take_savepoint_request().map(SavepointWaiter::File));
+            }
+            if waiters.len() > before {
+                coordinator.request_savepoint();
             }
         }
-        if let Some(rx) = uploading.as_ref() {
-            if let Ok((id, savepoint, started, result)) = rx.try_recv() {
-                uploading = None;
-                last_done = Instant::now();
-                match result {
-                    Ok((bytes, states)) => {
-                        failed_in_a_row = 0;
-                        cp.stats.push((started.elapsed(), bytes));
-                        tracing::info!(
-                            checkpoint = id,
-                            bytes,
-                            ms = started.elapsed().as_millis() as u64,
-                            "checkpoint complete"
-                        );
-                        if let Err(e) = complete(graph, cp, id, &states) {
-                            coordinator_error = Some(fail(e, flags));
-                            break;
-                        }
-                        if savepoint {
-                            let kept = cp.store.keep_as_savepoint(id).map_err(|e| e.to_string());
-                            if let Ok(path) = &kept {
-                                tracing::info!(checkpoint = id, path = %path, "savepoint taken");
-                            }
-                            waiters.drain(..).for_each(|w| w.answer(kept.clone()));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(checkpoint = id, error = %e, "checkpoint failed");
-                        carry_committables(&mut carried, std::mem::take(&mut uploading_committables));
-                        failed_in_a_row += 1;
-                        if savepoint {
-                            waiters.drain(..).for_each(|w| w.answer(Err(e.clone())));
-                        }
-                    }
-                }
-            }
+        if flags.stop_sources.load(Ordering::SeqCst) {
+            coordinator.stop();
         }
-        if failed_in_a_row > cp.config.tolerable_failures {
-            coordinator_error = Some(fail(
-                TaskError::Checkpoint(format!(
-                    "{failed_in_a_row} checkpoint(s) failed in a row, more than the {} tolerated",
-                    cp.config.tolerable_failures
-                )),
-                flags,
-            ));
-            break;
-        }
-        waiters.extend(
-            flags.savepoint_requests.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(SavepointWaiter::Api),
-        );
-        if last_request_poll.elapsed() >= Duration::from_millis(100) {
-            last_request_poll = Instant::now();
-            waiters.extend(cp.store.take_savepoint_request().map(SavepointWaiter::File));
-        }
-        let savepoint = !waiters.is_empty();
-        let due =
-            savepoint || (last_trigger.elapsed() >= cp.config.interval && last_done.elapsed() >= cp.config.min_pause);
-        let sources_running = live_sources.iter().any(|t| !finished.contains_key(t));
-        if savepoint && !sources_running {
-            waiters.drain(..).for_each(|w| w.answer(Err("the job's sources have finished".into())));
-        }
-        if pending.is_none()
-            && uploading.is_none()
-            && due
-            && sources_running
-            && !flags.stop_sources.load(Ordering::SeqCst)
-        {
-            let id = cp.next_id;
-            cp.next_id += 1;
-            last_trigger = Instant::now();
-            let barrier = Barrier { id, timestamp: now_millis() };
-            let mut p = Pending {
-                id,
-                savepoint,
-                started: Instant::now(),
-                awaiting: HashSet::new(),
-                states: std::mem::take(&mut carried),
-            };
-            for task in 0..tasks {
-                match finished.get(&task) {
-                    Some(states) => p.states.extend(states.iter().cloned()),
-                    None => {
-                        p.awaiting.insert(task);
-                    }
-                }
-            }
-            for (task, tx) in &barrier_senders {
-                if !finished.contains_key(task) {
-                    let _ = tx.send(barrier);
-                }
-            }
-            pending = Some(p);
+        coordinator.tick(Instant::now(), &mut actions);
+        coordinator_error = carry_out(
+            graph,
+            &mut coordinator,
+            checkpointing.as_deref_mut(),
+            &mut actions,
+            Carrier { barriers: &barrier_senders, shape: &shape, uploads: &uploads_tx, uploaders: &mut uploaders },
+            &mut waiters,
+        )
+        .err()
+        .inspect(|_| {
+            flags.abort.store(true, Ordering::SeqCst);
+            flags.stop_sources.store(true, Ordering::SeqCst);
+        });
+        if let Some(cp) = checkpointing.as_deref_mut() {
+            // Ids grow across attempts, also when this one fails.
+            cp.next_id = coordinator.next_id();
         }
     }
 
@@ -510,15 +399,16 @@ pub(crate) fn run_attempt(
             flags.abort.store(true, Ordering::SeqCst);
         }
     }
-    for uploader in uploaders {
+    for uploader in uploaders.drain(..) {
         let _ = uploader.join();
     }
-    waiters.drain(..).for_each(|w| w.answer(Err("the job stopped before the savepoint completed".into())));
     let mut errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|e| e.into_inner()));
     if let Some(e) = coordinator_error {
+        waiters.drain(..).for_each(|w| w.answer(Err("the job failed before the savepoint completed".into())));
         return Err(e);
     }
     if let Some(i) = errors.iter().position(|e| !e.is_secondary()) {
+        waiters.drain(..).for_each(|w| w.answer(Err("the job failed before the savepoint completed".into())));
         return Err(errors.swap_remove(i));
     }
     if let Some(e) = errors.pop() {
@@ -529,32 +419,48 @@ pub(crate) fn run_attempt(
     if flags.abort.load(Ordering::SeqCst) {
         return Err(TaskError::Checkpoint("a task stopped unexpectedly".into()));
     }
-    // Every task has finished: a final checkpoint holds their last state and the sinks'
-    // last transactions, then those are committed.
-    let mut states: Vec<SubtaskState> = finished.into_values().flatten().collect();
+    // Every task has finished. What is in flight ends first (its upload and commit); then a
+    // final checkpoint holds the tasks' last state and the sinks' last transactions, and
+    // those are committed.
+    coordinator.stop();
     match checkpointing {
         Some(cp) => {
-            if let Some(rx) = uploading.take() {
-                match rx.recv() {
-                    Ok((id, _, started, Ok((bytes, done)))) => {
-                        cp.stats.push((started.elapsed(), bytes));
-                        complete(graph, cp, id, &done)?;
-                    }
-                    _ => carry_committables(&mut carried, uploading_committables),
-                }
-            }
-            carry_committables(&mut states, carried);
-            let id = cp.next_id;
-            cp.next_id += 1;
             let finished_input = !flags.cancelled.load(Ordering::SeqCst);
-            let started = Instant::now();
-            let (bytes, states) = upload(&cp.store, cp.config.failpoint.as_ref(), &shape, id, finished_input, states)
-                .map_err(TaskError::Checkpoint)?;
-            cp.stats.push((started.elapsed(), bytes));
-            complete(graph, cp, id, &states)?;
+            let deadline = Instant::now() + cp.config.timeout + Duration::from_secs(60);
+            let outcome: TaskResult = 'final_checkpoint: {
+                while !coordinator.done() {
+                    if Instant::now() > deadline {
+                        break 'final_checkpoint Err(TaskError::Checkpoint(
+                            "the final checkpoint did not complete in time".into(),
+                        ));
+                    }
+                    match uploads.recv_timeout(Duration::from_millis(5)) {
+                        Ok((id, result)) => coordinator.on_uploaded(id, result, Instant::now(), &mut actions),
+                        Err(_) => coordinator.tick(Instant::now(), &mut actions),
+                    }
+                    if coordinator.is_idle() {
+                        coordinator.finish(finished_input, Instant::now(), &mut actions);
+                    }
+                    let carrier =
+                        Carrier { barriers: &[], shape: &shape, uploads: &uploads_tx, uploaders: &mut uploaders };
+                    let carried =
+                        carry_out(graph, &mut coordinator, Some(&mut *cp), &mut actions, carrier, &mut waiters);
+                    cp.next_id = coordinator.next_id();
+                    if let Err(e) = carried {
+                        break 'final_checkpoint Err(e);
+                    }
+                }
+                Ok(())
+            };
+            for uploader in uploaders {
+                let _ = uploader.join();
+            }
+            outcome?;
+            waiters.drain(..).for_each(|w| w.answer(Err("the job stopped before the savepoint completed".into())));
         }
         None => {
             // Without checkpoints, sinks commit what they pre-committed at the end.
+            let mut states = coordinator.take_finished_states();
             states.retain(|s| matches!(s.state, OperatorState::Committable(_)));
             commit_sinks(graph, &committables_of(&states))?;
         }
@@ -562,19 +468,92 @@ pub(crate) fn run_attempt(
     Ok(tasks)
 }
 
-/// A checkpoint is durable: commit its transactions, then drop old checkpoints.
-fn complete(graph: &JobGraph, cp: &mut Checkpointing, id: u64, states: &[SubtaskState]) -> TaskResult {
-    cp.completed.push(id);
-    if let Some(fp) = &cp.config.failpoint {
-        fp("commit", id).map_err(TaskError::Checkpoint)?;
+/// What carrying out the coordinator's actions needs of the attempt.
+struct Carrier<'a> {
+    barriers: &'a [(usize, Sender<Barrier>)],
+    shape: &'a (usize, BTreeMap<String, usize>),
+    uploads: &'a Sender<(u64, Result<u64, String>)>,
+    uploaders: &'a mut Vec<JoinHandle<()>>,
+}
+
+/// Carries out the coordinator's actions (and those that their outcomes lead to).
+fn carry_out(
+    graph: &JobGraph,
+    coordinator: &mut CheckpointCoordinator,
+    mut checkpointing: Option<&mut Checkpointing>,
+    actions: &mut Vec<Action>,
+    carrier: Carrier<'_>,
+    waiters: &mut Vec<SavepointWaiter>,
+) -> TaskResult {
+    while !actions.is_empty() {
+        for action in std::mem::take(actions) {
+            let Some(cp) = checkpointing.as_deref_mut() else { continue };
+            match action {
+                Action::Trigger { barrier, sources } => {
+                    for (_, tx) in carrier.barriers.iter().filter(|(t, _)| sources.contains(t)) {
+                        let _ = tx.send(barrier);
+                    }
+                }
+                Action::Upload { id, finished, states } => {
+                    let (store, failpoint, shape) =
+                        (cp.store.clone(), cp.config.failpoint.clone(), carrier.shape.clone());
+                    let tx = carrier.uploads.clone();
+                    carrier.uploaders.push(std::thread::spawn(move || {
+                        let _ = tx.send((id, upload(&store, failpoint.as_ref(), &shape, id, finished, states)));
+                    }));
+                }
+                Action::Completed { id, savepoint, bytes, took } => {
+                    cp.stats.push((took, bytes));
+                    cp.completed.push(id);
+                    tracing::info!(checkpoint = id, bytes, ms = took.as_millis() as u64, "checkpoint complete");
+                    if savepoint {
+                        let kept = cp.store.keep_as_savepoint(id).map_err(|e| e.to_string());
+                        if let Ok(path) = &kept {
+                            tracing::info!(checkpoint = id, path = %path, "savepoint taken");
+                        }
+                        waiters.drain(..).for_each(|w| w.answer(kept.clone()));
+                    }
+                }
+                Action::Commit { id, states } => {
+                    // The "commit" failpoint stands for a crash between a checkpoint's
+                    // completion and its commit: the attempt dies, no retry.
+                    if let Some(fp) = &cp.config.failpoint {
+                        fp("commit", id).map_err(TaskError::Checkpoint)?;
+                    }
+                    let result = commit(graph, cp, id, &states);
+                    if result.is_ok() {
+                        prune(cp, id);
+                    }
+                    coordinator.on_committed(id, result.map_err(|e| e.to_string()), Instant::now(), actions);
+                }
+                Action::Failed { id, savepoint, reason } => {
+                    tracing::warn!(checkpoint = id, error = %reason, "checkpoint failed");
+                    if savepoint {
+                        waiters.drain(..).for_each(|w| w.answer(Err(reason.clone())));
+                    }
+                }
+                Action::SavepointRefused(reason) => waiters.drain(..).for_each(|w| w.answer(Err(reason.clone()))),
+                Action::FailJob(reason) => return Err(TaskError::Checkpoint(reason)),
+            }
+        }
     }
+    Ok(())
+}
+
+/// A checkpoint is durable: commit its transactions (retried by the coordinator if this
+/// fails, so everything here may run more than once).
+fn commit(graph: &JobGraph, cp: &mut Checkpointing, id: u64, states: &[SubtaskState]) -> TaskResult {
     let committables = committables_of(states);
     if !committables.is_empty() {
         // Before any reader can see this checkpoint's output: from now on no restore may
         // fall back past it without saying so.
         cp.store.record_commit(id).map_err(|e| TaskError::Checkpoint(e.to_string()))?;
     }
-    commit_sinks(graph, &committables)?;
+    commit_sinks(graph, &committables)
+}
+
+/// Checkpoint `id` is committed: drop the checkpoints older than the retained ones.
+fn prune(cp: &mut Checkpointing, id: u64) {
     for old in to_prune(&cp.completed, cp.config.retain, &[]) {
         cp.completed.retain(|c| *c != old);
     }
@@ -586,5 +565,4 @@ fn complete(graph: &JobGraph, cp: &mut Checkpointing, id: u64, states: &[Subtask
             tracing::warn!(checkpoint = old, error = %e, "could not delete an old checkpoint");
         }
     }
-    Ok(())
 }

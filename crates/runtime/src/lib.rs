@@ -10,6 +10,7 @@
 //! the restart strategy ([`restart`]) says. The runtime never names a record type.
 
 mod attempt;
+mod coordinator;
 pub mod plan;
 mod report;
 pub mod restart;

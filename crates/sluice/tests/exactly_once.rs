@@ -398,3 +398,54 @@ fn a_stopped_job_fires_no_window_early_and_the_next_run_completes_the_open_ones(
     }
     assert_eq!(sums, (0..5).map(|k| (k, n / 5)).collect());
 }
+
+/// The file sink, with commits that fail with an I/O error the first `failures` times.
+struct FlakyCommits {
+    inner: TransactionalFileSink<String>,
+    failures: u64,
+    calls: Arc<AtomicU64>,
+}
+
+impl Sink<String> for FlakyCommits {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn create_writer(&self, index: usize, parallelism: usize) -> std::io::Result<Box<dyn SinkWriter<String>>> {
+        self.inner.create_writer(index, parallelism)
+    }
+    fn commit(&self, committable: &[u8]) -> std::io::Result<()> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+            return Err(std::io::Error::other("injected commit failure"));
+        }
+        self.inner.commit(committable)
+    }
+    fn recover(&self, keep: &[Vec<u8>]) -> std::io::Result<()> {
+        self.inner.recover(keep)
+    }
+}
+
+#[test]
+fn a_failed_commit_is_retried_in_place_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let calls = Arc::new(AtomicU64::new(0));
+    let env = StreamEnv::new();
+    env.set_parallelism(2)
+        .set_watermark_interval(Duration::from_millis(20))
+        .enable_checkpointing(Duration::from_millis(40), checkpoints.to_str().unwrap())
+        .set_restart_strategy(RestartStrategy::None);
+    env.source(SequenceSource::new(0..N), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
+        .uid("events")
+        .key_by(|i| key_of(*i))
+        .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
+        .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
+        .uid("counts")
+        .sink(FlakyCommits { inner: TransactionalFileSink::new(&out), failures: 2, calls: calls.clone() })
+        .uid("files");
+    // Two failures of the first commit are within its three attempts: no restart (the
+    // strategy allows none, so a restart would fail the job).
+    let result = env.execute("flaky-commits").unwrap();
+    assert_eq!(result.restarts, 0);
+    assert!(calls.load(Ordering::SeqCst) > 2, "the failed commit was tried again");
+    assert_eq!(multiset(committed_lines(&out)), multiset(reference()));
+}
