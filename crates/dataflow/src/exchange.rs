@@ -12,18 +12,112 @@ use std::any::Any;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
-/// One downstream subtask: its inbox and the channel index this producer has there.
+/// One downstream subtask: its inbox, the channel index this producer has there, and the
+/// channel's credit.
 #[derive(Clone, Debug)]
 pub struct Target {
     /// The downstream task's inbox.
     pub inbox: SyncSender<Envelope>,
     /// This producer's channel index at that inbox.
     pub channel: u32,
+    /// The batches this producer may still send on the channel.
+    pub credit: Arc<Credit>,
 }
 
 impl Target {
     fn send(&self, message: Message) -> TaskResult {
+        if matches!(message, Message::Data(_)) {
+            self.credit.acquire()?;
+        }
         self.inbox.send(Envelope { channel: self.channel, message }).map_err(|_| TaskError::Disconnected)
+    }
+}
+
+/// Credit-based flow control of one channel (as Flink's network stack has it): the number
+/// of batches its producer may still send before the consumer has processed some. A batch
+/// takes a credit when it is sent and gives it back when the consumer task has processed
+/// it, not when it was received, so a channel whose batches are held back (its barrier
+/// arrived first, during an exactly-once alignment) stops its producer after its credits:
+/// nothing piles up in the consumer. Barriers, watermarks and the end travel without
+/// credit, so a barrier never waits behind exhausted record credits.
+#[derive(Debug)]
+pub struct Credit {
+    state: std::sync::Mutex<CreditState>,
+    returned: std::sync::Condvar,
+}
+
+#[derive(Debug)]
+struct CreditState {
+    available: u32,
+    waiting: bool,
+    closed: bool,
+}
+
+impl Credit {
+    /// A channel whose producer may send `initial` batches ahead.
+    pub fn new(initial: u32) -> Arc<Self> {
+        Arc::new(Credit {
+            state: std::sync::Mutex::new(CreditState { available: initial.max(1), waiting: false, closed: false }),
+            returned: std::sync::Condvar::new(),
+        })
+    }
+
+    /// Takes a credit, waiting until the consumer returns one; fails once the consumer
+    /// has gone ([`Credit::close`]).
+    pub fn acquire(&self) -> TaskResult {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if state.closed {
+                return Err(TaskError::Disconnected);
+            }
+            if state.available > 0 {
+                state.available -= 1;
+                return Ok(());
+            }
+            state.waiting = true;
+            state = self.returned.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The consumer processed a batch of this channel: its producer may send one more.
+    pub fn release(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.available += 1;
+        if std::mem::take(&mut state.waiting) {
+            self.returned.notify_all();
+        }
+    }
+
+    /// The consumer has gone: a producer waiting for credit fails instead of waiting.
+    pub fn close(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.closed = true;
+        self.returned.notify_all();
+    }
+
+    /// Credits the producer holds now (for tests and reports).
+    pub fn available(&self) -> u32 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).available
+    }
+}
+
+/// The credits of a consumer task's input channels, by channel index; closed when the
+/// task ends, so that no producer waits for a consumer that has gone.
+pub struct ChannelCredits(pub Vec<Arc<Credit>>);
+
+impl ChannelCredits {
+    /// A batch of `channel` was processed.
+    #[inline]
+    pub fn release(&self, channel: usize) {
+        if let Some(credit) = self.0.get(channel) {
+            credit.release();
+        }
+    }
+}
+
+impl Drop for ChannelCredits {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|c| c.close());
     }
 }
 

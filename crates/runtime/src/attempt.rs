@@ -10,8 +10,8 @@ use crate::task::run_inbox_task;
 use sluice_checkpoint::{to_prune, CheckpointMeta, CheckpointStore, RestorePlan};
 use sluice_dataflow::snapshot::{Barrier, OperatorState, SubtaskState};
 use sluice_dataflow::{
-    now_millis, AnyInput, CheckpointConfig, CheckpointMode, Envelope, ErasedInput, JobGraph, NodeKind, OutEdge,
-    Partitioning, SourceTask, SubtaskInfo, Target, TaskControl, TaskError, TaskReport, TaskResult,
+    now_millis, AnyInput, ChannelCredits, CheckpointConfig, CheckpointMode, Credit, Envelope, ErasedInput, JobGraph,
+    NodeKind, OutEdge, Partitioning, SourceTask, SubtaskInfo, Target, TaskControl, TaskError, TaskReport, TaskResult,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,10 +73,14 @@ pub(crate) struct Checkpointing {
 
 enum Work {
     Source(Box<dyn SourceTask>, TaskControl),
-    Inbox { head: Box<dyn ErasedInput>, inbox: Receiver<Envelope>, channels: usize, control: TaskControl },
+    Inbox { head: Box<dyn ErasedInput>, inbox: Receiver<Envelope>, credits: ChannelCredits, control: TaskControl },
 }
 
 type Inbox = (SyncSender<Envelope>, Receiver<Envelope>);
+
+/// Inbox room per input channel for messages that need no credit (watermarks, idleness,
+/// barriers, the end).
+const CONTROL_ROOM: usize = 4;
 
 /// The tasks of an attempt, built and not yet started.
 /// Which subtask a task thread runs: its chain's head operator (the user's name) and index.
@@ -101,13 +105,39 @@ struct Built {
 fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
     let plan = plan(graph);
     let config = &graph.config;
-    let mut inboxes: Vec<Vec<Option<Inbox>>> = plan
+    // Each input channel of a consumer gets an even share of the consumer's capacity as
+    // credits (at least two batches, so a producer can fill one while the other is read);
+    // the inbox has room for every credit plus some control messages.
+    let mut credits: Vec<Vec<Vec<Arc<Credit>>>> = plan
         .chains
         .iter()
         .map(|chain| {
-            let head = &graph.nodes[chain.nodes[0].0];
+            let head = chain.nodes[0];
             (0..chain.parallelism)
-                .map(|_| (head.imp.kind() != NodeKind::Source).then(|| sync_channel(config.channel_capacity)))
+                .map(|subtask| {
+                    let channels = if graph.nodes[head.0].imp.kind() == NodeKind::Source {
+                        0
+                    } else {
+                        channel_count(graph, head, subtask)
+                    };
+                    let per_channel = (config.channel_capacity / channels.max(1)).max(2) as u32;
+                    (0..channels).map(|_| Credit::new(per_channel)).collect()
+                })
+                .collect()
+        })
+        .collect();
+    let mut inboxes: Vec<Vec<Option<Inbox>>> = plan
+        .chains
+        .iter()
+        .zip(&credits)
+        .map(|(chain, chain_credits)| {
+            let head = &graph.nodes[chain.nodes[0].0];
+            chain_credits
+                .iter()
+                .map(|channels| {
+                    let room = channels.iter().map(|c| c.available() as usize + CONTROL_ROOM).sum::<usize>();
+                    (head.imp.kind() != NodeKind::Source).then(|| sync_channel(room))
+                })
                 .collect()
         })
         .collect();
@@ -119,7 +149,7 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
     let (report_tx, reports) = channel();
     let mut barrier_senders = Vec::new();
     let mut work = Vec::new();
-    for (chain, chain_inboxes) in plan.chains.iter().zip(inboxes.iter_mut()) {
+    for (chain_index, (chain, chain_inboxes)) in plan.chains.iter().zip(inboxes.iter_mut()).enumerate() {
         for (subtask, inbox) in chain_inboxes.iter_mut().enumerate() {
             let info_of = |node: usize| SubtaskInfo {
                 operator: Arc::from(graph.nodes[node].name.as_str()),
@@ -141,9 +171,13 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
                     let consumer_chain = plan.chain_of[consumer.0];
                     let targets: Vec<Target> = (0..graph.parallelism_of(consumer))
                         .filter(|&to| feeding_subtasks(graph, consumer, edge, to).contains(&subtask))
-                        .map(|to| Target {
-                            inbox: senders[consumer_chain][to].clone().expect("a consumer has an inbox"),
-                            channel: channel_index(graph, consumer, edge, to, subtask),
+                        .map(|to| {
+                            let channel = channel_index(graph, consumer, edge, to, subtask);
+                            Target {
+                                inbox: senders[consumer_chain][to].clone().expect("a consumer has an inbox"),
+                                channel,
+                                credit: credits[consumer_chain][to][channel as usize].clone(),
+                            }
                         })
                         .collect();
                     edges.push(match &graph.nodes[consumer.0].inputs[edge].partitioning {
@@ -192,7 +226,7 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
                     Work::Inbox {
                         head: graph.nodes[head_node.0].imp.head(next.take().expect("a chain has a head stage")),
                         inbox,
-                        channels: channel_count(graph, head_node, subtask),
+                        credits: ChannelCredits(std::mem::take(&mut credits[chain_index][subtask])),
                         control: control(None),
                     }
                 }
@@ -286,8 +320,8 @@ pub(crate) fn run_attempt(
             // attempt (the coordinator would otherwise wait for its report forever).
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
                 Work::Source(mut task, control) => task.run(&flags.stop_sources, &control),
-                Work::Inbox { mut head, inbox, channels, control } => {
-                    run_inbox_task(&mut *head, inbox, channels, &flags.abort, tick, &control, exactly_once)
+                Work::Inbox { mut head, inbox, credits, control } => {
+                    run_inbox_task(&mut *head, inbox, credits, &flags.abort, tick, &control, exactly_once)
                 }
             }))
             .unwrap_or_else(|payload| {

@@ -5,7 +5,9 @@
 //! watermark is frozen: the input that would have followed may still belong to any window.
 
 use sluice_dataflow::snapshot::Barrier;
-use sluice_dataflow::{now_millis, Ending, Envelope, ErasedInput, Message, TaskControl, TaskError, TaskResult};
+use sluice_dataflow::{
+    now_millis, ChannelCredits, Ending, Envelope, ErasedInput, Message, TaskControl, TaskError, TaskResult,
+};
 use sluice_types::{Timestamp, MIN_WATERMARK};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,12 +128,13 @@ impl Barriers {
 pub(crate) fn run_inbox_task(
     head: &mut dyn ErasedInput,
     inbox: Receiver<Envelope>,
-    channels: usize,
+    credits: ChannelCredits,
     abort: &AtomicBool,
     tick: Duration,
     control: &TaskControl,
     exactly_once: bool,
 ) -> TaskResult {
+    let channels = credits.0.len();
     let mut alignment = Alignment::new(channels);
     let mut barriers =
         Barriers { exactly_once, current: None, delivered: vec![false; channels], held: VecDeque::new() };
@@ -166,7 +169,10 @@ pub(crate) fn run_inbox_task(
                 continue;
             }
             match envelope.message {
-                Message::Data(batch) => head.batch(batch)?,
+                Message::Data(batch) => {
+                    head.batch(batch)?;
+                    credits.release(channel);
+                }
                 Message::Watermark(w) => {
                     if let Some(w) = alignment.on_watermark(channel, w) {
                         head.watermark(w)?;
@@ -236,6 +242,8 @@ pub(crate) fn run_inbox_task(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_dataflow::Credit;
+    use std::sync::Arc;
 
     #[test]
     fn watermark_is_the_minimum_over_active_channels() {
@@ -261,13 +269,17 @@ mod tests {
         assert!(a.on_end(1, Ending::Finished).1);
     }
 
-    /// Records what reaches the head of a task, as text.
-    struct Recorder(Vec<String>);
+    /// Records what reaches the head of a task, as text (with the credit of channel 0
+    /// as the batch arrives, if a probe is set).
+    struct Recorder(Vec<String>, Option<Arc<Credit>>);
 
     impl ErasedInput for Recorder {
         fn batch(&mut self, batch: Box<dyn std::any::Any + Send>) -> TaskResult {
             let batch = batch.downcast::<Vec<u32>>().expect("test batches are Vec<u32>");
-            self.0.push(format!("data {batch:?}"));
+            match &self.1 {
+                Some(credit) => self.0.push(format!("data {batch:?} credit {}", credit.available())),
+                None => self.0.push(format!("data {batch:?}")),
+            }
             Ok(())
         }
         fn watermark(&mut self, watermark: Timestamp) -> TaskResult {
@@ -301,15 +313,24 @@ mod tests {
     /// Feeds scripted (channel, message) pairs to a two-channel task and returns what its
     /// head saw and the checkpoints it reported.
     fn script(exactly_once: bool, messages: Vec<(u32, Message)>) -> (Vec<String>, Vec<Option<u64>>) {
+        script_with_credits(exactly_once, messages, false)
+    }
+
+    fn script_with_credits(
+        exactly_once: bool,
+        messages: Vec<(u32, Message)>,
+        probe: bool,
+    ) -> (Vec<String>, Vec<Option<u64>>) {
         let (tx, rx) = std::sync::mpsc::sync_channel(messages.len() + 1);
         for (channel, message) in messages {
             tx.send(Envelope { channel, message }).unwrap();
         }
         let (reports_tx, reports) = std::sync::mpsc::channel();
         let control = TaskControl { task: 0, barriers: None, reports: reports_tx };
-        let mut head = Recorder(Vec::new());
+        let credits = ChannelCredits(vec![Credit::new(64), Credit::new(64)]);
+        let mut head = Recorder(Vec::new(), probe.then(|| credits.0[0].clone()));
         let abort = AtomicBool::new(false);
-        run_inbox_task(&mut head, rx, 2, &abort, Duration::from_secs(60), &control, exactly_once).unwrap();
+        run_inbox_task(&mut head, rx, credits, &abort, Duration::from_secs(60), &control, exactly_once).unwrap();
         (head.0, reports.try_iter().map(|r| r.checkpoint).collect())
     }
 
@@ -408,5 +429,58 @@ mod tests {
             ],
         );
         assert_eq!(seen, vec!["watermark 10", "watermark 20", "end Finished"]);
+    }
+
+    #[test]
+    fn a_held_channel_gets_no_credit_back_until_its_batches_are_processed() {
+        let (seen, _) = script_with_credits(
+            true,
+            vec![
+                (0, data(&[1])),
+                (0, barrier(4)),
+                (0, data(&[2])),
+                (0, data(&[3])),
+                (1, data(&[10])),
+                (1, barrier(4)),
+                (0, Message::End(Ending::Finished)),
+                (1, Message::End(Ending::Finished)),
+            ],
+            true,
+        );
+        // Channel 0's credit as each batch is processed (a batch gives its credit back
+        // after): 64 at first; [1] gave one back; [2] and [3] wait behind the barrier and
+        // give theirs back only once processed, after the alignment.
+        assert_eq!(
+            seen,
+            vec![
+                "data [1] credit 64",
+                "data [10] credit 65",
+                "barrier 4",
+                "data [2] credit 65",
+                "data [3] credit 66",
+                "end Finished"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_producer_waits_for_credit_and_fails_once_the_consumer_has_gone() {
+        let credit = Credit::new(1);
+        credit.acquire().unwrap();
+        let waiting = {
+            let credit = credit.clone();
+            std::thread::spawn(move || credit.acquire())
+        };
+        // Pacing, not a condition: the waiter must still be blocked after this.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!waiting.is_finished(), "no credit: the producer waits");
+        credit.release();
+        waiting.join().unwrap().unwrap();
+        let gone = {
+            let credit = credit.clone();
+            std::thread::spawn(move || credit.acquire())
+        };
+        drop(ChannelCredits(vec![credit]));
+        assert!(matches!(gone.join().unwrap(), Err(TaskError::Disconnected)));
     }
 }
