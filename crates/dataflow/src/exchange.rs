@@ -12,24 +12,61 @@ use std::any::Any;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
-/// One downstream subtask: its inbox, the channel index this producer has there, and the
-/// channel's credit.
+/// One downstream subtask: where its messages go, the channel index this producer has
+/// there, and the channel's credit. Whether the subtask runs in this process or another
+/// is the path's business only: the writer and the task above it are the same.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// The downstream task's inbox.
-    pub inbox: SyncSender<Envelope>,
+    /// The downstream task's inbox, or a channel of a connection to its process.
+    pub path: Path,
     /// This producer's channel index at that inbox.
     pub channel: u32,
     /// The batches this producer may still send on the channel.
     pub credit: Arc<Credit>,
 }
 
+/// Where a target's messages go.
+#[derive(Clone, Debug)]
+pub enum Path {
+    /// The inbox of a task of this process: batches move as they are.
+    Local(SyncSender<Envelope>),
+    /// A channel of a connection to another process: batches are encoded here, and only
+    /// here, at the process boundary.
+    Remote(Arc<dyn RemoteChannel>),
+}
+
+/// The sending end of a channel to a task in another process (see `sluice-net`).
+pub trait RemoteChannel: Send + Sync + std::fmt::Debug {
+    /// Sends an encoded batch (`Vec<Record<T>>` in [`sluice_state::codec`]); its credit
+    /// has been taken.
+    fn send_data(&self, batch: Vec<u8>) -> TaskResult;
+    /// Sends a watermark, idleness change, barrier or end.
+    fn send_control(&self, message: &Message) -> TaskResult;
+}
+
 impl Target {
-    fn send(&self, message: Message) -> TaskResult {
-        if matches!(message, Message::Data(_)) {
-            self.credit.acquire()?;
+    /// A target in this process.
+    pub fn local(inbox: SyncSender<Envelope>, channel: u32, credit: Arc<Credit>) -> Self {
+        Target { path: Path::Local(inbox), channel, credit }
+    }
+
+    fn send_batch<T: serde::Serialize + Send + 'static>(&self, batch: Vec<Record<T>>) -> TaskResult {
+        self.credit.acquire()?;
+        match &self.path {
+            Path::Local(inbox) => inbox
+                .send(Envelope { channel: self.channel, message: Message::Data(Box::new(batch)) })
+                .map_err(|_| TaskError::Disconnected),
+            Path::Remote(remote) => remote.send_data(sluice_state::codec::encode(&batch)),
         }
-        self.inbox.send(Envelope { channel: self.channel, message }).map_err(|_| TaskError::Disconnected)
+    }
+
+    fn send_control(&self, message: Message) -> TaskResult {
+        match &self.path {
+            Path::Local(inbox) => {
+                inbox.send(Envelope { channel: self.channel, message }).map_err(|_| TaskError::Disconnected)
+            }
+            Path::Remote(remote) => remote.send_control(&message),
+        }
     }
 }
 
@@ -101,9 +138,27 @@ impl Credit {
     }
 }
 
+/// How a consumer gives a channel's credit back: to a producer of this process directly,
+/// or over the connection to the producer's process.
+pub trait CreditReturn: Send + Sync {
+    /// A batch of the channel was processed.
+    fn release(&self);
+    /// The consumer has gone.
+    fn close(&self);
+}
+
+impl CreditReturn for Credit {
+    fn release(&self) {
+        Credit::release(self)
+    }
+    fn close(&self) {
+        Credit::close(self)
+    }
+}
+
 /// The credits of a consumer task's input channels, by channel index; closed when the
 /// task ends, so that no producer waits for a consumer that has gone.
-pub struct ChannelCredits(pub Vec<Arc<Credit>>);
+pub struct ChannelCredits(pub Vec<Arc<dyn CreditReturn>>);
 
 impl ChannelCredits {
     /// A batch of `channel` was processed.
@@ -190,7 +245,7 @@ pub(crate) struct EdgeWriter<T> {
     limit: BatchLimit<T>,
 }
 
-impl<T: Clone + Send + 'static> EdgeWriter<T> {
+impl<T: Clone + Send + serde::Serialize + 'static> EdgeWriter<T> {
     pub(crate) fn round_robin(targets: Vec<Target>, limit: BatchLimit<T>) -> Self {
         Self::with_route(Route::RoundRobin { next: 0 }, targets, limit)
     }
@@ -217,7 +272,7 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
     }
 
     fn send_batch(&self, target: usize, batch: Vec<Record<T>>) -> TaskResult {
-        self.targets[target].send(Message::Data(Box::new(batch)))
+        self.targets[target].send_batch(batch)
     }
 
     fn write(&mut self, batch: Vec<Record<T>>) -> TaskResult {
@@ -252,7 +307,7 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
             }
             Route::Hash { hash, owner_of_group, max_parallelism } => {
                 if self.targets.len() == 1 {
-                    return self.targets[0].send(Message::Data(Box::new(batch)));
+                    return self.targets[0].send_batch(batch);
                 }
                 let limit = self.limit.records();
                 for record in batch {
@@ -265,7 +320,7 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
                     buffer.push(record);
                     if buffer.len() >= limit {
                         let full = std::mem::take(buffer);
-                        self.targets[target].send(Message::Data(Box::new(full)))?;
+                        self.targets[target].send_batch(full)?;
                     }
                 }
                 Ok(())
@@ -286,7 +341,7 @@ impl<T: Clone + Send + 'static> EdgeWriter<T> {
     fn signal(&mut self, make: impl Fn() -> Message) -> TaskResult {
         self.flush()?;
         for target in &self.targets {
-            target.send(make())?;
+            target.send_control(make())?;
         }
         Ok(())
     }
@@ -297,13 +352,13 @@ pub(crate) struct ExchangeOutput<T> {
     pub(crate) edges: Vec<EdgeWriter<T>>,
 }
 
-impl<T: Clone + Send + 'static> ExchangeOutput<T> {
+impl<T: Clone + Send + serde::Serialize + 'static> ExchangeOutput<T> {
     fn each(&mut self, mut f: impl FnMut(&mut EdgeWriter<T>) -> TaskResult) -> TaskResult {
         self.edges.iter_mut().try_for_each(&mut f)
     }
 }
 
-impl<T: Clone + Send + 'static> Input<T> for ExchangeOutput<T> {
+impl<T: Clone + Send + serde::Serialize + 'static> Input<T> for ExchangeOutput<T> {
     fn batch(&mut self, batch: Vec<Record<T>>) -> TaskResult {
         match self.edges.len() {
             0 => Ok(()),

@@ -10,7 +10,7 @@ use crate::operator::{Input, Link, OperatorFactory, SubtaskInfo};
 use crate::sink::{Sink, SinkInput};
 use crate::snapshot::Restored;
 use crate::source::{Source, SourceRunner, SourceTask, WatermarkStrategy};
-use sluice_types::{Data, DEFAULT_MAX_PARALLELISM};
+use sluice_types::{Data, Record, DEFAULT_MAX_PARALLELISM};
 use std::any::Any;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -94,6 +94,11 @@ pub trait NodeImpl: Send + Sync {
     fn link(&self, next: Option<AnyInput>, info: &SubtaskInfo, state: Option<Restored>) -> TaskResult<AnyInput>;
     /// Wraps the stage that [`NodeImpl::link`] built so the untyped inbox can feed it.
     fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput>;
+    /// Decodes a batch of this node's input that came from another process (as
+    /// [`Message::Data`](crate::Message) carries it). Sources have no input.
+    fn decode_batch(&self, _bytes: &[u8]) -> Result<Box<dyn Any + Send>, String> {
+        Err("a source has no input".into())
+    }
     /// The source subtask feeding `next` (sources only), resumed from `state` if given.
     fn source(
         &self,
@@ -146,6 +151,12 @@ fn build_exchange<T: Data>(edges: Vec<OutEdge>, info: &SubtaskInfo) -> AnyInput 
         .collect();
     let input: Box<dyn Input<T>> = Box::new(ExchangeOutput { edges: writers });
     Box::new(input)
+}
+
+fn decode_batch<T: Data>(bytes: &[u8]) -> Result<Box<dyn Any + Send>, String> {
+    let batch: Vec<Record<T>> =
+        sluice_state::codec::decode(bytes, "a batch from another process").map_err(|e| e.to_string())?;
+    Ok(Box::new(batch))
 }
 
 fn downcast_input<T: 'static>(input: AnyInput) -> Box<dyn Input<T>> {
@@ -255,6 +266,9 @@ impl<In: Data, Out: Data> NodeImpl for OperatorNode<In, Out> {
     fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput> {
         Box::new(Head(downcast_input::<In>(stage)))
     }
+    fn decode_batch(&self, bytes: &[u8]) -> Result<Box<dyn Any + Send>, String> {
+        decode_batch::<In>(bytes)
+    }
 }
 
 /// A sink node consuming `T`.
@@ -282,6 +296,9 @@ impl<T: Data> NodeImpl for SinkNode<T> {
     }
     fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput> {
         Box::new(Head(downcast_input::<T>(stage)))
+    }
+    fn decode_batch(&self, bytes: &[u8]) -> Result<Box<dyn Any + Send>, String> {
+        decode_batch::<T>(bytes)
     }
     fn validate(&self, config: &JobConfig) -> Result<(), String> {
         self.sink.validate(config)

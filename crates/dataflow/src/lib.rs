@@ -24,7 +24,7 @@ mod source;
 pub mod testing;
 
 pub use error::{fail_unrecoverable, GraphError, TaskError, TaskResult, Unrecoverable};
-pub use exchange::{ChannelCredits, Credit, ErasedInput, Target};
+pub use exchange::{ChannelCredits, Credit, CreditReturn, ErasedInput, Path, RemoteChannel, Target};
 pub use graph::{
     AnyInput, CheckpointConfig, CheckpointMode, Edge, Failpoint, JobConfig, JobGraph, Node, NodeId, NodeImpl, NodeKind,
     OperatorNode, OutEdge, Partitioning, RestartStrategy, SinkNode, SourceNode, StartFrom,

@@ -10,8 +10,9 @@ use crate::task::run_inbox_task;
 use sluice_checkpoint::{to_prune, CheckpointMeta, CheckpointStore, RestorePlan};
 use sluice_dataflow::snapshot::{Barrier, OperatorState, SubtaskState};
 use sluice_dataflow::{
-    now_millis, AnyInput, ChannelCredits, CheckpointConfig, CheckpointMode, Credit, Envelope, ErasedInput, JobGraph,
-    NodeKind, OutEdge, Partitioning, SourceTask, SubtaskInfo, Target, TaskControl, TaskError, TaskReport, TaskResult,
+    now_millis, AnyInput, ChannelCredits, CheckpointConfig, CheckpointMode, Credit, CreditReturn, Envelope,
+    ErasedInput, JobGraph, NodeKind, OutEdge, Partitioning, SourceTask, SubtaskInfo, Target, TaskControl, TaskError,
+    TaskReport, TaskResult,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -173,11 +174,11 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
                         .filter(|&to| feeding_subtasks(graph, consumer, edge, to).contains(&subtask))
                         .map(|to| {
                             let channel = channel_index(graph, consumer, edge, to, subtask);
-                            Target {
-                                inbox: senders[consumer_chain][to].clone().expect("a consumer has an inbox"),
+                            Target::local(
+                                senders[consumer_chain][to].clone().expect("a consumer has an inbox"),
                                 channel,
-                                credit: credits[consumer_chain][to][channel as usize].clone(),
-                            }
+                                credits[consumer_chain][to][channel as usize].clone(),
+                            )
                         })
                         .collect();
                     edges.push(match &graph.nodes[consumer.0].inputs[edge].partitioning {
@@ -226,7 +227,12 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
                     Work::Inbox {
                         head: graph.nodes[head_node.0].imp.head(next.take().expect("a chain has a head stage")),
                         inbox,
-                        credits: ChannelCredits(std::mem::take(&mut credits[chain_index][subtask])),
+                        credits: ChannelCredits(
+                            std::mem::take(&mut credits[chain_index][subtask])
+                                .into_iter()
+                                .map(|c| c as Arc<dyn CreditReturn>)
+                                .collect(),
+                        ),
                         control: control(None),
                     }
                 }

@@ -327,8 +327,9 @@ mod tests {
         }
         let (reports_tx, reports) = std::sync::mpsc::channel();
         let control = TaskControl { task: 0, barriers: None, reports: reports_tx };
-        let credits = ChannelCredits(vec![Credit::new(64), Credit::new(64)]);
-        let mut head = Recorder(Vec::new(), probe.then(|| credits.0[0].clone()));
+        let (first, second) = (Credit::new(64), Credit::new(64));
+        let mut head = Recorder(Vec::new(), probe.then(|| first.clone()));
+        let credits = ChannelCredits(vec![first, second]);
         let abort = AtomicBool::new(false);
         run_inbox_task(&mut head, rx, credits, &abort, Duration::from_secs(60), &control, exactly_once).unwrap();
         (head.0, reports.try_iter().map(|r| r.checkpoint).collect())
@@ -480,7 +481,7 @@ mod tests {
             let credit = credit.clone();
             std::thread::spawn(move || credit.acquire())
         };
-        drop(ChannelCredits(vec![credit]));
+        drop(ChannelCredits(vec![credit as Arc<dyn sluice_dataflow::CreditReturn>]));
         assert!(matches!(gone.join().unwrap(), Err(TaskError::Disconnected)));
     }
 }

@@ -1,0 +1,305 @@
+//! One authenticated TCP connection between two processes of a job, multiplexing every
+//! channel between them in both directions. The sending side is what a producer task's
+//! [`Target`](sluice_dataflow::Target) writes to ([`Connection::remote_channel`]): frames
+//! are written whole under a lock, so tasks sharing the connection interleave by frame.
+//! The receiving side is one reader thread per connection: it decodes a batch with the
+//! consumer node's decoder and puts it into the consumer task's inbox on its channel, so
+//! the task cannot tell it from a local batch; a credit frame gives a credit back to the
+//! local producer of that channel.
+//!
+//! The reader never waits on one channel at the cost of the others: a producer sends a
+//! batch only with a credit, and a consumer's inbox has room for all of its channels'
+//! credits, so a batch arriving always fits. When the connection fails, every producer
+//! waiting for credit on it fails, and the failure is reported (the attempt then fails
+//! and is restarted, as for any task failure).
+
+use crate::frame::{ChannelId, Frame};
+use crate::handshake::{self, HandshakeError, Identity};
+use sluice_dataflow::{Credit, CreditReturn, Envelope, Message, RemoteChannel, TaskError, TaskResult};
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Turns the bytes of a batch into the `Vec<Record<T>>` its consumer expects.
+pub type Decoder = Arc<dyn Fn(&[u8]) -> Result<Box<dyn std::any::Any + Send>, String> + Send + Sync>;
+
+/// Where the reader puts what arrives on a channel of which this process is the consumer.
+struct Inbound {
+    inbox: SyncSender<Envelope>,
+    channel: u32,
+    decode: Decoder,
+}
+
+#[derive(Default)]
+struct Routes {
+    inbound: HashMap<ChannelId, Inbound>,
+    /// Credits of channels of which this process is the producer.
+    credits: HashMap<ChannelId, Arc<Credit>>,
+}
+
+/// A connection to one peer process.
+pub struct Connection {
+    peer: u32,
+    writer: Mutex<BufWriter<TcpStream>>,
+    reader: Mutex<Option<TcpStream>>,
+    routes: Mutex<Routes>,
+    failed: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("peer", &self.peer).finish()
+    }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The handshake failed.
+    #[error("connecting to process {peer} at {addr}: {source}")]
+    Handshake {
+        /// The peer's index.
+        peer: u32,
+        /// Its address.
+        addr: SocketAddr,
+        /// What failed.
+        source: HandshakeError,
+    },
+    /// No connection within the deadline.
+    #[error("connecting to process {peer} at {addr}: no connection within {within:?}: {last}")]
+    Timeout {
+        /// The peer's index.
+        peer: u32,
+        /// Its address.
+        addr: SocketAddr,
+        /// The deadline.
+        within: Duration,
+        /// The last error.
+        last: String,
+    },
+}
+
+impl Connection {
+    fn new(peer: u32, stream: TcpStream) -> std::io::Result<Arc<Self>> {
+        stream.set_nodelay(true)?;
+        let reader = stream.try_clone()?;
+        Ok(Arc::new(Connection {
+            peer,
+            writer: Mutex::new(BufWriter::with_capacity(64 << 10, stream)),
+            reader: Mutex::new(Some(reader)),
+            routes: Mutex::new(Routes::default()),
+            failed: Mutex::new(None),
+        }))
+    }
+
+    /// Dials `peer` at `addr` until it answers or `within` passes (the peer may still be
+    /// starting), then authenticates.
+    pub fn dial(me: &Identity, peer: u32, addr: SocketAddr, within: Duration) -> Result<Arc<Self>, ConnectError> {
+        let deadline = Instant::now() + within;
+        let mut last = String::from("not tried");
+        while Instant::now() < deadline {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(mut stream) => {
+                    let _ = stream.set_read_timeout(Some(within));
+                    handshake::dial(&mut stream, me).map_err(|source| ConnectError::Handshake {
+                        peer,
+                        addr,
+                        source,
+                    })?;
+                    let _ = stream.set_read_timeout(None);
+                    return Connection::new(peer, stream).map_err(|e| ConnectError::Handshake {
+                        peer,
+                        addr,
+                        source: HandshakeError::Io(e),
+                    });
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        Err(ConnectError::Timeout { peer, addr, within, last })
+    }
+
+    /// Accepts connections on `listener` until one from each of `peers` is authenticated,
+    /// or `within` passes. A connection that fails its handshake (wrong secret, another
+    /// job or attempt) is refused, logged and does not count.
+    pub fn accept_all(
+        listener: &TcpListener,
+        me: &Identity,
+        peers: &[u32],
+        within: Duration,
+    ) -> Result<HashMap<u32, Arc<Self>>, String> {
+        let deadline = Instant::now() + within;
+        let mut connections = HashMap::new();
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        while connections.len() < peers.len() {
+            if Instant::now() >= deadline {
+                let missing: Vec<_> = peers.iter().filter(|p| !connections.contains_key(*p)).collect();
+                return Err(format!("processes {missing:?} did not connect within {within:?}"));
+            }
+            match listener.accept() {
+                Ok((mut stream, from)) => {
+                    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    match handshake::accept(&mut stream, me) {
+                        Ok(peer) if peers.contains(&peer) && !connections.contains_key(&peer) => {
+                            let _ = stream.set_read_timeout(None);
+                            connections.insert(peer, Connection::new(peer, stream).map_err(|e| e.to_string())?);
+                        }
+                        Ok(peer) => tracing::warn!(%from, peer, "refused a data connection from an unexpected process"),
+                        Err(e) => tracing::warn!(%from, error = %e, "refused a data connection"),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(connections)
+    }
+
+    /// The peer's process index.
+    pub fn peer(&self) -> u32 {
+        self.peer
+    }
+
+    /// Routes what arrives on `id` into `inbox` as channel `channel`, decoded by `decode`.
+    /// Every inbound channel is registered before [`Connection::start_reading`].
+    pub fn expect_inbound(&self, id: ChannelId, inbox: SyncSender<Envelope>, channel: u32, decode: Decoder) {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner()).inbound.insert(id, Inbound { inbox, channel, decode });
+    }
+
+    /// The sending end of channel `id` (this process produces, the peer consumes); the
+    /// peer's credits for it arrive on this connection and go to `credit`.
+    pub fn remote_channel(self: &Arc<Self>, id: ChannelId, credit: Arc<Credit>) -> Arc<dyn RemoteChannel> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner()).credits.insert(id, credit);
+        Arc::new(RemoteSender { connection: self.clone(), id })
+    }
+
+    /// How the consumer of inbound channel `id` gives credits back to its producer.
+    pub fn credit_return(self: &Arc<Self>, id: ChannelId) -> Arc<dyn CreditReturn> {
+        Arc::new(RemoteCredit { connection: self.clone(), id })
+    }
+
+    fn send(&self, id: ChannelId, frame: &Frame) -> TaskResult {
+        if let Some(reason) = self.failed.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            tracing::debug!(peer = self.peer, %reason, "not sending on a failed connection");
+            return Err(TaskError::Disconnected);
+        }
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        frame.write(id, &mut *writer).and_then(|()| writer.flush()).map_err(|e| {
+            drop(writer);
+            self.fail(&e.to_string());
+            TaskError::Disconnected
+        })
+    }
+
+    /// Marks the connection failed: producers waiting for credit on it stop waiting.
+    fn fail(&self, reason: &str) {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.is_none() {
+            *failed = Some(reason.to_string());
+            for credit in self.routes.lock().unwrap_or_else(|e| e.into_inner()).credits.values() {
+                credit.close();
+            }
+        }
+    }
+
+    /// Starts the reader thread. It ends at the peer's clean close (`Ok`) or at a failure,
+    /// which it also passes to `on_failure` (so the attempt can fail at once).
+    pub fn start_reading(
+        self: &Arc<Self>,
+        on_failure: impl Fn(String) + Send + 'static,
+    ) -> std::io::Result<JoinHandle<Result<(), String>>> {
+        let stream = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take().expect("reading starts once");
+        let connection = self.clone();
+        std::thread::Builder::new().name(format!("sluice:net<-{}", self.peer)).spawn(move || {
+            let result = connection.read_loop(stream);
+            if let Err(reason) = &result {
+                connection.fail(reason);
+                on_failure(format!("the connection from process {} failed: {reason}", connection.peer));
+            }
+            result
+        })
+    }
+
+    fn read_loop(&self, stream: TcpStream) -> Result<(), String> {
+        let mut input = BufReader::with_capacity(64 << 10, stream);
+        // The routes are fixed once reading starts: take them out of the lock.
+        let routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|e| e.into_inner()));
+        // Keep the credits reachable for `fail`.
+        self.routes.lock().unwrap_or_else(|e| e.into_inner()).credits = routes.credits.clone();
+        loop {
+            let Some((id, frame)) = Frame::read(&mut input).map_err(|e| e.to_string())? else {
+                return Err(
+                    "the peer's process closed the connection without a goodbye (it stopped or was killed)".into()
+                );
+            };
+            if frame == Frame::Goodbye {
+                return Ok(());
+            }
+            if let Frame::Credit(n) = frame {
+                let credit = routes.credits.get(&id).ok_or_else(|| format!("a credit for unknown channel {id:?}"))?;
+                (0..n).for_each(|_| credit.release());
+                continue;
+            }
+            let route = routes.inbound.get(&id).ok_or_else(|| format!("a frame for unknown channel {id:?}"))?;
+            let message = match frame {
+                Frame::Data(bytes) => Message::Data((route.decode)(&bytes)?),
+                Frame::Watermark(w) => Message::Watermark(w),
+                Frame::Idle(idle) => Message::Idle(idle),
+                Frame::Barrier(b) => Message::Barrier(b),
+                Frame::End(e) => Message::End(e),
+                Frame::Credit(_) | Frame::Goodbye => unreachable!("handled above"),
+            };
+            if route.inbox.send(Envelope { channel: route.channel, message }).is_err() {
+                // The consumer task has ended (its attempt is over): nothing more to deliver.
+                return Ok(());
+            }
+        }
+    }
+
+    /// Closes the sending direction on purpose (the peer's reader ends without failing).
+    pub fn close(&self) {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = Frame::Goodbye.write(ChannelId { node: 0, subtask: 0, channel: 0 }, &mut *writer);
+        let _ = writer.flush();
+        let _ = writer.get_ref().shutdown(std::net::Shutdown::Write);
+    }
+}
+
+#[derive(Debug)]
+struct RemoteSender {
+    connection: Arc<Connection>,
+    id: ChannelId,
+}
+
+impl RemoteChannel for RemoteSender {
+    fn send_data(&self, batch: Vec<u8>) -> TaskResult {
+        self.connection.send(self.id, &Frame::Data(batch))
+    }
+    fn send_control(&self, message: &Message) -> TaskResult {
+        match Frame::control(message) {
+            Some(frame) => self.connection.send(self.id, &frame),
+            None => Ok(()),
+        }
+    }
+}
+
+struct RemoteCredit {
+    connection: Arc<Connection>,
+    id: ChannelId,
+}
+
+impl CreditReturn for RemoteCredit {
+    fn release(&self) {
+        // A failed connection fails the attempt through its reader; nothing to add here.
+        let _ = self.connection.send(self.id, &Frame::Credit(1));
+    }
+    fn close(&self) {}
+}
