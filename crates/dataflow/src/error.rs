@@ -47,6 +47,10 @@ pub enum TaskError {
     /// Checkpointing failed (storage, too many failed checkpoints, a failed commit).
     #[error("checkpointing: {0}")]
     Checkpoint(String),
+    /// A connection to another process of the job failed (the process stopped, was
+    /// killed or cannot be reached).
+    #[error("network: {0}")]
+    Network(String),
     /// A downstream task is gone: the job is being cancelled or has failed elsewhere.
     #[error("a downstream task has stopped")]
     Disconnected,

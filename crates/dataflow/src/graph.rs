@@ -94,10 +94,10 @@ pub trait NodeImpl: Send + Sync {
     fn link(&self, next: Option<AnyInput>, info: &SubtaskInfo, state: Option<Restored>) -> TaskResult<AnyInput>;
     /// Wraps the stage that [`NodeImpl::link`] built so the untyped inbox can feed it.
     fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput>;
-    /// Decodes a batch of this node's input that came from another process (as
-    /// [`Message::Data`](crate::Message) carries it). Sources have no input.
-    fn decode_batch(&self, _bytes: &[u8]) -> Result<Box<dyn Any + Send>, String> {
-        Err("a source has no input".into())
+    /// How a batch of this node's input that came from another process is decoded into
+    /// what [`Message::Data`](crate::Message) carries. Sources have no input.
+    fn batch_decoder(&self) -> Option<BatchDecoder> {
+        None
     }
     /// The source subtask feeding `next` (sources only), resumed from `state` if given.
     fn source(
@@ -152,6 +152,9 @@ fn build_exchange<T: Data>(edges: Vec<OutEdge>, info: &SubtaskInfo) -> AnyInput 
     let input: Box<dyn Input<T>> = Box::new(ExchangeOutput { edges: writers });
     Box::new(input)
 }
+
+/// Decodes an encoded `Vec<Record<T>>` into the boxed batch a task's inbox carries.
+pub type BatchDecoder = fn(&[u8]) -> Result<Box<dyn Any + Send>, String>;
 
 fn decode_batch<T: Data>(bytes: &[u8]) -> Result<Box<dyn Any + Send>, String> {
     let batch: Vec<Record<T>> =
@@ -266,8 +269,8 @@ impl<In: Data, Out: Data> NodeImpl for OperatorNode<In, Out> {
     fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput> {
         Box::new(Head(downcast_input::<In>(stage)))
     }
-    fn decode_batch(&self, bytes: &[u8]) -> Result<Box<dyn Any + Send>, String> {
-        decode_batch::<In>(bytes)
+    fn batch_decoder(&self) -> Option<BatchDecoder> {
+        Some(decode_batch::<In>)
     }
 }
 
@@ -297,8 +300,8 @@ impl<T: Data> NodeImpl for SinkNode<T> {
     fn head(&self, stage: AnyInput) -> Box<dyn ErasedInput> {
         Box::new(Head(downcast_input::<T>(stage)))
     }
-    fn decode_batch(&self, bytes: &[u8]) -> Result<Box<dyn Any + Send>, String> {
-        decode_batch::<T>(bytes)
+    fn batch_decoder(&self) -> Option<BatchDecoder> {
+        Some(decode_batch::<T>)
     }
     fn validate(&self, config: &JobConfig) -> Result<(), String> {
         self.sink.validate(config)

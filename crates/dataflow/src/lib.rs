@@ -26,8 +26,8 @@ pub mod testing;
 pub use error::{fail_unrecoverable, GraphError, TaskError, TaskResult, Unrecoverable};
 pub use exchange::{ChannelCredits, Credit, CreditReturn, ErasedInput, Path, RemoteChannel, Target};
 pub use graph::{
-    AnyInput, CheckpointConfig, CheckpointMode, Edge, Failpoint, JobConfig, JobGraph, Node, NodeId, NodeImpl, NodeKind,
-    OperatorNode, OutEdge, Partitioning, RestartStrategy, SinkNode, SourceNode, StartFrom,
+    AnyInput, BatchDecoder, CheckpointConfig, CheckpointMode, Edge, Failpoint, JobConfig, JobGraph, Node, NodeId,
+    NodeImpl, NodeKind, OperatorNode, OutEdge, Partitioning, RestartStrategy, SinkNode, SourceNode, StartFrom,
 };
 pub use message::{Ending, Envelope, Message};
 pub use operator::{

@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Turns the bytes of a batch into the `Vec<Record<T>>` its consumer expects.
-pub type Decoder = Arc<dyn Fn(&[u8]) -> Result<Box<dyn std::any::Any + Send>, String> + Send + Sync>;
+pub type Decoder = sluice_dataflow::BatchDecoder;
 
 /// Where the reader puts what arrives on a channel of which this process is the consumer.
 struct Inbound {
@@ -257,10 +257,9 @@ impl Connection {
                 Frame::End(e) => Message::End(e),
                 Frame::Credit(_) | Frame::Goodbye => unreachable!("handled above"),
             };
-            if route.inbox.send(Envelope { channel: route.channel, message }).is_err() {
-                // The consumer task has ended (its attempt is over): nothing more to deliver.
-                return Ok(());
-            }
+            // A consumer task that has ended takes nothing more; the reader goes on (credits
+            // and the goodbye may still come).
+            let _ = route.inbox.send(Envelope { channel: route.channel, message });
         }
     }
 

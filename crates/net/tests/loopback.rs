@@ -17,10 +17,10 @@ fn identity(secret: &str, attempt: u64, process: u32) -> Identity {
 }
 
 fn decoder() -> Decoder {
-    Arc::new(|bytes: &[u8]| {
+    |bytes: &[u8]| {
         let batch: Vec<Record<u64>> = sluice_state::codec::decode(bytes, "test batch").map_err(|e| e.to_string())?;
         Ok(Box::new(batch) as Box<dyn std::any::Any + Send>)
-    })
+    }
 }
 
 /// Process 0 accepts, process 1 dials: returns (acceptor's end, dialer's end).

@@ -6,14 +6,16 @@
 
 use crate::coordinator::{Action, CheckpointCoordinator, Schedule};
 use crate::plan::{channel_count, channel_index, feeding_subtasks, is_pointwise, plan};
+use crate::processes::Network;
 use crate::task::run_inbox_task;
 use sluice_checkpoint::{to_prune, CheckpointMeta, CheckpointStore, RestorePlan};
 use sluice_dataflow::snapshot::{Barrier, OperatorState, SubtaskState};
 use sluice_dataflow::{
     now_millis, AnyInput, ChannelCredits, CheckpointConfig, CheckpointMode, Credit, CreditReturn, Envelope,
-    ErasedInput, JobGraph, NodeKind, OutEdge, Partitioning, SourceTask, SubtaskInfo, Target, TaskControl, TaskError,
-    TaskReport, TaskResult,
+    ErasedInput, JobGraph, NodeKind, OutEdge, Partitioning, Path, SourceTask, SubtaskInfo, Target, TaskControl,
+    TaskError, TaskReport, TaskResult,
 };
+use sluice_net::ChannelId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
@@ -103,9 +105,16 @@ struct Built {
     reports: Receiver<TaskReport>,
 }
 
-fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
+/// Builds the tasks of this process: all of them, or with `network` the subtasks placed
+/// here, connected to the others' through the network.
+fn build(graph: &JobGraph, restore: Option<&RestorePlan>, network: Option<&Network>) -> TaskResult<Built> {
     let plan = plan(graph);
     let config = &graph.config;
+    let local = |subtask: usize| network.is_none_or(|n| n.placement.is_local(subtask));
+    let connection_to = |subtask: usize| {
+        let network = network.expect("only a spread job has remote subtasks");
+        network.connections[&network.placement.process_of(subtask)].clone()
+    };
     // Each input channel of a consumer gets an even share of the consumer's capacity as
     // credits (at least two batches, so a producer can fill one while the other is read);
     // the inbox has room for every credit plus some control messages.
@@ -135,9 +144,10 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
             let head = &graph.nodes[chain.nodes[0].0];
             chain_credits
                 .iter()
-                .map(|channels| {
+                .enumerate()
+                .map(|(subtask, channels)| {
                     let room = channels.iter().map(|c| c.available() as usize + CONTROL_ROOM).sum::<usize>();
-                    (head.imp.kind() != NodeKind::Source).then(|| sync_channel(room))
+                    (head.imp.kind() != NodeKind::Source && local(subtask)).then(|| sync_channel(room))
                 })
                 .collect()
         })
@@ -152,6 +162,9 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
     let mut work = Vec::new();
     for (chain_index, (chain, chain_inboxes)) in plan.chains.iter().zip(inboxes.iter_mut()).enumerate() {
         for (subtask, inbox) in chain_inboxes.iter_mut().enumerate() {
+            if !local(subtask) {
+                continue;
+            }
             let info_of = |node: usize| SubtaskInfo {
                 operator: Arc::from(graph.nodes[node].name.as_str()),
                 state_id: Arc::from(graph.nodes[node].state_id()),
@@ -174,11 +187,15 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
                         .filter(|&to| feeding_subtasks(graph, consumer, edge, to).contains(&subtask))
                         .map(|to| {
                             let channel = channel_index(graph, consumer, edge, to, subtask);
-                            Target::local(
-                                senders[consumer_chain][to].clone().expect("a consumer has an inbox"),
-                                channel,
-                                credits[consumer_chain][to][channel as usize].clone(),
-                            )
+                            let credit = credits[consumer_chain][to][channel as usize].clone();
+                            match &senders[consumer_chain][to] {
+                                Some(inbox) => Target::local(inbox.clone(), channel, credit),
+                                None => {
+                                    let id = ChannelId { node: consumer.0 as u32, subtask: to as u32, channel };
+                                    let remote = connection_to(to).remote_channel(id, credit.clone());
+                                    Target { path: Path::Remote(remote), channel, credit }
+                                }
+                            }
                         })
                         .collect();
                     edges.push(match &graph.nodes[consumer.0].inputs[edge].partitioning {
@@ -223,16 +240,28 @@ fn build(graph: &JobGraph, restore: Option<&RestorePlan>) -> TaskResult<Built> {
                     Work::Source(task_impl, control(Some(rx)))
                 }
                 None => {
-                    let (_, inbox) = inbox.take().expect("one inbox per subtask");
+                    let (inbox_sender, inbox) = inbox.take().expect("one inbox per subtask");
+                    // A channel fed from another process gives its credit back over the
+                    // connection, whose reader fills this inbox.
+                    let mut returns: Vec<Arc<dyn CreditReturn>> = std::mem::take(&mut credits[chain_index][subtask])
+                        .into_iter()
+                        .map(|c| c as Arc<dyn CreditReturn>)
+                        .collect();
+                    let head = &graph.nodes[head_node.0];
+                    for edge in 0..head.inputs.len() {
+                        for from in feeding_subtasks(graph, head_node, edge, subtask).filter(|f| !local(*f)) {
+                            let channel = channel_index(graph, head_node, edge, subtask, from);
+                            let id = ChannelId { node: head_node.0 as u32, subtask: subtask as u32, channel };
+                            let connection = connection_to(from);
+                            let decode = head.imp.batch_decoder().expect("a consumer decodes its input");
+                            connection.expect_inbound(id, inbox_sender.clone(), channel, decode);
+                            returns[channel as usize] = connection.credit_return(id);
+                        }
+                    }
                     Work::Inbox {
-                        head: graph.nodes[head_node.0].imp.head(next.take().expect("a chain has a head stage")),
+                        head: head.imp.head(next.take().expect("a chain has a head stage")),
                         inbox,
-                        credits: ChannelCredits(
-                            std::mem::take(&mut credits[chain_index][subtask])
-                                .into_iter()
-                                .map(|c| c as Arc<dyn CreditReturn>)
-                                .collect(),
-                        ),
+                        credits: ChannelCredits(returns),
                         control: control(None),
                     }
                 }
@@ -307,8 +336,24 @@ pub(crate) fn run_attempt(
     restore: Option<&RestorePlan>,
     flags: &Arc<Flags>,
     mut checkpointing: Option<&mut Checkpointing>,
+    network: Option<&mut Network>,
 ) -> TaskResult<usize> {
-    let Built { work, barrier_senders, reports } = build(graph, restore)?;
+    let Built { work, barrier_senders, reports } = build(graph, restore, network.as_deref())?;
+    let network_failures: Arc<Mutex<Option<String>>> = Arc::default();
+    if let Some(network) = network {
+        // Every inbound channel is routed: now the connections may deliver. A connection
+        // that fails fails the attempt.
+        let failure_flags = flags.clone();
+        let failures = network_failures.clone();
+        network
+            .start_reading(move |reason| {
+                tracing::error!("{reason}");
+                failures.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
+                failure_flags.abort.store(true, Ordering::SeqCst);
+                failure_flags.stop_sources.store(true, Ordering::SeqCst);
+            })
+            .map_err(TaskError::Network)?;
+    }
     let tasks = work.len();
     let errors: Arc<Mutex<Vec<TaskError>>> = Arc::new(Mutex::new(Vec::new()));
     let exactly_once =
@@ -443,6 +488,10 @@ pub(crate) fn run_attempt(
         let _ = uploader.join();
     }
     let mut errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Some(reason) = network_failures.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        // The tasks' errors only echo it (a channel that stopped).
+        return Err(TaskError::Network(reason));
+    }
     if let Some(e) = coordinator_error {
         waiters.drain(..).for_each(|w| w.answer(Err("the job failed before the savepoint completed".into())));
         return Err(e);

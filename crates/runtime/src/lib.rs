@@ -8,15 +8,21 @@
 //! backpressure), aligns watermarks and checkpoint barriers over each task's input
 //! channels, coordinates checkpoints, and restarts failed attempts from the latest one as
 //! the restart strategy ([`restart`]) says. The runtime never names a record type.
+//!
+//! A job can also run spread over several processes of its binary ([`processes`]): each
+//! builds the whole graph, runs the subtasks placed on it and reaches the others' through
+//! `sluice-net` connections, the channels' credits included.
 
 mod attempt;
 mod coordinator;
 pub mod plan;
+pub mod processes;
 mod report;
 pub mod restart;
 mod run;
 mod task;
 
 pub use plan::{plan, Plan, PlannedChain};
+pub use processes::Placement;
 pub use restart::RestartTracker;
 pub use run::{run, spawn, JobError, JobHandle, JobResult};

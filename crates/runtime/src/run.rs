@@ -2,6 +2,7 @@
 //! failed ones as the restart strategy says, from the latest completed checkpoint.
 
 use crate::attempt::{commit_sinks, run_attempt, Checkpointing, Flags};
+use crate::processes::{Network, Placement};
 use crate::restart::RestartTracker;
 use sluice_checkpoint::{plan_restore, CheckpointStore, LoadedCheckpoint, OperatorShape, RestorePlan};
 use sluice_dataflow::counters::Counter;
@@ -37,6 +38,14 @@ pub enum JobError {
     /// A thread could not be started.
     #[error("could not start the job: {0}")]
     Spawn(#[from] std::io::Error),
+    /// The job was to be spread over processes (`SLUICE_PROCESS` is set) and cannot be.
+    #[error("job '{job}' cannot run spread over processes: {message}")]
+    Spread {
+        /// The job's name.
+        job: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
 }
 
 /// What a completed job reports.
@@ -148,6 +157,23 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
     graph.validate_connectors()?;
     let job = graph.name.clone();
     let restore_error = |message: String| JobError::Restore { job: job.clone(), message };
+    let placement = Placement::from_env(&job).map_err(|message| JobError::Spread { job: job.clone(), message })?;
+    if let Some(placement) = placement {
+        if graph.config.checkpointing.is_some() {
+            return Err(JobError::Spread {
+                job,
+                message: "checkpoints across processes need the cluster coordinator, which is not built yet: run \
+                          this job in one process, or spread it without checkpointing"
+                    .into(),
+            });
+        }
+        let flags = new_flags();
+        let supervisor_flags = flags.clone();
+        let supervisor = std::thread::Builder::new()
+            .name(format!("sluice:{}", graph.name))
+            .spawn(move || run_spread(graph, placement, supervisor_flags))?;
+        return Ok(JobHandle { flags, supervisor: Some(supervisor) });
+    }
     let mut checkpointing = None;
     let mut start = None;
     if let Some(config) = graph.config.checkpointing.clone() {
@@ -170,18 +196,51 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
     if let Some(loaded) = &start {
         restore_plan(&graph, loaded).map_err(&restore_error)?;
     }
-    let flags = Arc::new(Flags {
-        stop_sources: Default::default(),
-        cancelled: Default::default(),
-        abort: Default::default(),
-        savepoint_requests: Default::default(),
-        counters: Default::default(),
-    });
+    let flags = new_flags();
     let supervisor_flags = flags.clone();
     let supervisor = std::thread::Builder::new()
         .name(format!("sluice:{}", graph.name))
         .spawn(move || supervise(graph, start, checkpointing, supervisor_flags))?;
     Ok(JobHandle { flags, supervisor: Some(supervisor) })
+}
+
+fn new_flags() -> Arc<Flags> {
+    Arc::new(Flags {
+        stop_sources: Default::default(),
+        cancelled: Default::default(),
+        abort: Default::default(),
+        savepoint_requests: Default::default(),
+        counters: Default::default(),
+    })
+}
+
+/// Runs this process's share of a job spread over processes: connect to the others, run
+/// one attempt (no restart: a failure anywhere ends the job in every process), commit
+/// this process's sinks at the end.
+fn run_spread(graph: JobGraph, placement: Placement, flags: Arc<Flags>) -> Result<JobResult, JobError> {
+    let started = Instant::now();
+    let job = graph.name.clone();
+    let process = placement.process;
+    let mut network = Network::connect(placement).map_err(|message| JobError::Spread { job: job.clone(), message })?;
+    let outcome = run_attempt(&graph, None, &flags, None, Some(&mut network));
+    network.close();
+    match outcome {
+        Ok(tasks) => Ok(JobResult {
+            name: job,
+            duration: started.elapsed(),
+            tasks,
+            cancelled: flags.cancelled.load(Ordering::SeqCst),
+            restarts: 0,
+            late_records_dropped: flags.counters.get(Counter::LateRecordDropped),
+            records_skipped: flags.counters.get(Counter::RecordSkipped),
+            restored_from: None,
+            checkpoints: Vec::new(),
+        }),
+        Err(error) => {
+            tracing::error!("job '{job}' failed in process {process} (a spread job is not restarted yet): {error}");
+            Err(JobError::Task { job, source: error })
+        }
+    }
 }
 
 fn shapes(graph: &JobGraph) -> Vec<OperatorShape> {
@@ -253,7 +312,7 @@ fn supervise(
                 tracing::info!(job = %job, "the job had already finished: its last output is committed");
                 return Ok(0);
             }
-            run_attempt(&graph, plan.as_ref(), &flags, checkpointing.as_mut())
+            run_attempt(&graph, plan.as_ref(), &flags, checkpointing.as_mut(), None)
         });
         match outcome {
             Ok(tasks) => {

@@ -87,6 +87,29 @@ pub mod harness {
         (seed, random)
     }
 
+    /// `n` loopback addresses with ports free now (chosen by the kernel, then released
+    /// for the processes that will listen on them).
+    pub fn free_addresses(n: usize) -> Vec<std::net::SocketAddr> {
+        let listeners: Vec<_> =
+            (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port")).collect();
+        listeners.iter().map(|l| l.local_addr().expect("a bound address")).collect()
+    }
+
+    /// Puts `command` in the environment of process `process` of a job spread over the
+    /// processes at `peers` (see `sluice_runtime::processes`).
+    pub fn spread<'a>(
+        command: &'a mut std::process::Command,
+        process: usize,
+        peers: &[std::net::SocketAddr],
+        secret: &str,
+    ) -> &'a mut std::process::Command {
+        let peers: Vec<String> = peers.iter().map(|a| a.to_string()).collect();
+        command
+            .env("SLUICE_PROCESS", process.to_string())
+            .env("SLUICE_PEERS", peers.join(","))
+            .env("SLUICE_SECRET", secret)
+    }
+
     /// Counts of each distinct item.
     pub fn multiset<T: Hash + Eq>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {
         let mut m = HashMap::new();

@@ -1,0 +1,151 @@
+//! A job spread over several processes of the same binary, each running a share of the
+//! subtasks (Timely's and Arroyo's model: every process builds the whole graph and runs
+//! only what it was given). A process learns its share from its environment, as a worker
+//! starts a job process:
+//!
+//! - `SLUICE_PROCESS`: this process's index, `0..N`;
+//! - `SLUICE_PEERS`: the data addresses of all N processes, comma-separated, by index;
+//! - `SLUICE_SECRET` or `SLUICE_SECRET_FILE`: the cluster secret (required);
+//! - `SLUICE_ATTEMPT` (optional, default 1): the attempt, for fencing.
+//!
+//! Subtask `s` of every operator runs on process `s mod N`, so the subtasks of a keyed
+//! exchange sit on different processes and its records cross process boundaries. Each
+//! pair of processes shares one [`Connection`]: the higher index dials the lower.
+//!
+//! What is not here yet: checkpoints across processes (a job process refuses a job with
+//! checkpointing), restarts (a failure ends every process of the job) and the
+//! coordinator and workers that would start the processes (see docs/cluster-plan.md).
+
+use sluice_net::{Connection, Identity};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The environment variable with this process's index.
+pub const ENV_PROCESS: &str = "SLUICE_PROCESS";
+/// The environment variable with every process's data address.
+pub const ENV_PEERS: &str = "SLUICE_PEERS";
+/// The environment variable with the cluster secret.
+pub const ENV_SECRET: &str = "SLUICE_SECRET";
+/// The environment variable with the path of a file holding the cluster secret.
+pub const ENV_SECRET_FILE: &str = "SLUICE_SECRET_FILE";
+/// The environment variable with the attempt number.
+pub const ENV_ATTEMPT: &str = "SLUICE_ATTEMPT";
+
+/// How long processes wait for each other to connect.
+const CONNECT_WITHIN: Duration = Duration::from_secs(30);
+
+/// This process's share of a job spread over several processes.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// This process's index.
+    pub process: u32,
+    /// Every process's data address, by index.
+    pub peers: Vec<SocketAddr>,
+    /// Who this process is to its peers, with the secret.
+    pub identity: Identity,
+}
+
+impl Placement {
+    /// Reads the placement from the environment: `Ok(None)` when `SLUICE_PROCESS` is not
+    /// set (the job runs in this process alone). Errors name the variable to fix.
+    pub fn from_env(job: &str) -> Result<Option<Placement>, String> {
+        let Ok(process) = std::env::var(ENV_PROCESS) else { return Ok(None) };
+        let process: u32 =
+            process.trim().parse().map_err(|_| format!("{ENV_PROCESS}={process:?} is not a process index"))?;
+        let peers = std::env::var(ENV_PEERS)
+            .map_err(|_| format!("{ENV_PROCESS} is set but {ENV_PEERS} is not: give every process's address"))?;
+        let peers: Vec<SocketAddr> = peers
+            .split(',')
+            .map(|a| a.trim().parse().map_err(|_| format!("{ENV_PEERS}: {a:?} is not an address (host:port)")))
+            .collect::<Result<_, _>>()?;
+        if process as usize >= peers.len() {
+            return Err(format!("{ENV_PROCESS}={process} but {ENV_PEERS} lists {} processes", peers.len()));
+        }
+        let secret = match (std::env::var(ENV_SECRET), std::env::var(ENV_SECRET_FILE)) {
+            (Ok(secret), _) => secret.into_bytes(),
+            (_, Ok(path)) => std::fs::read(&path).map_err(|e| format!("{ENV_SECRET_FILE}={path}: {e}"))?,
+            _ => {
+                return Err(format!(
+                    "a job process needs the cluster secret: set {ENV_SECRET} or {ENV_SECRET_FILE} (nothing runs open)"
+                ))
+            }
+        };
+        let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
+        if secret.is_empty() {
+            return Err(format!("the cluster secret ({ENV_SECRET} or {ENV_SECRET_FILE}) is empty"));
+        }
+        let attempt = match std::env::var(ENV_ATTEMPT) {
+            Ok(a) => a.trim().parse().map_err(|_| format!("{ENV_ATTEMPT}={a:?} is not a number"))?,
+            Err(_) => 1,
+        };
+        let identity = Identity { secret: Arc::from(secret), job: job.to_string(), attempt, process };
+        Ok(Some(Placement { process, peers, identity }))
+    }
+
+    /// The number of processes.
+    pub fn processes(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The process that runs subtask `subtask` of any operator.
+    pub fn process_of(&self, subtask: usize) -> u32 {
+        (subtask % self.peers.len()) as u32
+    }
+
+    /// Whether this process runs subtask `subtask`.
+    pub fn is_local(&self, subtask: usize) -> bool {
+        self.process_of(subtask) == self.process
+    }
+}
+
+/// This process's connections to the other processes of the job.
+pub(crate) struct Network {
+    pub placement: Placement,
+    pub connections: HashMap<u32, Arc<Connection>>,
+    readers: Vec<JoinHandle<Result<(), String>>>,
+}
+
+impl Network {
+    /// Listens on this process's address, dials every lower index and accepts every
+    /// higher one.
+    pub(crate) fn connect(placement: Placement) -> Result<Network, String> {
+        let me = placement.process;
+        let address = placement.peers[me as usize];
+        let listener = TcpListener::bind(address).map_err(|e| format!("listening on {address}: {e}"))?;
+        let higher: Vec<u32> = (me + 1..placement.processes() as u32).collect();
+        let identity = placement.identity.clone();
+        let accepting = std::thread::Builder::new()
+            .name("sluice:net-accept".into())
+            .spawn(move || Connection::accept_all(&listener, &identity, &higher, CONNECT_WITHIN))
+            .map_err(|e| e.to_string())?;
+        let mut connections = HashMap::new();
+        for peer in 0..me {
+            let connection =
+                Connection::dial(&placement.identity, peer, placement.peers[peer as usize], CONNECT_WITHIN)
+                    .map_err(|e| e.to_string())?;
+            connections.insert(peer, connection);
+        }
+        let accepted = accepting.join().map_err(|_| "the accepting thread panicked".to_string())??;
+        connections.extend(accepted);
+        tracing::info!(process = me, peers = connections.len(), "connected to the job's other processes");
+        Ok(Network { placement, connections, readers: Vec::new() })
+    }
+
+    /// Starts every connection's reader; a failure calls `on_failure`.
+    pub(crate) fn start_reading(&mut self, on_failure: impl Fn(String) + Clone + Send + 'static) -> Result<(), String> {
+        for connection in self.connections.values() {
+            self.readers.push(connection.start_reading(on_failure.clone()).map_err(|e| e.to_string())?);
+        }
+        Ok(())
+    }
+
+    /// Says goodbye on every connection: this process sends nothing more.
+    pub(crate) fn close(&mut self) {
+        self.connections.values().for_each(|c| c.close());
+        // The readers end at the peers' goodbyes; they hold nothing this process needs.
+        self.readers.clear();
+    }
+}

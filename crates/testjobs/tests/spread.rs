@@ -1,0 +1,79 @@
+//! The counting job spread over three real processes of its binary, connected by
+//! `sluice-net`: every process runs a third of the subtasks (sources, windows and sinks),
+//! so the keyed exchange crosses process boundaries, and the committed output equals the
+//! reference and the output of one process. Processes without the secret, or with
+//! another, are refused; so is checkpointing, which needs the coordinator.
+
+use sluice_testjobs::counts_reference;
+use sluice_testjobs::harness::{free_addresses, multiset, spread, KillOnDrop};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn counts(out: &Path, n: u64, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_counts"));
+    command
+        .args(["--out", out.to_str().unwrap(), "--n", &n.to_string(), "--rate", "1000000", "--parallelism", "3"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn committed(dir: &Path) -> Vec<String> {
+    sluice::connectors::committed_lines(dir).unwrap()
+}
+
+#[test]
+fn a_job_spread_over_three_processes_commits_exactly_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let n = 90_000;
+    let peers = free_addresses(3);
+    let mut processes: Vec<KillOnDrop> = (0..3)
+        .map(|i| KillOnDrop(spread(&mut counts(&out, n, &[]), i, &peers, "test-secret").spawn().unwrap()))
+        .collect();
+    for (i, p) in processes.iter_mut().enumerate() {
+        let (status, stderr) = p.wait(Duration::from_secs(120));
+        assert!(status.success(), "process {i} failed: {status}\n{stderr}");
+    }
+    let got = committed(&out);
+    let want = counts_reference(n);
+    assert_eq!(got.len(), want.len(), "{} lines committed, {} expected", got.len(), want.len());
+    assert_eq!(multiset(got), multiset(want));
+    // Every process's sink subtask committed its own files.
+    let files = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).count();
+    assert!(files >= 3, "{files} committed files for three sink subtasks");
+}
+
+#[test]
+fn a_process_with_a_wrong_secret_is_refused_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let peers = free_addresses(2);
+    let _right = KillOnDrop(spread(&mut counts(&out, 1000, &[]), 0, &peers, "right").spawn().unwrap());
+    let mut wrong = KillOnDrop(spread(&mut counts(&out, 1000, &[]), 1, &peers, "wrong").spawn().unwrap());
+    let (status, stderr) = wrong.wait(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(stderr.contains("cluster secret"), "{stderr}");
+    assert!(committed(&out).is_empty(), "nothing ran");
+}
+
+#[test]
+fn a_process_without_a_secret_or_with_checkpoints_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let peers = free_addresses(2);
+    let mut command = counts(&out, 1000, &[]);
+    spread(&mut command, 0, &peers, "x").env_remove("SLUICE_SECRET");
+    let (status, stderr) = KillOnDrop(command.spawn().unwrap()).wait(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(stderr.contains("needs the cluster secret: set SLUICE_SECRET or SLUICE_SECRET_FILE"), "{stderr}");
+
+    let checkpoints = dir.path().join("checkpoints");
+    let mut command = counts(&out, 1000, &["--checkpoint-dir", checkpoints.to_str().unwrap()]);
+    spread(&mut command, 0, &peers, "x");
+    let (status, stderr) = KillOnDrop(command.spawn().unwrap()).wait(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(stderr.contains("checkpoints across processes need the cluster coordinator"), "{stderr}");
+}
