@@ -41,6 +41,11 @@ struct Args {
     /// The input topic on `--bootstrap`.
     #[arg(long, value_name = "TOPIC", requires = "bootstrap")]
     input: Option<String>,
+    /// Runs w1 or w2 spread over this many local processes of this binary, connected by
+    /// Sluice's network exchange (subtask s on process s mod N, so W2's keyed exchange
+    /// crosses process boundaries). The time includes starting the processes.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    cluster: Option<u64>,
 }
 
 fn parse_parallelism(text: &str) -> Result<usize, String> {
@@ -411,10 +416,14 @@ fn main() -> ExitCode {
     if args.workload.starts_with("k1") {
         return kafka_main(&args);
     }
+    if std::env::var_os("SLUICE_PROCESS").is_some() {
+        return cluster_process(&args);
+    }
     let started = Instant::now();
     // Engine runs are checked against a reference computed afterwards by a plain loop;
     // the baseline loops count what they produce (their output is black-boxed).
     let produced: Result<(u64, Option<Tally>), String> = match args.workload.as_str() {
+        _ if args.cluster.is_some() => cluster(&args),
         "w1" => w1(args.n, args.parallelism, args.batch_size).map(|t| (t.count, Some(t))),
         "w2" => w2(args.n, args.parallelism, args.batch_size).map(|t| (t.count, Some(t))),
         "w3" => w3(args.n, args.parallelism, args.batch_size).map(|(tally, checkpoints)| {
@@ -438,7 +447,7 @@ fn main() -> ExitCode {
         _ => w2_reference(args.n),
     };
     let produced = match (args.workload.as_str(), produced) {
-        ("w1", Ok((count, _))) => w1_checked(args.n, args.parallelism, args.batch_size).map(|()| (count, None)),
+        ("w1", Ok((count, _))) if args.cluster.is_none() => w1_checked(args.n, args.parallelism, args.batch_size).map(|()| (count, None)),
         (_, produced) => produced,
     };
     let wrong = match &produced {
@@ -454,8 +463,9 @@ fn main() -> ExitCode {
     };
     match wrong {
         None => {
+            let cluster = args.cluster.map_or(String::new(), |n| format!(" cluster={n}"));
             println!(
-                "RESULT workload={} n={} p={} secs={:.3} rate={:.0}",
+                "RESULT workload={} n={} p={} secs={:.3} rate={:.0}{cluster}",
                 args.workload,
                 args.n,
                 args.parallelism,
@@ -466,6 +476,88 @@ fn main() -> ExitCode {
         }
         Some(message) => {
             eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the workload spread over `--cluster` processes of this binary and adds up their
+/// tallies (each process's sinks see their share of the output; a tally is a count and a
+/// wrapping sum, so shares add).
+fn cluster(args: &Args) -> Result<(u64, Option<Tally>), String> {
+    let processes = args.cluster.unwrap_or(1) as usize;
+    if !matches!(args.workload.as_str(), "w1" | "w2") {
+        return Err(format!("--cluster runs w1 or w2, not {}", args.workload));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // Ports the kernel picks now, released for the processes to listen on.
+    let listeners: Vec<_> = (0..processes)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let peers: Vec<String> =
+        listeners.iter().map(|l| l.local_addr().map(|a| a.to_string()).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    drop(listeners);
+    let secret = format!("bench-{}-{:?}", std::process::id(), Instant::now());
+    let mut children = Vec::new();
+    for process in 0..processes {
+        let child = std::process::Command::new(&exe)
+            .args([args.workload.as_str(), "--n", &args.n.to_string(), "-p", &args.parallelism.to_string()])
+            .args(["--batch-size", &args.batch_size.to_string()])
+            .env("SLUICE_PROCESS", process.to_string())
+            .env("SLUICE_PEERS", peers.join(","))
+            .env("SLUICE_SECRET", &secret)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting process {process}: {e}"))?;
+        children.push(ChildGuard(child));
+    }
+    let mut total = Tally::default();
+    for (process, mut child) in children.into_iter().enumerate() {
+        let mut stdout = String::new();
+        if let Some(mut out) = child.0.stdout.take() {
+            std::io::Read::read_to_string(&mut out, &mut stdout).map_err(|e| e.to_string())?;
+        }
+        let status = child.0.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("process {process} failed: {status}"));
+        }
+        let line = stdout.lines().find_map(|l| l.strip_prefix("TALLY ")).ok_or(format!("process {process} printed no tally"))?;
+        let field = |name: &str| {
+            line.split(' ').find_map(|kv| kv.strip_prefix(name)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        };
+        total.count += field("count=");
+        total.checksum = total.checksum.wrapping_add(field("checksum="));
+    }
+    // W1's timed sink counts only (as in one process); its count is checked.
+    Ok((total.count, (args.workload == "w2").then_some(total)))
+}
+
+/// Kills a child process that is dropped before it was waited for (a failed run).
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// One process of a `--cluster` run: runs its share and prints its tally.
+fn cluster_process(args: &Args) -> ExitCode {
+    let tally = match args.workload.as_str() {
+        "w1" => w1(args.n, args.parallelism, args.batch_size),
+        "w2" => w2(args.n, args.parallelism, args.batch_size),
+        other => Err(format!("a cluster process runs w1 or w2, not {other}")),
+    };
+    match tally {
+        Ok(t) => {
+            println!("TALLY count={} checksum={}", t.count, t.checksum);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -77,3 +77,21 @@ fn a_process_without_a_secret_or_with_checkpoints_is_refused_at_start() {
     assert!(!status.success());
     assert!(stderr.contains("checkpoints across processes need the cluster coordinator"), "{stderr}");
 }
+
+#[test]
+fn a_process_killed_with_sigkill_fails_the_others_with_the_reason_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let peers = free_addresses(2);
+    // Unbounded: only the kill ends it.
+    let mut survivor = KillOnDrop(spread(&mut counts(&out, 0, &[]), 0, &peers, "k").spawn().unwrap());
+    let mut victim = KillOnDrop(spread(&mut counts(&out, 0, &[]), 1, &peers, "k").spawn().unwrap());
+    // Pacing, not a condition: let records flow both ways first.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(victim.0.try_wait().unwrap().is_none(), "the job runs until the kill");
+    victim.0.kill().unwrap(); // SIGKILL
+    victim.0.wait().unwrap();
+    let (status, stderr) = survivor.wait(Duration::from_secs(60));
+    assert!(!status.success(), "the survivor cannot finish the job alone");
+    assert!(stderr.contains("the connection from process 1 failed") && stderr.contains("without a goodbye"), "{stderr}");
+}
