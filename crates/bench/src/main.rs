@@ -447,7 +447,9 @@ fn main() -> ExitCode {
         _ => w2_reference(args.n),
     };
     let produced = match (args.workload.as_str(), produced) {
-        ("w1", Ok((count, _))) if args.cluster.is_none() => w1_checked(args.n, args.parallelism, args.batch_size).map(|()| (count, None)),
+        ("w1", Ok((count, _))) if args.cluster.is_none() => {
+            w1_checked(args.n, args.parallelism, args.batch_size).map(|()| (count, None))
+        }
         (_, produced) => produced,
     };
     let wrong = match &produced {
@@ -494,8 +496,10 @@ fn cluster(args: &Args) -> Result<(u64, Option<Tally>), String> {
     let listeners: Vec<_> = (0..processes)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let peers: Vec<String> =
-        listeners.iter().map(|l| l.local_addr().map(|a| a.to_string()).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+    let peers: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.to_string()).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
     drop(listeners);
     let secret = format!("bench-{}-{:?}", std::process::id(), Instant::now());
     let mut children = Vec::new();
@@ -521,7 +525,10 @@ fn cluster(args: &Args) -> Result<(u64, Option<Tally>), String> {
         if !status.success() {
             return Err(format!("process {process} failed: {status}"));
         }
-        let line = stdout.lines().find_map(|l| l.strip_prefix("TALLY ")).ok_or(format!("process {process} printed no tally"))?;
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("TALLY "))
+            .ok_or(format!("process {process} printed no tally"))?;
         let field = |name: &str| {
             line.split(' ').find_map(|kv| kv.strip_prefix(name)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         };

@@ -93,5 +93,8 @@ fn a_process_killed_with_sigkill_fails_the_others_with_the_reason_instead_of_han
     victim.0.wait().unwrap();
     let (status, stderr) = survivor.wait(Duration::from_secs(60));
     assert!(!status.success(), "the survivor cannot finish the job alone");
-    assert!(stderr.contains("the connection from process 1 failed") && stderr.contains("without a goodbye"), "{stderr}");
+    assert!(
+        stderr.contains("the connection from process 1 failed") && stderr.contains("without a goodbye"),
+        "{stderr}"
+    );
 }
