@@ -1,17 +1,22 @@
-//! The `sluice` command line (local mode): trigger a savepoint of a running job and list
-//! a job's checkpoints and savepoints. Cluster commands (submit, list jobs, cancel) come
-//! with the cluster layer. `sluice --help` and `sluice <command> --help` explain each flag.
+//! The `sluice` command line. Cluster mode: the roles (`coordinator`, `worker`, and
+//! `cluster`, which starts a coordinator and workers on this machine) and the job
+//! commands (`submit`, `list`, `cancel`). Local mode: trigger a savepoint of a running job
+//! and list a job's checkpoints and savepoints. `sluice --help` and `sluice <command>
+//! --help` explain each flag.
 //!
 //! A running job polls its checkpoint folder for a savepoint request about every 100 ms,
 //! takes the savepoint, and writes the answer beside the request; `savepoint` waits for it,
 //! and withdraws the request if no answer comes in time.
+
+mod cluster;
 
 use clap::{Parser, Subcommand};
 use sluice_checkpoint::CheckpointStore;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// Sluice's command line: savepoints and checkpoints of jobs running in local mode.
+/// Sluice's command line: a cluster's roles and jobs, and the savepoints and checkpoints
+/// of jobs running in local mode.
 #[derive(Parser)]
 #[command(name = "sluice", version)]
 struct Cli {
@@ -32,6 +37,80 @@ struct JobLocation {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the coordinator: workers register with it, jobs are submitted to it.
+    Coordinator {
+        /// The gRPC address to listen on (only there).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7701")]
+        listen: std::net::SocketAddr,
+        /// Also serve job status as JSON at http://ADDR/jobs (bearer: the secret).
+        #[arg(long, value_name = "HOST:PORT")]
+        http: Option<std::net::SocketAddr>,
+        /// The folder job binaries (artifacts) are stored in.
+        #[arg(long, value_name = "DIR")]
+        store: std::path::PathBuf,
+        /// A file holding the cluster secret (else SLUICE_SECRET or SLUICE_SECRET_FILE).
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<std::path::PathBuf>,
+    },
+    /// Runs a worker: it registers with the coordinator and runs the job processes it is
+    /// given.
+    Worker {
+        #[command(flatten)]
+        connection: cluster::Connection,
+        /// The gRPC address to listen on; port 0 picks a free one.
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Job processes this worker runs at most.
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        slots: u32,
+        /// Where fetched job binaries are kept (a fresh temporary folder if not given).
+        #[arg(long, value_name = "DIR")]
+        cache: Option<std::path::PathBuf>,
+    },
+    /// Starts a coordinator and workers on this machine (loopback) and runs until Ctrl-C;
+    /// prints the address and secret file the other commands need.
+    Cluster {
+        /// Workers to start.
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        workers: u32,
+        /// Slots per worker.
+        #[arg(long, value_name = "S", default_value_t = 4)]
+        slots: u32,
+        /// The folder for the secret, the artifact store and the workers' caches.
+        #[arg(long, value_name = "DIR", default_value = ".sluice-cluster")]
+        dir: std::path::PathBuf,
+    },
+    /// Uploads a job binary and runs it on the cluster; arguments after `--` go to the job.
+    Submit {
+        #[command(flatten)]
+        connection: cluster::Connection,
+        /// The job binary (built with the same Sluice; it takes sluice::JobArgs).
+        binary: std::path::PathBuf,
+        /// The job's parallelism (its subtasks spread over min(P, workers) processes).
+        #[arg(long, short = 'p', value_name = "P", default_value_t = 1)]
+        parallelism: u32,
+        /// A name for the job (the binary's file name if not given).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// The job's own arguments.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Lists the cluster's jobs and their processes.
+    List {
+        #[command(flatten)]
+        connection: cluster::Connection,
+    },
+    /// Cancels a cluster job: its sources stop and it drains.
+    Cancel {
+        #[command(flatten)]
+        connection: cluster::Connection,
+        /// The job id (as `sluice list` shows it).
+        job: String,
+        /// Take a savepoint first (needs checkpoints across processes: refused for now).
+        #[arg(long)]
+        savepoint: bool,
+    },
     /// Asks a running job to take a savepoint and prints its path.
     Savepoint {
         #[command(flatten)]
@@ -117,6 +196,18 @@ fn main() -> ExitCode {
             open(location).and_then(|store| savepoint(&store, Duration::from_secs(*timeout_secs)))
         }
         Command::Checkpoints { location } => open(location).and_then(|store| list(&store)),
+        Command::Coordinator { listen, http, store, secret_file } => {
+            cluster::coordinator(*listen, *http, store, secret_file.as_deref())
+        }
+        Command::Worker { connection, listen, slots, cache } => {
+            cluster::worker(connection, *listen, *slots, cache.as_deref())
+        }
+        Command::Cluster { workers, slots, dir } => cluster::cluster(*workers, *slots, dir),
+        Command::Submit { connection, binary, parallelism, name, args } => {
+            cluster::submit(connection, binary, name.as_deref(), *parallelism, args.clone())
+        }
+        Command::List { connection } => cluster::list(connection),
+        Command::Cancel { connection, job, savepoint } => cluster::cancel(connection, job, *savepoint),
     };
     match result {
         Ok(out) => {

@@ -235,7 +235,11 @@ impl Connection {
         // Keep the credits reachable for `fail`.
         self.routes.lock().unwrap_or_else(|e| e.into_inner()).credits = routes.credits.clone();
         loop {
-            let Some((id, frame)) = Frame::read(&mut input).map_err(|e| e.to_string())? else {
+            let read = Frame::read(&mut input).map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidData => format!("a corrupt frame: {e}"),
+                _ => format!("{e} (the peer's process stopped or was killed, or the network failed)"),
+            })?;
+            let Some((id, frame)) = read else {
                 return Err(
                     "the peer's process closed the connection without a goodbye (it stopped or was killed)".into()
                 );

@@ -24,5 +24,6 @@ mod task;
 
 pub use plan::{plan, Plan, PlannedChain};
 pub use processes::Placement;
+pub use report::init_logging;
 pub use restart::RestartTracker;
 pub use run::{run, spawn, JobError, JobHandle, JobResult};

@@ -34,6 +34,30 @@ pub const ENV_SECRET_FILE: &str = "SLUICE_SECRET_FILE";
 /// The environment variable with the attempt number.
 pub const ENV_ATTEMPT: &str = "SLUICE_ATTEMPT";
 
+/// The environment variable naming a process id this process must not outlive (set by a
+/// worker for its job processes and by `sluice cluster` for its roles).
+pub const ENV_EXIT_WITH_PARENT: &str = "SLUICE_EXIT_WITH_PARENT";
+
+/// If `SLUICE_EXIT_WITH_PARENT` names a process, watches it and ends this process when it
+/// is gone (a worker killed with SIGKILL leaves no job process behind). Linux only (it
+/// looks for `/proc/<pid>`); elsewhere it does nothing.
+pub fn exit_with_parent() {
+    let Some(pid) = std::env::var(ENV_EXIT_WITH_PARENT).ok().and_then(|p| p.trim().parse::<u32>().ok()) else {
+        return;
+    };
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let _ = std::thread::Builder::new().name("sluice:parent-watch".into()).spawn(move || loop {
+        if !proc_dir.exists() {
+            eprintln!("process {pid}, which started this one, is gone: exiting");
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    });
+}
+
 /// How long processes wait for each other to connect.
 const CONNECT_WITHIN: Duration = Duration::from_secs(30);
 

@@ -11,6 +11,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// Installs the stderr reporter once, if no subscriber is set yet.
 pub(crate) fn init() {
+    init_logging(tracing::Level::WARN);
+}
+
+/// Installs a stderr `tracing` subscriber showing `default` and above unless `RUST_LOG`
+/// says otherwise, if no subscriber is set yet (for the cluster's roles, which want
+/// `info`; a job gets warnings by default).
+pub fn init_logging(default: tracing::Level) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if tracing::dispatcher::has_been_set() {
@@ -19,9 +26,9 @@ pub(crate) fn init() {
         let filter = match std::env::var("RUST_LOG") {
             Ok(spec) => spec.parse::<Targets>().unwrap_or_else(|e| {
                 eprintln!("RUST_LOG='{spec}' is not understood ({e}); showing warnings and errors");
-                Targets::new().with_default(tracing::Level::WARN)
+                Targets::new().with_default(default)
             }),
-            Err(_) => Targets::new().with_default(tracing::Level::WARN),
+            Err(_) => Targets::new().with_default(default),
         };
         let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
         // Another library may race us to it; then its subscriber reports.

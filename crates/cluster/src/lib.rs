@@ -1,0 +1,29 @@
+//! Sluice's cluster mode: a coordinator ([`coordinator`]) that plans jobs onto workers
+//! and tracks them, workers ([`worker`]) that start job processes from an uploaded binary,
+//! and the control plane between them and the command line: tonic gRPC, defined in
+//! `proto/cluster.proto` ([`proto`]), every call authenticated with the cluster secret
+//! ([`auth`]). Job binaries are artifacts, stored by their SHA-256 through `object_store`
+//! ([`artifacts`]); a worker checks the hash before it runs one.
+//!
+//! A job submitted with parallelism P runs as min(P, workers) job processes, one per
+//! worker, spread as `sluice_runtime::processes` describes: records travel between them
+//! over `sluice-net`. What the cluster does not do yet is said in `docs/cluster.md`:
+//! checkpoints across processes (a cluster job runs without them), restarts and
+//! migration after a failure, savepoints of cluster jobs.
+
+pub mod artifacts;
+pub mod auth;
+pub mod client;
+pub mod coordinator;
+pub mod worker;
+
+/// The generated gRPC messages, clients and servers.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("sluice.cluster");
+}
+
+/// A tokio runtime for the cluster's roles: two threads are plenty for a control plane.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+}

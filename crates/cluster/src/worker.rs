@@ -1,0 +1,200 @@
+//! A worker: registers with the coordinator, sends a heartbeat every 200 ms, and starts
+//! the job processes it is given. To start one it fetches the job's binary from the
+//! artifact store, checks its SHA-256 (a mismatch is refused), and runs it with the job's
+//! arguments and its share of the job in the environment (`sluice_runtime::processes`):
+//! index, every peer's data address, the secret, the attempt. Each line the job process
+//! writes to stderr reaches the worker's stderr prefixed with the job and process; when
+//! the process exits, the worker tells the coordinator how.
+
+use crate::artifacts::ArtifactStore;
+use crate::auth::{AuthedChannel, Secret};
+use crate::proto::coordinator_client::CoordinatorClient;
+use crate::proto::worker_server::{Worker, WorkerServer};
+use crate::proto::*;
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// How a worker is started.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The coordinator's gRPC address.
+    pub coordinator: String,
+    /// The gRPC address this worker listens on.
+    pub listen: SocketAddr,
+    /// Job processes this worker runs at most.
+    pub slots: u32,
+    /// Where fetched binaries are cached.
+    pub cache: PathBuf,
+    /// The cluster secret.
+    pub secret: Secret,
+}
+
+type Processes = Arc<Mutex<HashMap<(String, u32), Child>>>;
+
+/// The worker service.
+#[derive(Clone)]
+struct WorkerService {
+    config: WorkerConfig,
+    store: ArtifactStore,
+    processes: Processes,
+    coordinator: CoordinatorClient<AuthedChannel>,
+    runtime: tokio::runtime::Handle,
+}
+
+#[tonic::async_trait]
+impl Worker for WorkerService {
+    async fn reserve_address(
+        &self,
+        _request: Request<ReserveAddressRequest>,
+    ) -> Result<Response<ReserveAddressReply>, Status> {
+        // The kernel picks a free port on the worker's host; the job process listens there.
+        let probe =
+            std::net::TcpListener::bind((self.config.listen.ip(), 0)).map_err(|e| Status::internal(e.to_string()))?;
+        let address = probe.local_addr().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ReserveAddressReply { address: address.to_string() }))
+    }
+
+    async fn start_process(
+        &self,
+        request: Request<StartProcessRequest>,
+    ) -> Result<Response<StartProcessReply>, Status> {
+        let r = request.into_inner();
+        if self.processes.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.config.slots as usize {
+            return Err(Status::resource_exhausted(format!(
+                "all {} slots of this worker are taken",
+                self.config.slots
+            )));
+        }
+        let binary = self.store.fetch(&r.artifact_sha256, &self.config.cache).await.map_err(|e| {
+            tracing::error!(job = %r.job_id, error = %e, "refused to start a job process");
+            Status::failed_precondition(e)
+        })?;
+        let mut command = Command::new(&binary);
+        command
+            .args(&r.args)
+            .args(["--parallelism", &r.parallelism.to_string()])
+            .env(sluice_runtime::processes::ENV_PROCESS, r.index.to_string())
+            .env(sluice_runtime::processes::ENV_PEERS, r.peers.join(","))
+            .env(sluice_runtime::processes::ENV_SECRET, self.config.secret.expose())
+            .env(sluice_runtime::processes::ENV_ATTEMPT, r.attempt.to_string())
+            .env(sluice_runtime::processes::ENV_EXIT_WITH_PARENT, std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| Status::internal(format!("starting {}: {e}", binary.display())))?;
+        tracing::info!(job = %r.job_id, process = r.index, pid = child.id(), "job process started");
+        let stderr = child.stderr.take();
+        let key = (r.job_id.clone(), r.index);
+        self.processes.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), child);
+        let (processes, mut coordinator, runtime) =
+            (self.processes.clone(), self.coordinator.clone(), self.runtime.clone());
+        let label = format!("[{} '{}' process {}]", r.job_id, r.name, r.index);
+        std::thread::Builder::new()
+            .name(format!("sluice:job-{}", r.index))
+            .spawn(move || {
+                // Forward the job process's log, keeping its last lines for a failure report.
+                let mut last = std::collections::VecDeque::new();
+                if let Some(stderr) = stderr {
+                    for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                        eprintln!("{label} {line}");
+                        last.push_back(line);
+                        if last.len() > 5 {
+                            last.pop_front();
+                        }
+                    }
+                }
+                let status = loop {
+                    let mut map = processes.lock().unwrap_or_else(|e| e.into_inner());
+                    match map.get_mut(&key).map(|c| c.try_wait()) {
+                        Some(Ok(Some(status))) => {
+                            map.remove(&key);
+                            break Some(status);
+                        }
+                        Some(Ok(None)) => {}
+                        _ => break None,
+                    }
+                    drop(map);
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                let success = status.is_some_and(|s| s.success());
+                let message = match status {
+                    Some(s) if s.success() => String::new(),
+                    Some(s) => format!("{s}: {}", last.iter().cloned().collect::<Vec<_>>().join(" | ")),
+                    None => "lost track of the process".into(),
+                };
+                tracing::info!(job = %key.0, process = key.1, success, "job process exited");
+                let report = ProcessExitedRequest { job_id: key.0.clone(), index: key.1, success, message };
+                if let Err(e) = runtime.block_on(coordinator.process_exited(report)) {
+                    tracing::warn!(job = %key.0, error = %e, "could not tell the coordinator that a process exited");
+                }
+            })
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(StartProcessReply {}))
+    }
+
+    async fn stop_process(&self, request: Request<StopProcessRequest>) -> Result<Response<StopProcessReply>, Status> {
+        let r = request.into_inner();
+        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(child) = processes.get_mut(&(r.job_id.clone(), r.index)) {
+            if r.kill {
+                let _ = child.kill();
+            } else {
+                // Ctrl-C: the job's sources stop and it drains.
+                let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            }
+        }
+        Ok(Response::new(StopProcessReply {}))
+    }
+}
+
+/// Runs the worker until the process ends.
+pub async fn run(config: WorkerConfig) -> Result<(), String> {
+    let channel = crate::auth::connect(&config.coordinator, Duration::from_secs(30)).await?;
+    let mut coordinator = CoordinatorClient::with_interceptor(channel, config.secret.attach());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let reply = coordinator
+        .register_worker(RegisterWorkerRequest {
+            address: address.to_string(),
+            slots: config.slots,
+            host: address.ip().to_string(),
+        })
+        .await
+        .map_err(|e| format!("registering with the coordinator at {}: {}", config.coordinator, e.message()))?
+        .into_inner();
+    let worker_id = reply.worker_id;
+    tracing::info!(worker = worker_id, %address, "registered with the coordinator");
+    let store = ArtifactStore::open(&reply.artifact_store)?;
+    let processes: Processes = Arc::default();
+    let service = WorkerService {
+        config: WorkerConfig { listen: address, ..config.clone() },
+        store,
+        processes: processes.clone(),
+        coordinator: coordinator.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let mut heartbeats = coordinator.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if let Err(e) = heartbeats.heartbeat(HeartbeatRequest { worker_id }).await {
+                tracing::warn!(error = %e.message(), "heartbeat to the coordinator failed");
+            }
+        }
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(WorkerServer::with_interceptor(service, config.secret.check()))
+        .serve_with_incoming(incoming)
+        .await
+        .map_err(|e| format!("the worker's gRPC server on {address}: {e}"))
+}

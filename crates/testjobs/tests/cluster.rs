@@ -1,0 +1,166 @@
+//! `sluice cluster --workers 3` as real processes on loopback: the counting job submitted
+//! at parallelism 3 runs as three job processes on three workers and commits exactly the
+//! reference; an unbounded job is cancelled; a client with another secret is refused.
+//! The cluster runs in a process group of its own, killed (SIGKILL) when the test ends.
+
+use sluice_testjobs::counts_reference;
+use sluice_testjobs::harness::multiset;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `sluice` binary beside the test's job binaries (`cargo test --workspace` builds
+/// it; `cargo test -p sluice-testjobs` alone needs `cargo build -p sluice-cli` first).
+fn sluice_binary() -> PathBuf {
+    let binary = Path::new(env!("CARGO_BIN_EXE_counts")).parent().unwrap().join("sluice");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p sluice-cli` (or test the workspace)",
+        binary.display()
+    );
+    binary
+}
+
+/// A local cluster, its process group killed on drop.
+struct Cluster {
+    child: Child,
+    dir: PathBuf,
+    coordinator: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Cluster {
+    fn start(dir: &Path, workers: usize) -> Cluster {
+        let log = std::fs::File::create(dir.join("cluster.log")).unwrap();
+        let child = Command::new(sluice_binary())
+            .args(["cluster", "--workers", &workers.to_string(), "--dir", dir.join("c").to_str().unwrap()])
+            .env_remove("SLUICE_SECRET")
+            .env_remove("SLUICE_SECRET_FILE")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut cluster = Cluster { child, dir: dir.to_path_buf(), coordinator: String::new() };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::read_to_string(dir.join("cluster.log")).unwrap_or_default();
+            let info = std::fs::read_to_string(dir.join("c/cluster.json")).unwrap_or_default();
+            if log.matches("registered with the coordinator").count() == workers && !info.is_empty() {
+                let value: serde_json::Value = serde_json::from_str(&info).unwrap();
+                cluster.coordinator = value["coordinator"].as_str().unwrap().to_string();
+                return cluster;
+            }
+            assert!(cluster.child.try_wait().unwrap().is_none(), "the cluster exited:\n{log}");
+            assert!(Instant::now() < deadline, "the cluster did not come up within 60 s:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs a client command; returns (success, stdout + stderr).
+    fn client(&self, args: &[&str], secret_file: Option<&Path>) -> (bool, String) {
+        let default = self.dir.join("c/secret");
+        // The subcommand, then where the coordinator is, then the rest (which may end in
+        // `-- job args`).
+        let output = Command::new(sluice_binary())
+            .arg(args[0])
+            .args([
+                "--coordinator",
+                &self.coordinator,
+                "--secret-file",
+                secret_file.unwrap_or(&default).to_str().unwrap(),
+            ])
+            .args(&args[1..])
+            .env_remove("SLUICE_SECRET")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    }
+
+    /// Waits until `sluice list` shows `job` in `state`; returns its line.
+    fn wait_for(&self, job: &str, state: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, listing) = self.client(&["list"], None);
+            if let Some(line) = listing.lines().find(|l| l.starts_with(&format!("{job} "))) {
+                if line.split_whitespace().nth(1) == Some(state) {
+                    return line.to_string();
+                }
+                assert!(!line.contains(" failed "), "{line}");
+            }
+            let log = std::fs::read_to_string(self.dir.join("cluster.log")).unwrap_or_default();
+            assert!(Instant::now() < deadline, "{job} not {state} within {within:?}:\n{listing}\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_job_submitted_to_a_three_worker_cluster_commits_exactly_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3);
+    let out = dir.path().join("out");
+    let n = 90_000;
+    let counts = env!("CARGO_BIN_EXE_counts");
+    let (ok, text) = cluster.client(
+        &[
+            "submit",
+            counts,
+            "-p",
+            "3",
+            "--",
+            "--out",
+            out.to_str().unwrap(),
+            "--n",
+            &n.to_string(),
+            "--rate",
+            "1000000",
+        ],
+        None,
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("job-1 submitted") && text.contains("over 3 processes"), "{text}");
+    let line = cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    // Three processes on three different workers.
+    for worker in ["0@worker-", "1@worker-", "2@worker-"] {
+        assert!(line.contains(worker), "{line}");
+    }
+    let got = sluice::connectors::committed_lines(&out).unwrap();
+    assert_eq!(multiset(got), multiset(counts_reference(n)));
+    // The job processes' logs reached the workers' (the cluster's) stderr, named.
+    let log = std::fs::read_to_string(dir.path().join("cluster.log")).unwrap();
+    assert!(log.contains("[job-1 'counts' process 0] done: restored from nothing"), "{log}");
+}
+
+#[test]
+fn an_unbounded_job_is_cancelled_and_a_wrong_secret_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 2);
+    let out = dir.path().join("out");
+    let counts = env!("CARGO_BIN_EXE_counts");
+    let (ok, text) =
+        cluster.client(&["submit", counts, "-p", "2", "--", "--out", out.to_str().unwrap(), "--n", "0"], None);
+    assert!(ok, "{text}");
+    cluster.wait_for("job-1", "running", Duration::from_secs(60));
+    let (ok, text) = cluster.client(&["cancel", "job-1", "--savepoint"], None);
+    assert!(!ok && text.contains("checkpoints across processes"), "a savepoint is refused, and says why: {text}");
+    let (ok, text) = cluster.client(&["cancel", "job-1"], None);
+    assert!(ok, "{text}");
+    cluster.wait_for("job-1", "cancelled", Duration::from_secs(60));
+
+    let wrong = dir.path().join("wrong-secret");
+    std::fs::write(&wrong, "not the secret").unwrap();
+    let (ok, text) = cluster.client(&["list"], Some(&wrong));
+    assert!(!ok && text.contains("wrong cluster secret"), "{text}");
+    let log = std::fs::read_to_string(dir.path().join("cluster.log")).unwrap();
+    assert!(log.contains("refused a call with a wrong cluster secret"), "the refusal is logged:\n{log}");
+}
