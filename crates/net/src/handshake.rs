@@ -1,12 +1,13 @@
 //! The handshake that opens every connection: both ends prove that they hold the cluster
 //! secret without sending it (a challenge and response over SHA-256 of the secret and two
 //! fresh nonces, one from each end, so an answer recorded once is worth nothing later),
-//! and the accepting end checks that the dialing one belongs to the same job and attempt.
+//! and the accepting end checks that the dialing one belongs to the same job and attempt
+//! and built the same job graph.
 //! A connection of an older attempt is refused: after a restart, a process of the failed
 //! attempt cannot feed the new one.
 //!
 //! ```text
-//! dialer -> acceptor: "SLNT" version job attempt process dialer-nonce
+//! dialer -> acceptor: "SLNT" version job attempt process graph-fingerprint dialer-nonce
 //! acceptor -> dialer: acceptor-nonce H("acceptor" secret dialer-nonce acceptor-nonce)
 //! dialer -> acceptor: H("dialer" secret dialer-nonce acceptor-nonce)
 //! acceptor -> dialer: 0 (accepted) | 1 reason
@@ -32,6 +33,9 @@ pub struct Identity {
     pub attempt: u64,
     /// This process's index among the job's processes.
     pub process: u32,
+    /// The fingerprint of the job graph this process built: every process of a job must
+    /// build the same one (same binary, same arguments).
+    pub graph: u64,
 }
 
 impl std::fmt::Debug for Identity {
@@ -41,6 +45,7 @@ impl std::fmt::Debug for Identity {
             .field("job", &self.job)
             .field("attempt", &self.attempt)
             .field("process", &self.process)
+            .field("graph", &format_args!("{:016x}", self.graph))
             .finish()
     }
 }
@@ -102,6 +107,7 @@ pub fn dial<S: Read + Write>(stream: &mut S, me: &Identity) -> Result<(), Handsh
     write_text(&mut hello, &me.job)?;
     hello.extend_from_slice(&me.attempt.to_le_bytes());
     hello.extend_from_slice(&me.process.to_le_bytes());
+    hello.extend_from_slice(&me.graph.to_le_bytes());
     hello.extend_from_slice(&mine);
     stream.write_all(&hello)?;
     stream.flush()?;
@@ -132,11 +138,12 @@ pub fn accept<S: Read + Write>(stream: &mut S, me: &Identity) -> Result<u32, Han
     }
     let version = u16::from_le_bytes([magic[4], magic[5]]);
     let job = read_text(stream)?;
-    let mut fixed = [0u8; 8 + 4 + NONCE];
+    let mut fixed = [0u8; 8 + 4 + 8 + NONCE];
     stream.read_exact(&mut fixed)?;
     let attempt = u64::from_le_bytes(fixed[..8].try_into().expect("8 bytes"));
     let process = u32::from_le_bytes(fixed[8..12].try_into().expect("4 bytes"));
-    let theirs: [u8; NONCE] = fixed[12..].try_into().expect("nonce");
+    let graph = u64::from_le_bytes(fixed[12..20].try_into().expect("8 bytes"));
+    let theirs: [u8; NONCE] = fixed[20..].try_into().expect("nonce");
     let mine = nonce()?;
     stream.write_all(&mine)?;
     stream.write_all(&proof("acceptor", &me.secret, &theirs, &mine))?;
@@ -153,6 +160,13 @@ pub fn accept<S: Read + Write>(stream: &mut S, me: &Identity) -> Result<u32, Han
             "a connection of job '{job}' attempt {attempt} reached job '{}' attempt {} (an older attempt's \
              process is refused)",
             me.job, me.attempt
+        );
+        Some((HandshakeError::Refused(why.clone()), why))
+    } else if graph != me.graph {
+        let why = format!(
+            "process {process} built another job graph (fingerprint {graph:016x}) than process {} ({:016x}): every \
+             process of a job must run the same binary with the same arguments",
+            me.process, me.graph
         );
         Some((HandshakeError::Refused(why.clone()), why))
     } else {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn identity(secret: &str, attempt: u64, process: u32) -> Identity {
-    Identity { secret: Arc::from(secret.as_bytes()), job: "loopback".into(), attempt, process }
+    Identity { secret: Arc::from(secret.as_bytes()), job: "loopback".into(), attempt, process, graph: 7 }
 }
 
 fn decoder() -> Decoder {
@@ -131,8 +131,11 @@ fn a_slow_consumer_stops_its_producer_after_its_credits() {
 }
 
 #[test]
-fn a_wrong_secret_or_an_older_attempt_is_refused() {
-    for (dialer, expect) in [(identity("wrong", 3, 1), "secret"), (identity("right", 2, 1), "attempt 2")] {
+fn a_wrong_secret_an_older_attempt_or_another_graph_is_refused() {
+    let other_graph = Identity { graph: 8, ..identity("right", 3, 1) };
+    for (dialer, expect) in
+        [(identity("wrong", 3, 1), "secret"), (identity("right", 2, 1), "attempt 2"), (other_graph, "another job graph")]
+    {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = identity("right", 3, 0);

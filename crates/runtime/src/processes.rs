@@ -75,7 +75,8 @@ pub struct Placement {
 impl Placement {
     /// Reads the placement from the environment: `Ok(None)` when `SLUICE_PROCESS` is not
     /// set (the job runs in this process alone). Errors name the variable to fix.
-    pub fn from_env(job: &str) -> Result<Option<Placement>, String> {
+    pub fn from_env(graph: &sluice_dataflow::JobGraph) -> Result<Option<Placement>, String> {
+        let job = graph.name.as_str();
         let Ok(process) = std::env::var(ENV_PROCESS) else { return Ok(None) };
         let process: u32 =
             process.trim().parse().map_err(|_| format!("{ENV_PROCESS}={process:?} is not a process index"))?;
@@ -105,7 +106,8 @@ impl Placement {
             Ok(a) => a.trim().parse().map_err(|_| format!("{ENV_ATTEMPT}={a:?} is not a number"))?,
             Err(_) => 1,
         };
-        let identity = Identity { secret: Arc::from(secret), job: job.to_string(), attempt, process };
+        let identity =
+            Identity { secret: Arc::from(secret), job: job.to_string(), attempt, process, graph: fingerprint(graph) };
         Ok(Some(Placement { process, peers, identity }))
     }
 
@@ -123,6 +125,34 @@ impl Placement {
     pub fn is_local(&self, subtask: usize) -> bool {
         self.process_of(subtask) == self.process
     }
+}
+
+/// The fingerprint of a job graph: what every process of a spread job must agree on for
+/// their subtasks and channels to line up. It covers each node's state id, kind,
+/// parallelism, inputs and their partitioning, and the max parallelism (FNV-1a over a
+/// canonical text, so it is the same in every build).
+pub fn fingerprint(graph: &sluice_dataflow::JobGraph) -> u64 {
+    use sluice_dataflow::{NodeKind, Partitioning};
+    let mut text = format!("max_parallelism={};", graph.config.max_parallelism);
+    for node in &graph.nodes {
+        let kind = match node.imp.kind() {
+            NodeKind::Source => "source",
+            NodeKind::Operator => "operator",
+            NodeKind::Sink => "sink",
+        };
+        text.push_str(&format!("{}:{kind}:{}:", node.state_id(), graph.parallelism_of(node.id)));
+        for input in &node.inputs {
+            let partitioning = match input.partitioning {
+                Partitioning::Forward => "forward",
+                Partitioning::Rebalance => "rebalance",
+                Partitioning::Broadcast => "broadcast",
+                Partitioning::Hash(_) => "hash",
+            };
+            text.push_str(&format!("<{}/{partitioning}", input.from.0));
+        }
+        text.push(';');
+    }
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// This process's connections to the other processes of the job.

@@ -157,7 +157,7 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
     graph.validate_connectors()?;
     let job = graph.name.clone();
     let restore_error = |message: String| JobError::Restore { job: job.clone(), message };
-    let placement = Placement::from_env(&job).map_err(|message| JobError::Spread { job: job.clone(), message })?;
+    let placement = Placement::from_env(&graph).map_err(|message| JobError::Spread { job: job.clone(), message })?;
     if let Some(placement) = placement {
         crate::processes::exit_with_parent();
         if graph.config.checkpointing.is_some() {

@@ -98,3 +98,22 @@ fn a_process_killed_with_sigkill_fails_the_others_with_the_reason_instead_of_han
         "{stderr}"
     );
 }
+
+#[test]
+fn processes_that_build_different_graphs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let peers = free_addresses(2);
+    let mut first = counts(&out, 1000, &[]);
+    let _first = KillOnDrop(spread(&mut first, 0, &peers, "s").spawn().unwrap());
+    // The same binary with another parallelism: its subtasks would not line up.
+    let mut second = Command::new(env!("CARGO_BIN_EXE_counts"));
+    second
+        .args(["--out", out.to_str().unwrap(), "--n", "1000", "--parallelism", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut second = KillOnDrop(spread(&mut second, 1, &peers, "s").spawn().unwrap());
+    let (status, stderr) = second.wait(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(stderr.contains("built another job graph") && stderr.contains("same arguments"), "{stderr}");
+}
