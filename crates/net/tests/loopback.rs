@@ -133,9 +133,11 @@ fn a_slow_consumer_stops_its_producer_after_its_credits() {
 #[test]
 fn a_wrong_secret_an_older_attempt_or_another_graph_is_refused() {
     let other_graph = Identity { graph: 8, ..identity("right", 3, 1) };
-    for (dialer, expect) in
-        [(identity("wrong", 3, 1), "secret"), (identity("right", 2, 1), "attempt 2"), (other_graph, "another job graph")]
-    {
+    for (dialer, expect) in [
+        (identity("wrong", 3, 1), "secret"),
+        (identity("right", 2, 1), "attempt 2"),
+        (other_graph, "another job graph"),
+    ] {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = identity("right", 3, 0);

@@ -117,3 +117,43 @@ fn processes_that_build_different_graphs_are_refused() {
     assert!(!status.success());
     assert!(stderr.contains("built another job graph") && stderr.contains("same arguments"), "{stderr}");
 }
+
+fn counts_of(report: &Path, process: usize) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(report.join(format!("process-{process}.txt"))).ok()?;
+    let (produced, consumed) = text.trim().split_once(' ')?;
+    Some((produced.parse().ok()?, consumed.parse().ok()?))
+}
+
+#[test]
+fn a_slow_sink_in_one_process_holds_back_the_source_in_another_within_its_credits() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let peers = free_addresses(2);
+    let job = |process: usize| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_backpressure"));
+        command.args(["--report", report.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null());
+        KillOnDrop(spread(&mut command, process, &peers, "bp").spawn().unwrap())
+    };
+    let (_source_side, _slow_side) = (job(0), job(1));
+    // Wait until the slow subtask has consumed a few hundred records (a deadline, not a
+    // timing expectation), then compare what the source produced with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if counts_of(&report, 1).is_some_and(|(_, consumed)| consumed >= 300) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slow sink consumed too little within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (produced, _) = counts_of(&report, 0).expect("process 0 reports");
+    let (_, slow_consumed) = counts_of(&report, 1).expect("process 1 reports");
+    // Batches of 10 go round-robin to the two sink subtasks, so the source can be ahead of
+    // the slow one by what its channel holds: 4 credits of 10 records, the batch being
+    // filled, and one batch in the reader's hands; the fast subtask takes as many again.
+    let bound_per_sink = (4 + 2) * 10;
+    assert!(
+        produced <= 2 * (slow_consumed + bound_per_sink) + 10,
+        "the source produced {produced} records while the slow sink consumed {slow_consumed}: more than its credits \
+         allow ({bound_per_sink} records ahead per sink subtask)"
+    );
+}
