@@ -354,7 +354,8 @@ pub struct JobConfig {
     pub max_parallelism: usize,
     /// Records per batch.
     pub batch_size: usize,
-    /// Batches a task's inbox holds before its producers block (backpressure).
+    /// Batches in flight to one consumer subtask before its producers block
+    /// (backpressure), shared as credits among its input channels (at least 2 each).
     pub channel_capacity: usize,
     /// The most bytes (as encoded) a batch between tasks holds: batches of large records
     /// are cut shorter, so that an inbox holds at most `channel_capacity` of these bytes
