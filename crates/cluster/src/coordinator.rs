@@ -163,8 +163,8 @@ impl CoordinatorService {
                 })
                 .collect();
         }
-        for (index, (_, address)) in chosen.iter().enumerate() {
-            let mut client = self.worker_client(address).await?;
+        // The workers fetch and check the binary in parallel.
+        let starts = chosen.iter().enumerate().map(|(index, (_, address))| {
             let start = StartProcessRequest {
                 job_id: job_id.clone(),
                 name: request.name.clone(),
@@ -175,7 +175,13 @@ impl CoordinatorService {
                 attempt: 1,
                 parallelism: request.parallelism,
             };
-            client.start_process(start).await?;
+            async move {
+                let mut client = self.worker_client(address).await?;
+                client.start_process(start).await.map(|_| index)
+            }
+        });
+        for started in futures::future::join_all(starts).await {
+            let index = started?;
             if let Some(p) = self.state().jobs.get_mut(&job_id).and_then(|j| j.processes.get_mut(index)) {
                 if p.state == "starting" {
                     p.state = "running";

@@ -1,6 +1,7 @@
 //! `sluice cluster --workers 3` as real processes on loopback: the counting job submitted
 //! at parallelism 3 runs as three job processes on three workers and commits exactly the
-//! reference; an unbounded job is cancelled; a client with another secret is refused.
+//! reference, and a job of joins, keyed state and timers gives exactly the output of one
+//! process; an unbounded job is cancelled; a client with another secret is refused.
 //! The cluster runs in a process group of its own, killed (SIGKILL) when the test ends.
 
 use sluice_testjobs::counts_reference;
@@ -139,6 +140,21 @@ fn a_job_submitted_to_a_three_worker_cluster_commits_exactly_the_reference() {
     // The job processes' logs reached the workers' (the cluster's) stderr, named.
     let log = std::fs::read_to_string(dir.path().join("cluster.log")).unwrap();
     assert!(log.contains("[job-1 'counts' process 0] done: restored from nothing"), "{log}");
+
+    // Joins, keyed state and timers: the cluster's output equals one process's.
+    let joins = env!("CARGO_BIN_EXE_joins");
+    let (local, spread) = (dir.path().join("joins-local"), dir.path().join("joins-cluster"));
+    let status = Command::new(joins).args(["--out", local.to_str().unwrap()]).status().unwrap();
+    assert!(status.success());
+    let (ok, text) = cluster.client(&["submit", joins, "-p", "3", "--", "--out", spread.to_str().unwrap()], None);
+    assert!(ok, "{text}");
+    cluster.wait_for("job-2", "finished", Duration::from_secs(120));
+    for output in ["window-join", "interval-join", "bursts"] {
+        let want = sluice::connectors::committed_lines(&local.join(output)).unwrap();
+        let got = sluice::connectors::committed_lines(&spread.join(output)).unwrap();
+        assert!(!want.is_empty(), "{output}: the local run wrote nothing");
+        assert_eq!(multiset(got), multiset(want), "{output}");
+    }
 }
 
 #[test]
