@@ -169,27 +169,46 @@ impl CheckpointStore {
         states: &[SubtaskState],
         before_manifest: impl FnOnce() -> Result<(), String>,
     ) -> Result<Manifest, StoreError> {
-        let CheckpointMeta { id, savepoint, finished, timestamp_ms, max_parallelism, parallelism } = meta;
-        let folder = self.folder(id, savepoint);
         let mut entries = Vec::with_capacity(states.len());
         for (index, state) in states.iter().enumerate() {
-            let bytes = write_state(&state.state);
-            let file = format!("s{index}.state");
-            let entry = StateEntry {
-                operator: state.operator.clone(),
-                subtask: state.subtask,
-                kind: match state.state {
-                    OperatorState::Keyed(_) => StateKind::Keyed,
-                    OperatorState::Plain(_) => StateKind::Plain,
-                    OperatorState::Committable(_) => StateKind::Committable,
-                },
-                file: file.clone(),
-                bytes: bytes.len() as u64,
-                crc32: crc32fast::hash(&bytes),
-            };
-            self.put(&format!("{folder}/{file}"), bytes)?;
-            entries.push(entry);
+            entries.push(self.put_state(meta.id, meta.savepoint, &format!("s{index}"), state)?);
         }
+        before_manifest().map_err(StoreError::Invalid)?;
+        self.write_manifest(meta, entries)
+    }
+
+    /// Writes one subtask's state into checkpoint `id`'s folder as `<name>.state` and
+    /// returns its manifest entry (a job spread over processes has each process write its
+    /// own subtasks' states; `name` must be unique within the checkpoint).
+    pub fn put_state(
+        &self,
+        id: u64,
+        savepoint: bool,
+        name: &str,
+        state: &SubtaskState,
+    ) -> Result<StateEntry, StoreError> {
+        let bytes = write_state(&state.state);
+        let file = format!("{name}.state");
+        let entry = StateEntry {
+            operator: state.operator.clone(),
+            subtask: state.subtask,
+            kind: match state.state {
+                OperatorState::Keyed(_) => StateKind::Keyed,
+                OperatorState::Plain(_) => StateKind::Plain,
+                OperatorState::Committable(_) => StateKind::Committable,
+            },
+            file: file.clone(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(&bytes),
+        };
+        self.put(&format!("{}/{file}", self.folder(id, savepoint)), bytes)?;
+        Ok(entry)
+    }
+
+    /// Writes the manifest of a checkpoint whose state files are written: from now on it
+    /// is complete.
+    pub fn write_manifest(&self, meta: CheckpointMeta, entries: Vec<StateEntry>) -> Result<Manifest, StoreError> {
+        let CheckpointMeta { id, savepoint, finished, timestamp_ms, max_parallelism, parallelism } = meta;
         let manifest = Manifest {
             format: FORMAT,
             job: self.job.clone(),
@@ -201,9 +220,17 @@ impl CheckpointStore {
             parallelism,
             states: entries,
         };
-        before_manifest().map_err(StoreError::Invalid)?;
-        self.put(&format!("{folder}/{MANIFEST}"), manifest.to_json())?;
+        self.put(&format!("{}/{MANIFEST}", self.folder(id, savepoint)), manifest.to_json())?;
         Ok(manifest)
+    }
+
+    /// Reads checkpoint `id`, verifying every file.
+    pub fn load(&self, id: u64) -> Result<LoadedCheckpoint, StoreError> {
+        let folder = self.folder(id, false);
+        let bytes = self.get(&format!("{folder}/{MANIFEST}"))?;
+        let manifest = Manifest::parse(&bytes).map_err(StoreError::Invalid)?;
+        let states = self.read_states(&folder, &manifest).map_err(StoreError::Invalid)?;
+        Ok(LoadedCheckpoint { manifest, states })
     }
 
     /// Reads and verifies every state file of a manifest.

@@ -39,6 +39,8 @@ struct Routes {
     inbound: HashMap<ChannelId, Inbound>,
     /// Credits of channels of which this process is the producer.
     credits: HashMap<ChannelId, Arc<Credit>>,
+    /// Where control messages from the peer go, with the peer's index.
+    control: Option<std::sync::mpsc::Sender<(u32, Vec<u8>)>>,
 }
 
 /// A connection to one peer process.
@@ -169,9 +171,19 @@ impl Connection {
     }
 
     /// Routes what arrives on `id` into `inbox` as channel `channel`, decoded by `decode`.
-    /// Every inbound channel is registered before [`Connection::start_reading`].
+    /// Every inbound channel is registered before its producer may send.
     pub fn expect_inbound(&self, id: ChannelId, inbox: SyncSender<Envelope>, channel: u32, decode: Decoder) {
         self.routes.lock().unwrap_or_else(|e| e.into_inner()).inbound.insert(id, Inbound { inbox, channel, decode });
+    }
+
+    /// Sends control messages from the peer to `to`, tagged with the peer's index.
+    pub fn expect_control(&self, to: std::sync::mpsc::Sender<(u32, Vec<u8>)>) {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner()).control = Some(to);
+    }
+
+    /// Sends a control message to the peer.
+    pub fn send_control(&self, message: Vec<u8>) -> TaskResult {
+        self.send(ChannelId { node: 0, subtask: 0, channel: 0 }, &Frame::Control(message))
     }
 
     /// The sending end of channel `id` (this process produces, the peer consumes); the
@@ -230,10 +242,9 @@ impl Connection {
 
     fn read_loop(&self, stream: TcpStream) -> Result<(), String> {
         let mut input = BufReader::with_capacity(64 << 10, stream);
-        // The routes are fixed once reading starts: take them out of the lock.
-        let routes = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|e| e.into_inner()));
-        // Keep the credits reachable for `fail`.
-        self.routes.lock().unwrap_or_else(|e| e.into_inner()).credits = routes.credits.clone();
+        // Routes may be added while reading (a job process connects before it builds its
+        // tasks), so each frame looks its route up; no data frame comes before the job's
+        // processes have all built theirs.
         loop {
             let read = Frame::read(&mut input).map_err(|e| match e.kind() {
                 std::io::ErrorKind::InvalidData => format!("a corrupt frame: {e}"),
@@ -247,6 +258,16 @@ impl Connection {
             if frame == Frame::Goodbye {
                 return Ok(());
             }
+            let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Frame::Control(message) = frame {
+                match &routes.control {
+                    Some(to) => {
+                        let _ = to.send((self.peer, message));
+                    }
+                    None => return Err("a control message, and this process expects none".into()),
+                }
+                continue;
+            }
             if let Frame::Credit(n) = frame {
                 let credit = routes.credits.get(&id).ok_or_else(|| format!("a credit for unknown channel {id:?}"))?;
                 (0..n).for_each(|_| credit.release());
@@ -259,11 +280,14 @@ impl Connection {
                 Frame::Idle(idle) => Message::Idle(idle),
                 Frame::Barrier(b) => Message::Barrier(b),
                 Frame::End(e) => Message::End(e),
-                Frame::Credit(_) | Frame::Goodbye => unreachable!("handled above"),
+                Frame::Credit(_) | Frame::Goodbye | Frame::Control(_) => unreachable!("handled above"),
             };
             // A consumer task that has ended takes nothing more; the reader goes on (credits
-            // and the goodbye may still come).
-            let _ = route.inbox.send(Envelope { channel: route.channel, message });
+            // and the goodbye may still come). The inbox has room for every credit, so this
+            // does not wait while holding the routes.
+            let (inbox, channel) = (route.inbox.clone(), route.channel);
+            drop(routes);
+            let _ = inbox.send(Envelope { channel, message });
         }
     }
 

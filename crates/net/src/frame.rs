@@ -39,6 +39,9 @@ pub enum Frame {
     End(Ending),
     /// The consumer processed this many batches of the channel.
     Credit(u32),
+    /// A message of the job's control (checkpoint coordination between its processes),
+    /// encoded by the runtime; it is not on a channel.
+    Control(Vec<u8>),
     /// The sender closes the connection on purpose (anything else that ends the stream
     /// is a failure: a process that was killed says nothing).
     Goodbye,
@@ -51,6 +54,7 @@ const BARRIER: u8 = 4;
 const END: u8 = 5;
 const CREDIT: u8 = 6;
 const GOODBYE: u8 = 7;
+const CONTROL: u8 = 8;
 
 impl Frame {
     /// The frame of a control message (`None` for data, which the writer encodes).
@@ -69,6 +73,7 @@ impl Frame {
         let mut small = [0u8; 16];
         let (kind, payload): (u8, &[u8]) = match self {
             Frame::Data(bytes) => (DATA, bytes),
+            Frame::Control(bytes) => (CONTROL, bytes),
             Frame::Watermark(w) => {
                 small[..8].copy_from_slice(&w.to_le_bytes());
                 (WATERMARK, &small[..8])
@@ -119,8 +124,10 @@ impl Frame {
         }
         let mut payload = vec![0u8; len as usize];
         input.read_exact(&mut payload)?;
-        if header[0] == DATA {
-            return Ok(Some((channel, Frame::Data(payload))));
+        match header[0] {
+            DATA => return Ok(Some((channel, Frame::Data(payload)))),
+            CONTROL => return Ok(Some((channel, Frame::Control(payload)))),
+            _ => {}
         }
         let fixed = |n: usize| -> io::Result<&[u8]> {
             (payload.len() == n)
@@ -170,6 +177,7 @@ mod tests {
             Frame::End(Ending::Finished),
             Frame::Credit(2),
             Frame::Goodbye,
+            Frame::Control(vec![9, 9]),
         ];
         let mut bytes = Vec::new();
         for f in &frames {

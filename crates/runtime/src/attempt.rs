@@ -74,7 +74,7 @@ pub(crate) struct Checkpointing {
     pub stats: Vec<(Duration, u64)>,
 }
 
-enum Work {
+pub(crate) enum Work {
     Source(Box<dyn SourceTask>, TaskControl),
     Inbox { head: Box<dyn ErasedInput>, inbox: Receiver<Envelope>, credits: ChannelCredits, control: TaskControl },
 }
@@ -87,7 +87,7 @@ const CONTROL_ROOM: usize = 4;
 
 /// The tasks of an attempt, built and not yet started.
 /// Which subtask a task thread runs: its chain's head operator (the user's name) and index.
-struct TaskName {
+pub(crate) struct TaskName {
     operator: String,
     subtask: usize,
     parallelism: usize,
@@ -99,15 +99,15 @@ impl std::fmt::Display for TaskName {
     }
 }
 
-struct Built {
-    work: Vec<(TaskName, Work)>,
-    barrier_senders: Vec<(usize, Sender<Barrier>)>,
-    reports: Receiver<TaskReport>,
+pub(crate) struct Built {
+    pub work: Vec<(TaskName, Work)>,
+    pub barrier_senders: Vec<(usize, Sender<Barrier>)>,
+    pub reports: Receiver<TaskReport>,
 }
 
 /// Builds the tasks of this process: all of them, or with `network` the subtasks placed
 /// here, connected to the others' through the network.
-fn build(graph: &JobGraph, restore: Option<&RestorePlan>, network: Option<&Network>) -> TaskResult<Built> {
+pub(crate) fn build(graph: &JobGraph, restore: Option<&RestorePlan>, network: Option<&Network>) -> TaskResult<Built> {
     let plan = plan(graph);
     let config = &graph.config;
     let local = |subtask: usize| network.is_none_or(|n| n.placement.is_local(subtask));
@@ -295,7 +295,7 @@ pub(crate) fn commit_sinks(graph: &JobGraph, committables: &HashMap<String, Vec<
     Ok(())
 }
 
-fn committables_of(states: &[SubtaskState]) -> HashMap<String, Vec<Vec<u8>>> {
+pub(crate) fn committables_of(states: &[SubtaskState]) -> HashMap<String, Vec<Vec<u8>>> {
     let mut by_sink: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
     for s in states {
         if let OperatorState::Committable(bytes) = &s.state {
@@ -336,74 +336,10 @@ pub(crate) fn run_attempt(
     restore: Option<&RestorePlan>,
     flags: &Arc<Flags>,
     mut checkpointing: Option<&mut Checkpointing>,
-    network: Option<&mut Network>,
 ) -> TaskResult<usize> {
-    let Built { work, barrier_senders, reports } = build(graph, restore, network.as_deref())?;
-    let network_failures: Arc<Mutex<Option<String>>> = Arc::default();
-    if let Some(network) = network {
-        // Every inbound channel is routed: now the connections may deliver. A connection
-        // that fails fails the attempt.
-        let failure_flags = flags.clone();
-        let failures = network_failures.clone();
-        network
-            .start_reading(move |reason| {
-                tracing::error!("{reason}");
-                failures.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
-                failure_flags.abort.store(true, Ordering::SeqCst);
-                failure_flags.stop_sources.store(true, Ordering::SeqCst);
-            })
-            .map_err(TaskError::Network)?;
-    }
+    let Built { work, barrier_senders, reports } = build(graph, restore, None)?;
     let tasks = work.len();
-    let errors: Arc<Mutex<Vec<TaskError>>> = Arc::new(Mutex::new(Vec::new()));
-    let exactly_once =
-        graph.config.checkpointing.as_ref().map(|c| c.mode == CheckpointMode::ExactlyOnce).unwrap_or(true);
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    for (name, job) in work {
-        let (task_flags, errors) = (flags.clone(), errors.clone());
-        let tick = graph.config.tick;
-        let thread_name = format!("sluice:{}#{}", name.operator, name.subtask);
-        let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
-            let flags = task_flags;
-            sluice_dataflow::counters::enter(flags.counters.clone());
-            // User code is guarded where it is called, naming its operator; this is the net
-            // under everything else, so that no panic can end a task without failing the
-            // attempt (the coordinator would otherwise wait for its report forever).
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
-                Work::Source(mut task, control) => task.run(&flags.stop_sources, &control),
-                Work::Inbox { mut head, inbox, credits, control } => {
-                    run_inbox_task(&mut *head, inbox, credits, &flags.abort, tick, &control, exactly_once)
-                }
-            }))
-            .unwrap_or_else(|payload| {
-                Err(TaskError::Panicked {
-                    operator: name.operator.clone(),
-                    subtask: name.subtask,
-                    parallelism: name.parallelism,
-                    message: sluice_dataflow::panic_message(&*payload),
-                })
-            });
-            if let Err(error) = result {
-                if !error.is_secondary() {
-                    tracing::error!("task {name} failed: {error}");
-                }
-                flags.abort.store(true, Ordering::SeqCst);
-                flags.stop_sources.store(true, Ordering::SeqCst);
-                errors.lock().unwrap_or_else(|e| e.into_inner()).push(error);
-            }
-        });
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                flags.abort.store(true, Ordering::SeqCst);
-                flags.stop_sources.store(true, Ordering::SeqCst);
-                for t in threads {
-                    let _ = t.join();
-                }
-                return Err(TaskError::Checkpoint(format!("could not start a task thread: {e}")));
-            }
-        }
-    }
+    let (threads, errors) = start_tasks(graph, work, flags)?;
     tracing::info!(job = %graph.name, tasks, "attempt started");
 
     let shape = (
@@ -488,10 +424,6 @@ pub(crate) fn run_attempt(
         let _ = uploader.join();
     }
     let mut errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|e| e.into_inner()));
-    if let Some(reason) = network_failures.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        // The tasks' errors only echo it (a channel that stopped).
-        return Err(TaskError::Network(reason));
-    }
     if let Some(e) = coordinator_error {
         waiters.drain(..).for_each(|w| w.answer(Err("the job failed before the savepoint completed".into())));
         return Err(e);
@@ -555,6 +487,64 @@ pub(crate) fn run_attempt(
         }
     }
     Ok(tasks)
+}
+
+/// Starts a thread per task; returns them and where their errors go.
+pub(crate) fn start_tasks(
+    graph: &JobGraph,
+    work: Vec<(TaskName, Work)>,
+    flags: &Arc<Flags>,
+) -> TaskResult<(Vec<JoinHandle<()>>, Arc<Mutex<Vec<TaskError>>>)> {
+    let errors: Arc<Mutex<Vec<TaskError>>> = Arc::new(Mutex::new(Vec::new()));
+    let exactly_once =
+        graph.config.checkpointing.as_ref().map(|c| c.mode == CheckpointMode::ExactlyOnce).unwrap_or(true);
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    for (name, job) in work {
+        let (task_flags, errors) = (flags.clone(), errors.clone());
+        let tick = graph.config.tick;
+        let thread_name = format!("sluice:{}#{}", name.operator, name.subtask);
+        let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
+            let flags = task_flags;
+            sluice_dataflow::counters::enter(flags.counters.clone());
+            // User code is guarded where it is called, naming its operator; this is the net
+            // under everything else, so that no panic can end a task without failing the
+            // attempt (the coordinator would otherwise wait for its report forever).
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
+                Work::Source(mut task, control) => task.run(&flags.stop_sources, &control),
+                Work::Inbox { mut head, inbox, credits, control } => {
+                    run_inbox_task(&mut *head, inbox, credits, &flags.abort, tick, &control, exactly_once)
+                }
+            }))
+            .unwrap_or_else(|payload| {
+                Err(TaskError::Panicked {
+                    operator: name.operator.clone(),
+                    subtask: name.subtask,
+                    parallelism: name.parallelism,
+                    message: sluice_dataflow::panic_message(&*payload),
+                })
+            });
+            if let Err(error) = result {
+                if !error.is_secondary() {
+                    tracing::error!("task {name} failed: {error}");
+                }
+                flags.abort.store(true, Ordering::SeqCst);
+                flags.stop_sources.store(true, Ordering::SeqCst);
+                errors.lock().unwrap_or_else(|e| e.into_inner()).push(error);
+            }
+        });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                flags.abort.store(true, Ordering::SeqCst);
+                flags.stop_sources.store(true, Ordering::SeqCst);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(TaskError::Checkpoint(format!("could not start a task thread: {e}")));
+            }
+        }
+    }
+    Ok((threads, errors))
 }
 
 /// What carrying out the coordinator's actions needs of the attempt.
@@ -631,7 +621,7 @@ fn carry_out(
 
 /// A checkpoint is durable: commit its transactions (retried by the coordinator if this
 /// fails, so everything here may run more than once).
-fn commit(graph: &JobGraph, cp: &mut Checkpointing, id: u64, states: &[SubtaskState]) -> TaskResult {
+pub(crate) fn commit(graph: &JobGraph, cp: &mut Checkpointing, id: u64, states: &[SubtaskState]) -> TaskResult {
     let committables = committables_of(states);
     if !committables.is_empty() {
         // Before any reader can see this checkpoint's output: from now on no restore may
@@ -642,7 +632,7 @@ fn commit(graph: &JobGraph, cp: &mut Checkpointing, id: u64, states: &[SubtaskSt
 }
 
 /// Checkpoint `id` is committed: drop the checkpoints older than the retained ones.
-fn prune(cp: &mut Checkpointing, id: u64) {
+pub(crate) fn prune(cp: &mut Checkpointing, id: u64) {
     for old in to_prune(&cp.completed, cp.config.retain, &[]) {
         cp.completed.retain(|c| *c != old);
     }

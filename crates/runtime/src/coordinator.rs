@@ -38,17 +38,32 @@ pub(crate) struct Schedule {
     pub tolerable_failures: u32,
 }
 
+/// A piece of a checkpoint as the coordinator tracks it: a subtask's state (local mode), or
+/// a reference to one that its process holds (a job spread over processes). Only whether
+/// it is a sink's pre-committed transaction matters here.
+pub(crate) trait Part: Clone + PartialEq + std::fmt::Debug {
+    /// Whether it is a sink's pre-committed transaction (never dropped: carried into the
+    /// next checkpoint if its own is abandoned).
+    fn is_committable(&self) -> bool;
+}
+
+impl Part for SubtaskState {
+    fn is_committable(&self) -> bool {
+        matches!(self.state, OperatorState::Committable(_))
+    }
+}
+
 /// What the driver is asked to do.
 #[derive(Debug, PartialEq)]
-pub(crate) enum Action {
+pub(crate) enum Action<P = SubtaskState> {
     /// Send this barrier to these source tasks.
     Trigger { barrier: Barrier, sources: Vec<usize> },
     /// Write checkpoint `id` (its state files, then its manifest), then report
     /// [`CheckpointCoordinator::on_uploaded`]. `finished`: the input ended (final one).
-    Upload { id: u64, finished: bool, states: Vec<SubtaskState> },
+    Upload { id: u64, finished: bool, states: Vec<P> },
     /// Checkpoint `id` is durable: commit its sinks' transactions, then report
     /// [`CheckpointCoordinator::on_committed`].
-    Commit { id: u64, states: Vec<SubtaskState> },
+    Commit { id: u64, states: Vec<P> },
     /// Checkpoint `id` is complete (written); a savepoint is kept now.
     Completed { id: u64, savepoint: bool, bytes: u64, took: Duration },
     /// Checkpoint `id` failed; a savepoint's waiters get the reason.
@@ -60,26 +75,26 @@ pub(crate) enum Action {
 }
 
 #[derive(Debug)]
-struct Pending {
+struct Pending<P> {
     id: u64,
     savepoint: bool,
     started: Instant,
     awaiting: BTreeSet<usize>,
-    states: Vec<SubtaskState>,
+    states: Vec<P>,
 }
 
 #[derive(Debug)]
-struct Uploading {
+struct Uploading<P> {
     id: u64,
     savepoint: bool,
     started: Instant,
-    states: Vec<SubtaskState>,
+    states: Vec<P>,
 }
 
 #[derive(Debug)]
-struct Committing {
+struct Committing<P> {
     id: u64,
-    states: Vec<SubtaskState>,
+    states: Vec<P>,
     attempts: u32,
     /// Set while waiting to retry: when to ask again.
     retry_at: Option<Instant>,
@@ -89,17 +104,17 @@ struct Committing {
 
 /// The coordinator of one attempt's checkpoints.
 #[derive(Debug)]
-pub(crate) struct CheckpointCoordinator {
+pub(crate) struct CheckpointCoordinator<P: Part = SubtaskState> {
     schedule: Schedule,
     tasks: usize,
     sources: Vec<usize>,
     next_id: u64,
-    finished: BTreeMap<usize, Vec<SubtaskState>>,
-    pending: Option<Pending>,
-    uploading: Option<Uploading>,
-    committing: Option<Committing>,
+    finished: BTreeMap<usize, Vec<P>>,
+    pending: Option<Pending<P>>,
+    uploading: Option<Uploading<P>>,
+    committing: Option<Committing<P>>,
     /// Pre-committed transactions of abandoned checkpoints, for the next one.
-    carried: Vec<SubtaskState>,
+    carried: Vec<P>,
     failed_in_a_row: u32,
     last_trigger: Instant,
     last_done: Instant,
@@ -117,7 +132,15 @@ enum FinalState {
     Done,
 }
 
-impl CheckpointCoordinator {
+impl CheckpointCoordinator<SubtaskState> {
+    /// A task passed a barrier (`checkpoint: Some`) or finished (`None`).
+    pub(crate) fn on_report(&mut self, report: TaskReport, now: Instant, out: &mut Vec<Action>) {
+        let TaskReport { task, checkpoint, states } = report;
+        self.on_parts(task, checkpoint, states, now, out);
+    }
+}
+
+impl<P: Part> CheckpointCoordinator<P> {
     /// A coordinator of `tasks` tasks, of which `sources` receive barriers; checkpoint ids
     /// start at `next_id` (they grow across attempts).
     pub(crate) fn new(schedule: Schedule, tasks: usize, sources: Vec<usize>, next_id: u64, now: Instant) -> Self {
@@ -166,9 +189,16 @@ impl CheckpointCoordinator {
         self.savepoint_requested = true;
     }
 
-    /// A task passed a barrier (`checkpoint: Some`) or finished (`None`).
-    pub(crate) fn on_report(&mut self, report: TaskReport, now: Instant, out: &mut Vec<Action>) {
-        let TaskReport { task, checkpoint, states } = report;
+    /// Task `task` passed barrier `checkpoint` (`Some`) or finished (`None`), with these
+    /// parts of its state.
+    pub(crate) fn on_parts(
+        &mut self,
+        task: usize,
+        checkpoint: Option<u64>,
+        states: Vec<P>,
+        now: Instant,
+        out: &mut Vec<Action<P>>,
+    ) {
         match checkpoint {
             Some(id) => match self.pending.as_mut().filter(|p| p.id == id && p.awaiting.contains(&task)) {
                 Some(p) => {
@@ -195,14 +225,14 @@ impl CheckpointCoordinator {
     /// Local tasks never decline (a failed snapshot fails the task); a job process of a
     /// cluster declines a barrier of an attempt it does not run.
     #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn on_declined(&mut self, task: usize, id: u64, reason: &str, now: Instant, out: &mut Vec<Action>) {
+    pub(crate) fn on_declined(&mut self, task: usize, id: u64, reason: &str, now: Instant, out: &mut Vec<Action<P>>) {
         if let Some(p) = self.pending.take_if(|p| p.id == id) {
             self.abandon(p, format!("task {task} declined it: {reason}"), now, out);
         }
     }
 
     /// The upload of checkpoint `id` ended: `Ok(bytes written)` or the error.
-    pub(crate) fn on_uploaded(&mut self, id: u64, result: Result<u64, String>, now: Instant, out: &mut Vec<Action>) {
+    pub(crate) fn on_uploaded(&mut self, id: u64, result: Result<u64, String>, now: Instant, out: &mut Vec<Action<P>>) {
         if self.final_state == FinalState::Uploading {
             match result {
                 Ok(bytes) => {
@@ -232,7 +262,7 @@ impl CheckpointCoordinator {
     }
 
     /// The commit of checkpoint `id` ended.
-    pub(crate) fn on_committed(&mut self, id: u64, result: Result<(), String>, now: Instant, out: &mut Vec<Action>) {
+    pub(crate) fn on_committed(&mut self, id: u64, result: Result<(), String>, now: Instant, out: &mut Vec<Action<P>>) {
         let Some(c) = self.committing.as_mut().filter(|c| c.id == id && c.retry_at.is_none()) else { return };
         match result {
             Ok(()) => {
@@ -254,32 +284,32 @@ impl CheckpointCoordinator {
     }
 
     /// Time passed: retry commits, abandon a checkpoint that timed out, trigger the next.
-    pub(crate) fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+    pub(crate) fn tick(&mut self, now: Instant, out: &mut Vec<Action<P>>) {
         self.advance(now, out);
     }
 
     /// Every task has finished and nothing is in flight: write the final checkpoint,
     /// holding every task's last state and the transactions carried from abandoned
     /// checkpoints. `finished_input`: the input ended (not a stop).
-    pub(crate) fn finish(&mut self, finished_input: bool, now: Instant, out: &mut Vec<Action>) {
+    pub(crate) fn finish(&mut self, finished_input: bool, now: Instant, out: &mut Vec<Action<P>>) {
         if self.final_state != FinalState::NotStarted {
             return;
         }
         debug_assert!(self.all_finished() && self.is_idle());
-        let mut states: Vec<SubtaskState> = self.finished.values().flatten().cloned().collect();
+        let mut states: Vec<P> = self.finished.values().flatten().cloned().collect();
         carry_committables(&mut states, std::mem::take(&mut self.carried));
         let id = self.next_id;
         self.next_id += 1;
         self.final_state = FinalState::Uploading;
         self.final_started = now;
         // The committables are kept for the commit once the upload is written.
-        self.carried = states.iter().filter(|s| matches!(s.state, OperatorState::Committable(_))).cloned().collect();
+        self.carried = states.iter().filter(|s| s.is_committable()).cloned().collect();
         out.push(Action::Upload { id, finished: finished_input, states });
     }
 
     /// The finished tasks' last states (for a job without checkpoints, whose sinks commit
     /// their last transactions without one).
-    pub(crate) fn take_finished_states(&mut self) -> Vec<SubtaskState> {
+    pub(crate) fn take_finished_states(&mut self) -> Vec<P> {
         std::mem::take(&mut self.finished).into_values().flatten().collect()
     }
 
@@ -288,14 +318,13 @@ impl CheckpointCoordinator {
         self.pending.is_none() && self.uploading.is_none() && self.committing.is_none()
     }
 
-    fn start_commit(&mut self, id: u64, states: Vec<SubtaskState>, last: bool, out: &mut Vec<Action>) {
-        let states: Vec<SubtaskState> =
-            states.into_iter().filter(|s| matches!(s.state, OperatorState::Committable(_))).collect();
+    fn start_commit(&mut self, id: u64, states: Vec<P>, last: bool, out: &mut Vec<Action<P>>) {
+        let states: Vec<P> = states.into_iter().filter(|s| s.is_committable()).collect();
         out.push(Action::Commit { id, states: states.clone() });
         self.committing = Some(Committing { id, states, attempts: 1, retry_at: None, last });
     }
 
-    fn advance(&mut self, now: Instant, out: &mut Vec<Action>) {
+    fn advance(&mut self, now: Instant, out: &mut Vec<Action<P>>) {
         if let Some(c) = self.committing.as_mut() {
             if c.retry_at.is_some_and(|at| now >= at) {
                 c.retry_at = None;
@@ -331,7 +360,7 @@ impl CheckpointCoordinator {
             self.last_trigger = now;
             let awaiting: BTreeSet<usize> = (0..self.tasks).filter(|t| !self.finished.contains_key(t)).collect();
             // Finished tasks take part with their final states.
-            let mut states: Vec<SubtaskState> = self.finished.values().flatten().cloned().collect();
+            let mut states: Vec<P> = self.finished.values().flatten().cloned().collect();
             states.extend(std::mem::take(&mut self.carried));
             let savepoint = std::mem::take(&mut self.savepoint_requested);
             let sources: Vec<usize> = self.sources.iter().copied().filter(|t| !self.finished.contains_key(t)).collect();
@@ -341,13 +370,13 @@ impl CheckpointCoordinator {
         }
     }
 
-    fn abandon(&mut self, p: Pending, reason: String, now: Instant, out: &mut Vec<Action>) {
+    fn abandon(&mut self, p: Pending<P>, reason: String, now: Instant, out: &mut Vec<Action<P>>) {
         carry_committables(&mut self.carried, p.states);
         self.last_done = now;
         self.failed(p.id, p.savepoint, reason, out);
     }
 
-    fn failed(&mut self, id: u64, savepoint: bool, reason: String, out: &mut Vec<Action>) {
+    fn failed(&mut self, id: u64, savepoint: bool, reason: String, out: &mut Vec<Action<P>>) {
         self.failed_in_a_row += 1;
         out.push(Action::Failed { id, savepoint, reason });
         if self.failed_in_a_row > self.schedule.tolerable_failures {
@@ -361,9 +390,9 @@ impl CheckpointCoordinator {
 
 /// Keeps the sink transactions among `states` (pre-committed, so they must be committed
 /// with a later checkpoint and recorded in it for a restore to commit).
-fn carry_committables(carried: &mut Vec<SubtaskState>, states: impl IntoIterator<Item = SubtaskState>) {
+fn carry_committables<P: Part>(carried: &mut Vec<P>, states: impl IntoIterator<Item = P>) {
     for state in states {
-        if matches!(state.state, OperatorState::Committable(_)) && !carried.contains(&state) {
+        if state.is_committable() && !carried.contains(&state) {
             carried.push(state);
         }
     }
@@ -380,7 +409,7 @@ mod tests {
     }
 
     /// Tasks 0 and 1 are sources, 2 is a sink.
-    fn coordinator(t0: Instant) -> CheckpointCoordinator {
+    fn coordinator(t0: Instant) -> CheckpointCoordinator<SubtaskState> {
         CheckpointCoordinator::new(schedule(), 3, vec![0, 1], 1, t0)
     }
 
@@ -409,7 +438,7 @@ mod tests {
     }
 
     /// Ticks at `at` and returns the id of the barrier it triggered.
-    fn trigger(c: &mut CheckpointCoordinator, at: Instant) -> u64 {
+    fn trigger(c: &mut CheckpointCoordinator<SubtaskState>, at: Instant) -> u64 {
         let mut out = Vec::new();
         c.tick(at, &mut out);
         match out.as_slice() {

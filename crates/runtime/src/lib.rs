@@ -20,6 +20,7 @@ pub mod processes;
 mod report;
 pub mod restart;
 mod run;
+mod spread;
 mod task;
 
 pub use plan::{plan, Plan, PlannedChain};

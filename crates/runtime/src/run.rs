@@ -160,19 +160,27 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
     let placement = Placement::from_env(&graph).map_err(|message| JobError::Spread { job: job.clone(), message })?;
     if let Some(placement) = placement {
         crate::processes::exit_with_parent();
-        if graph.config.checkpointing.is_some() {
-            return Err(JobError::Spread {
-                job,
-                message: "checkpoints across processes need the cluster coordinator, which is not built yet: run \
-                          this job in one process, or spread it without checkpointing"
-                    .into(),
-            });
+        let mut checkpointing = None;
+        if let Some(config) = graph.config.checkpointing.clone() {
+            if matches!(config.start, StartFrom::Path(_)) {
+                return Err(JobError::Spread {
+                    job,
+                    message: "a job spread over processes resumes from its latest checkpoint or starts fresh; \
+                              starting it from a given checkpoint or savepoint is not built yet"
+                        .into(),
+                });
+            }
+            let store = CheckpointStore::open_for_writing(&config.location, &graph.name)
+                .map_err(|e| restore_error(e.to_string()))?;
+            let existing = store.checkpoint_ids().map_err(|e| restore_error(e.to_string()))?;
+            let next_id = existing.iter().copied().max().unwrap_or(0) + 1;
+            checkpointing = Some(Checkpointing { config, store, next_id, completed: Vec::new(), stats: Vec::new() });
         }
         let flags = new_flags();
         let supervisor_flags = flags.clone();
         let supervisor = std::thread::Builder::new()
             .name(format!("sluice:{}", graph.name))
-            .spawn(move || run_spread(graph, placement, supervisor_flags))?;
+            .spawn(move || run_spread(graph, placement, checkpointing, supervisor_flags))?;
         return Ok(JobHandle { flags, supervisor: Some(supervisor) });
     }
     let mut checkpointing = None;
@@ -218,12 +226,44 @@ fn new_flags() -> Arc<Flags> {
 /// Runs this process's share of a job spread over processes: connect to the others, run
 /// one attempt (no restart: a failure anywhere ends the job in every process), commit
 /// this process's sinks at the end.
-fn run_spread(graph: JobGraph, placement: Placement, flags: Arc<Flags>) -> Result<JobResult, JobError> {
+fn run_spread(
+    graph: JobGraph,
+    placement: Placement,
+    mut checkpointing: Option<Checkpointing>,
+    flags: Arc<Flags>,
+) -> Result<JobResult, JobError> {
     let started = Instant::now();
     let job = graph.name.clone();
     let process = placement.process;
     let mut network = Network::connect(placement).map_err(|message| JobError::Spread { job: job.clone(), message })?;
-    let outcome = run_attempt(&graph, None, &flags, None, Some(&mut network));
+    let mut restored_from = None;
+    let outcome = {
+        let (graph_ref, restored) = (&graph, &mut restored_from);
+        // Process 0 picks the checkpoint to resume (as local mode does) and settles the
+        // sinks before any process writes; the others load the one it names.
+        let choose = |cp: Option<&Checkpointing>| -> Result<Option<RestorePlan>, TaskError> {
+            let Some(cp) = cp else { return Ok(None) };
+            let loaded = match cp.config.start {
+                StartFrom::Fresh => None,
+                _ => cp
+                    .store
+                    .latest_restorable(cp.config.allow_duplicate_output)
+                    .map_err(|e| TaskError::Checkpoint(e.to_string()))?,
+            };
+            let plan = loaded.map(|l| restore_plan(graph_ref, &l)).transpose().map_err(TaskError::Checkpoint)?;
+            settle_sinks(graph_ref, plan.as_ref(), Some(cp))?;
+            *restored = plan.as_ref().map(|p| p.checkpoint);
+            Ok(plan)
+        };
+        let load = |cp: Option<&Checkpointing>, id: u64| -> Result<RestorePlan, TaskError> {
+            let cp = cp.ok_or_else(|| {
+                TaskError::Checkpoint("process 0 restores a checkpoint, this process has no checkpointing".into())
+            })?;
+            let loaded = cp.store.load(id).map_err(|e| TaskError::Checkpoint(e.to_string()))?;
+            restore_plan(graph_ref, &loaded).map_err(TaskError::Checkpoint)
+        };
+        crate::spread::run(&graph, &flags, checkpointing.as_mut(), &mut network, choose, load)
+    };
     network.close();
     match outcome {
         Ok(tasks) => Ok(JobResult {
@@ -234,8 +274,8 @@ fn run_spread(graph: JobGraph, placement: Placement, flags: Arc<Flags>) -> Resul
             restarts: 0,
             late_records_dropped: flags.counters.get(Counter::LateRecordDropped),
             records_skipped: flags.counters.get(Counter::RecordSkipped),
-            restored_from: None,
-            checkpoints: Vec::new(),
+            restored_from,
+            checkpoints: checkpointing.map(|c| c.stats).unwrap_or_default(),
         }),
         Err(error) => {
             tracing::error!("job '{job}' failed in process {process} (a spread job is not restarted yet): {error}");
@@ -313,7 +353,7 @@ fn supervise(
                 tracing::info!(job = %job, "the job had already finished: its last output is committed");
                 return Ok(0);
             }
-            run_attempt(&graph, plan.as_ref(), &flags, checkpointing.as_mut(), None)
+            run_attempt(&graph, plan.as_ref(), &flags, checkpointing.as_mut())
         });
         match outcome {
             Ok(tasks) => {
