@@ -290,8 +290,8 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         if r.savepoint {
             return Err(Status::unimplemented(
-                "a savepoint of a cluster job needs checkpoints across processes, which are not built yet; cancel \
-                 without --savepoint",
+                "savepoints of cluster jobs are not built yet; cancel without --savepoint: a job with checkpoints \
+                 then ends with a final checkpoint, which submitting the job again resumes from",
             ));
         }
         {

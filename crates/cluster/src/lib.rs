@@ -7,9 +7,10 @@
 //!
 //! A job submitted with parallelism P runs as min(P, workers) job processes, one per
 //! worker, spread as `sluice_runtime::processes` describes: records travel between them
-//! over `sluice-net`. What the cluster does not do yet is said in `docs/cluster.md`:
-//! checkpoints across processes (a cluster job runs without them), restarts and
-//! migration after a failure, savepoints of cluster jobs.
+//! over `sluice-net`, checkpoints coordinated by its process 0. What the cluster does not
+//! do yet is said in `docs/cluster.md`: keeping jobs across a coordinator restart (a job
+//! is resubmitted, and resumes from its latest checkpoint), restarts and migration after
+//! a failure, savepoints of cluster jobs.
 
 pub mod artifacts;
 pub mod auth;
