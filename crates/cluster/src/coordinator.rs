@@ -291,7 +291,9 @@ impl Coordinator for CoordinatorService {
         if r.savepoint {
             return Err(Status::unimplemented(
                 "savepoints of cluster jobs are not built yet; cancel without --savepoint: a job with checkpoints \
-                 then ends with a final checkpoint, which submitting the job again resumes from",
+                 then ends with a final checkpoint, which submitting the job again resumes from; or take a \
+                 savepoint first with `sluice savepoint --checkpoint-dir DIR --job NAME` (the job's own folder and \
+                 name)",
             ));
         }
         {

@@ -38,13 +38,13 @@ pub(crate) struct Flags {
 }
 
 /// Someone waiting for a savepoint: an API caller, or a command-line request's answer file.
-enum SavepointWaiter {
+pub(crate) enum SavepointWaiter {
     Api(Sender<Result<String, String>>),
     File(std::path::PathBuf),
 }
 
 impl SavepointWaiter {
-    fn answer(self, result: Result<String, String>) {
+    pub(crate) fn answer(self, result: Result<String, String>) {
         match self {
             SavepointWaiter::Api(tx) => {
                 let _ = tx.send(result);

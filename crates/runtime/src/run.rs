@@ -162,14 +162,6 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
         crate::processes::exit_with_parent();
         let mut checkpointing = None;
         if let Some(config) = graph.config.checkpointing.clone() {
-            if matches!(config.start, StartFrom::Path(_)) {
-                return Err(JobError::Spread {
-                    job,
-                    message: "a job spread over processes resumes from its latest checkpoint or starts fresh; \
-                              starting it from a given checkpoint or savepoint is not built yet"
-                        .into(),
-                });
-            }
             let store = CheckpointStore::open_for_writing(&config.location, &graph.name)
                 .map_err(|e| restore_error(e.to_string()))?;
             let existing = store.checkpoint_ids().map_err(|e| restore_error(e.to_string()))?;
@@ -243,9 +235,12 @@ fn run_spread(
         // sinks before any process writes; the others load the one it names.
         let choose = |cp: Option<&Checkpointing>| -> Result<Option<RestorePlan>, TaskError> {
             let Some(cp) = cp else { return Ok(None) };
-            let loaded = match cp.config.start {
+            let loaded = match &cp.config.start {
                 StartFrom::Fresh => None,
-                _ => cp
+                StartFrom::Path(path) => {
+                    Some(CheckpointStore::load_path(path).map_err(|e| TaskError::Checkpoint(e.to_string()))?)
+                }
+                StartFrom::Latest => cp
                     .store
                     .latest_restorable(cp.config.allow_duplicate_output)
                     .map_err(|e| TaskError::Checkpoint(e.to_string()))?,
@@ -259,7 +254,19 @@ fn run_spread(
             let cp = cp.ok_or_else(|| {
                 TaskError::Checkpoint("process 0 restores a checkpoint, this process has no checkpointing".into())
             })?;
-            let loaded = cp.store.load(id).map_err(|e| TaskError::Checkpoint(e.to_string()))?;
+            // Started from a given checkpoint or savepoint, every process was given the
+            // same path; else process 0 names one of the job's checkpoints.
+            let loaded = match &cp.config.start {
+                StartFrom::Path(path) => CheckpointStore::load_path(path),
+                _ => cp.store.load(id),
+            }
+            .map_err(|e| TaskError::Checkpoint(e.to_string()))?;
+            if loaded.manifest.checkpoint != id {
+                return Err(TaskError::Checkpoint(format!(
+                    "process 0 restores checkpoint {id}, this process was given checkpoint {}",
+                    loaded.manifest.checkpoint
+                )));
+            }
             restore_plan(graph_ref, &loaded).map_err(TaskError::Checkpoint)
         };
         crate::spread::run(&graph, &flags, checkpointing.as_mut(), &mut network, choose, load)

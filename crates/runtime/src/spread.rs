@@ -21,7 +21,9 @@
 //! 0 -> all : Done                        the final checkpoint is committed: end
 //! ```
 
-use crate::attempt::{build, commit, commit_sinks, committables_of, prune, start_tasks, Built, Checkpointing, Flags};
+use crate::attempt::{
+    build, commit, commit_sinks, committables_of, prune, start_tasks, Built, Checkpointing, Flags, SavepointWaiter,
+};
 use crate::coordinator::{Action, CheckpointCoordinator, Part, Schedule};
 use crate::processes::Network;
 use serde::{Deserialize, Serialize};
@@ -173,6 +175,10 @@ pub(crate) fn run(
     };
     if let Some(plan) = &restore {
         tracing::info!(job = %graph.name, checkpoint = plan.checkpoint, process = me, "restoring");
+        // Ids grow past the restored one (its commit is recorded under it).
+        if let Some(cp) = checkpointing.as_deref_mut() {
+            cp.next_id = cp.next_id.max(plan.checkpoint + 1);
+        }
     }
     let Built { work, barrier_senders, reports } = build(graph, restore.as_ref(), Some(network))?;
     let tasks = work.len();
@@ -272,6 +278,9 @@ fn coordinate(
     let mut actions: Vec<Action<HeldPart>> = Vec::new();
     // Uploads in flight: checkpoint id -> (meta, processes still writing, entries so far).
     let mut uploading: Option<(CheckpointMeta, usize, Vec<StateEntry>, Option<String>)> = None;
+    // Savepoints asked for through the API or the command line (`sluice savepoint`).
+    let mut waiters: Vec<SavepointWaiter> = Vec::new();
+    let mut last_request_poll = Instant::now();
     let shape = (
         graph.config.max_parallelism,
         graph.nodes.iter().map(|n| (n.state_id().to_string(), graph.parallelism_of(n.id))).collect::<BTreeMap<_, _>>(),
@@ -312,6 +321,19 @@ fn coordinate(
                     }
                 }
                 other => return Err(TaskError::Network(format!("process {from} sent {other:?} to the coordinator"))),
+            }
+        }
+        if let Some(cp) = checkpointing.as_deref() {
+            let before = waiters.len();
+            waiters.extend(
+                flags.savepoint_requests.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(SavepointWaiter::Api),
+            );
+            if last_request_poll.elapsed() >= Duration::from_millis(100) {
+                last_request_poll = Instant::now();
+                waiters.extend(cp.store.take_savepoint_request().map(SavepointWaiter::File));
+            }
+            if waiters.len() > before {
+                coordinator.request_savepoint();
             }
         }
         if flags.stop_sources.load(Ordering::SeqCst) {
@@ -370,10 +392,17 @@ fn coordinate(
                             uploading = Some((meta, by_process.len(), entries, error));
                         }
                     }
-                    Action::Completed { id, bytes, took, .. } => {
+                    Action::Completed { id, bytes, took, savepoint } => {
                         cp.stats.push((took, bytes));
                         cp.completed.push(id);
                         tracing::info!(checkpoint = id, bytes, ms = took.as_millis() as u64, "checkpoint complete");
+                        if savepoint {
+                            let kept = cp.store.keep_as_savepoint(id).map_err(|e| e.to_string());
+                            if let Ok(path) = &kept {
+                                tracing::info!(checkpoint = id, path = %path, "savepoint taken");
+                            }
+                            waiters.drain(..).for_each(|w| w.answer(kept.clone()));
+                        }
                     }
                     Action::Commit { id, states } => {
                         if let Some(fp) = &cp.config.failpoint {
@@ -386,10 +415,13 @@ fn coordinate(
                         }
                         coordinator.on_committed(id, result.map_err(|e| e.to_string()), Instant::now(), &mut actions);
                     }
-                    Action::Failed { id, reason, .. } => {
-                        tracing::warn!(checkpoint = id, error = %reason, "checkpoint failed")
+                    Action::Failed { id, reason, savepoint } => {
+                        tracing::warn!(checkpoint = id, error = %reason, "checkpoint failed");
+                        if savepoint {
+                            waiters.drain(..).for_each(|w| w.answer(Err(reason.clone())));
+                        }
                     }
-                    Action::SavepointRefused(_) => {}
+                    Action::SavepointRefused(reason) => waiters.drain(..).for_each(|w| w.answer(Err(reason.clone()))),
                     Action::FailJob(reason) => return Err(TaskError::Checkpoint(reason)),
                 }
             }
@@ -398,6 +430,7 @@ fn coordinate(
             cp.next_id = coordinator.next_id();
         }
         if coordinator.done() {
+            waiters.drain(..).for_each(|w| w.answer(Err("the job stopped before the savepoint completed".into())));
             broadcast(network, &Control::Done)?;
             return Ok(());
         }
