@@ -62,6 +62,72 @@ impl SavepointWaiter {
     }
 }
 
+/// The savepoint requests of an attempt: through the API, or a request file of the command
+/// line (polled every 100 ms), answered when a savepoint completes or cannot be taken.
+pub(crate) struct SavepointRequests {
+    waiters: Vec<SavepointWaiter>,
+    last_poll: Instant,
+}
+
+impl SavepointRequests {
+    pub(crate) fn new() -> Self {
+        SavepointRequests { waiters: Vec::new(), last_poll: Instant::now() }
+    }
+
+    /// Takes the requests made since the last call; whether there were any.
+    pub(crate) fn poll(&mut self, flags: &Flags, cp: &Checkpointing) -> bool {
+        let before = self.waiters.len();
+        self.waiters.extend(
+            flags.savepoint_requests.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(SavepointWaiter::Api),
+        );
+        if self.last_poll.elapsed() >= Duration::from_millis(100) {
+            self.last_poll = Instant::now();
+            self.waiters.extend(cp.store.take_savepoint_request().map(SavepointWaiter::File));
+        }
+        self.waiters.len() > before
+    }
+
+    /// Checkpoint `id` completed as a savepoint: keep it and answer with its path.
+    pub(crate) fn completed(&mut self, cp: &Checkpointing, id: u64) {
+        let kept = cp.store.keep_as_savepoint(id).map_err(|e| e.to_string());
+        if let Ok(path) = &kept {
+            tracing::info!(checkpoint = id, path = %path, "savepoint taken");
+        }
+        self.answer(kept);
+    }
+
+    /// Answers every waiter.
+    pub(crate) fn answer(&mut self, result: Result<String, String>) {
+        self.waiters.drain(..).for_each(|w| w.answer(result.clone()));
+    }
+}
+
+/// When checkpoints are due; without checkpointing, never.
+pub(crate) fn schedule_of(checkpointing: Option<&Checkpointing>) -> Schedule {
+    match checkpointing {
+        Some(cp) => Schedule {
+            interval: cp.config.interval,
+            min_pause: cp.config.min_pause,
+            timeout: cp.config.timeout,
+            tolerable_failures: cp.config.tolerable_failures,
+        },
+        None => Schedule {
+            interval: Duration::MAX,
+            min_pause: Duration::MAX,
+            timeout: Duration::MAX,
+            tolerable_failures: u32::MAX,
+        },
+    }
+}
+
+/// The job's max parallelism and each operator's parallelism, for checkpoint manifests.
+pub(crate) fn shape_of(graph: &JobGraph) -> (usize, BTreeMap<String, usize>) {
+    (
+        graph.config.max_parallelism,
+        graph.nodes.iter().map(|n| (n.state_id().to_string(), graph.parallelism_of(n.id))).collect(),
+    )
+}
+
 /// Checkpointing state carried from attempt to attempt.
 pub(crate) struct Checkpointing {
     pub config: CheckpointConfig,
@@ -342,34 +408,16 @@ pub(crate) fn run_attempt(
     let (threads, errors) = start_tasks(graph, work, flags)?;
     tracing::info!(job = %graph.name, tasks, "attempt started");
 
-    let shape = (
-        graph.config.max_parallelism,
-        graph.nodes.iter().map(|n| (n.state_id().to_string(), graph.parallelism_of(n.id))).collect::<BTreeMap<_, _>>(),
-    );
+    let shape = shape_of(graph);
     let sources: Vec<usize> = barrier_senders.iter().map(|(t, _)| *t).collect();
     let next_id = checkpointing.as_ref().map_or(1, |cp| cp.next_id);
-    let schedule = match checkpointing.as_ref() {
-        Some(cp) => Schedule {
-            interval: cp.config.interval,
-            min_pause: cp.config.min_pause,
-            timeout: cp.config.timeout,
-            tolerable_failures: cp.config.tolerable_failures,
-        },
-        // Without checkpointing nothing is ever due.
-        None => Schedule {
-            interval: Duration::MAX,
-            min_pause: Duration::MAX,
-            timeout: Duration::MAX,
-            tolerable_failures: u32::MAX,
-        },
-    };
+    let schedule = schedule_of(checkpointing.as_deref());
     let mut coordinator = CheckpointCoordinator::new(schedule, tasks, sources, next_id, Instant::now());
     let (uploads_tx, uploads) = channel::<(u64, Result<u64, String>)>();
     // Upload threads are joined before the attempt returns: no write outlives its attempt.
     let mut uploaders: Vec<JoinHandle<()>> = Vec::new();
     let mut coordinator_error: Option<TaskError> = None;
-    let mut waiters: Vec<SavepointWaiter> = Vec::new();
-    let mut last_request_poll = Instant::now();
+    let mut waiters = SavepointRequests::new();
     let mut actions: Vec<Action> = Vec::new();
 
     while !coordinator.all_finished() && !flags.abort.load(Ordering::SeqCst) && coordinator_error.is_none() {
@@ -379,18 +427,8 @@ pub(crate) fn run_attempt(
         while let Ok((id, result)) = uploads.try_recv() {
             coordinator.on_uploaded(id, result, Instant::now(), &mut actions);
         }
-        if let Some(cp) = checkpointing.as_deref_mut() {
-            let before = waiters.len();
-            waiters.extend(
-                flags.savepoint_requests.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(SavepointWaiter::Api),
-            );
-            if last_request_poll.elapsed() >= Duration::from_millis(100) {
-                last_request_poll = Instant::now();
-                waiters.extend(cp.store.take_savepoint_request().map(SavepointWaiter::File));
-            }
-            if waiters.len() > before {
-                coordinator.request_savepoint();
-            }
+        if checkpointing.as_deref().is_some_and(|cp| waiters.poll(flags, cp)) {
+            coordinator.request_savepoint();
         }
         if flags.stop_sources.load(Ordering::SeqCst) {
             coordinator.stop();
@@ -425,11 +463,11 @@ pub(crate) fn run_attempt(
     }
     let mut errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|e| e.into_inner()));
     if let Some(e) = coordinator_error {
-        waiters.drain(..).for_each(|w| w.answer(Err("the job failed before the savepoint completed".into())));
+        waiters.answer(Err("the job failed before the savepoint completed".into()));
         return Err(e);
     }
     if let Some(i) = errors.iter().position(|e| !e.is_secondary()) {
-        waiters.drain(..).for_each(|w| w.answer(Err("the job failed before the savepoint completed".into())));
+        waiters.answer(Err("the job failed before the savepoint completed".into()));
         return Err(errors.swap_remove(i));
     }
     if let Some(e) = errors.pop() {
@@ -477,7 +515,7 @@ pub(crate) fn run_attempt(
                 let _ = uploader.join();
             }
             outcome?;
-            waiters.drain(..).for_each(|w| w.answer(Err("the job stopped before the savepoint completed".into())));
+            waiters.answer(Err("the job stopped before the savepoint completed".into()));
         }
         None => {
             // Without checkpoints, sinks commit what they pre-committed at the end.
@@ -562,7 +600,7 @@ fn carry_out(
     mut checkpointing: Option<&mut Checkpointing>,
     actions: &mut Vec<Action>,
     carrier: Carrier<'_>,
-    waiters: &mut Vec<SavepointWaiter>,
+    waiters: &mut SavepointRequests,
 ) -> TaskResult {
     while !actions.is_empty() {
         for action in std::mem::take(actions) {
@@ -586,11 +624,7 @@ fn carry_out(
                     cp.completed.push(id);
                     tracing::info!(checkpoint = id, bytes, ms = took.as_millis() as u64, "checkpoint complete");
                     if savepoint {
-                        let kept = cp.store.keep_as_savepoint(id).map_err(|e| e.to_string());
-                        if let Ok(path) = &kept {
-                            tracing::info!(checkpoint = id, path = %path, "savepoint taken");
-                        }
-                        waiters.drain(..).for_each(|w| w.answer(kept.clone()));
+                        waiters.completed(cp, id);
                     }
                 }
                 Action::Commit { id, states } => {
@@ -608,10 +642,10 @@ fn carry_out(
                 Action::Failed { id, savepoint, reason } => {
                     tracing::warn!(checkpoint = id, error = %reason, "checkpoint failed");
                     if savepoint {
-                        waiters.drain(..).for_each(|w| w.answer(Err(reason.clone())));
+                        waiters.answer(Err(reason));
                     }
                 }
-                Action::SavepointRefused(reason) => waiters.drain(..).for_each(|w| w.answer(Err(reason.clone()))),
+                Action::SavepointRefused(reason) => waiters.answer(Err(reason)),
                 Action::FailJob(reason) => return Err(TaskError::Checkpoint(reason)),
             }
         }

@@ -22,9 +22,10 @@
 //! ```
 
 use crate::attempt::{
-    build, commit, commit_sinks, committables_of, prune, start_tasks, Built, Checkpointing, Flags, SavepointWaiter,
+    build, commit, commit_sinks, committables_of, prune, schedule_of, shape_of, start_tasks, Built, Checkpointing,
+    Flags, SavepointRequests,
 };
-use crate::coordinator::{Action, CheckpointCoordinator, Part, Schedule};
+use crate::coordinator::{Action, CheckpointCoordinator, Part};
 use crate::processes::Network;
 use serde::{Deserialize, Serialize};
 use sluice_checkpoint::{CheckpointMeta, RestorePlan, StateEntry};
@@ -257,20 +258,7 @@ fn coordinate(
         global_sources.extend(sources.iter().map(|s| total + *s as usize));
         total += tasks;
     }
-    let schedule = match checkpointing.as_ref() {
-        Some(cp) => Schedule {
-            interval: cp.config.interval,
-            min_pause: cp.config.min_pause,
-            timeout: cp.config.timeout,
-            tolerable_failures: cp.config.tolerable_failures,
-        },
-        None => Schedule {
-            interval: Duration::MAX,
-            min_pause: Duration::MAX,
-            timeout: Duration::MAX,
-            tolerable_failures: u32::MAX,
-        },
-    };
+    let schedule = schedule_of(checkpointing.as_deref());
     let next_id = checkpointing.as_ref().map_or(1, |cp| cp.next_id);
     let mut coordinator: CheckpointCoordinator<HeldPart> =
         CheckpointCoordinator::new(schedule, total, global_sources, next_id, Instant::now());
@@ -279,12 +267,8 @@ fn coordinate(
     // Uploads in flight: checkpoint id -> (meta, processes still writing, entries so far).
     let mut uploading: Option<(CheckpointMeta, usize, Vec<StateEntry>, Option<String>)> = None;
     // Savepoints asked for through the API or the command line (`sluice savepoint`).
-    let mut waiters: Vec<SavepointWaiter> = Vec::new();
-    let mut last_request_poll = Instant::now();
-    let shape = (
-        graph.config.max_parallelism,
-        graph.nodes.iter().map(|n| (n.state_id().to_string(), graph.parallelism_of(n.id))).collect::<BTreeMap<_, _>>(),
-    );
+    let mut waiters = SavepointRequests::new();
+    let shape = shape_of(graph);
     loop {
         if flags.abort.load(Ordering::SeqCst) {
             return Err(TaskError::Network("the attempt was aborted".into()));
@@ -323,18 +307,8 @@ fn coordinate(
                 other => return Err(TaskError::Network(format!("process {from} sent {other:?} to the coordinator"))),
             }
         }
-        if let Some(cp) = checkpointing.as_deref() {
-            let before = waiters.len();
-            waiters.extend(
-                flags.savepoint_requests.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(SavepointWaiter::Api),
-            );
-            if last_request_poll.elapsed() >= Duration::from_millis(100) {
-                last_request_poll = Instant::now();
-                waiters.extend(cp.store.take_savepoint_request().map(SavepointWaiter::File));
-            }
-            if waiters.len() > before {
-                coordinator.request_savepoint();
-            }
+        if checkpointing.as_deref().is_some_and(|cp| waiters.poll(flags, cp)) {
+            coordinator.request_savepoint();
         }
         if flags.stop_sources.load(Ordering::SeqCst) {
             coordinator.stop();
@@ -397,11 +371,7 @@ fn coordinate(
                         cp.completed.push(id);
                         tracing::info!(checkpoint = id, bytes, ms = took.as_millis() as u64, "checkpoint complete");
                         if savepoint {
-                            let kept = cp.store.keep_as_savepoint(id).map_err(|e| e.to_string());
-                            if let Ok(path) = &kept {
-                                tracing::info!(checkpoint = id, path = %path, "savepoint taken");
-                            }
-                            waiters.drain(..).for_each(|w| w.answer(kept.clone()));
+                            waiters.completed(cp, id);
                         }
                     }
                     Action::Commit { id, states } => {
@@ -418,10 +388,10 @@ fn coordinate(
                     Action::Failed { id, reason, savepoint } => {
                         tracing::warn!(checkpoint = id, error = %reason, "checkpoint failed");
                         if savepoint {
-                            waiters.drain(..).for_each(|w| w.answer(Err(reason.clone())));
+                            waiters.answer(Err(reason));
                         }
                     }
-                    Action::SavepointRefused(reason) => waiters.drain(..).for_each(|w| w.answer(Err(reason.clone()))),
+                    Action::SavepointRefused(reason) => waiters.answer(Err(reason)),
                     Action::FailJob(reason) => return Err(TaskError::Checkpoint(reason)),
                 }
             }
@@ -430,7 +400,7 @@ fn coordinate(
             cp.next_id = coordinator.next_id();
         }
         if coordinator.done() {
-            waiters.drain(..).for_each(|w| w.answer(Err("the job stopped before the savepoint completed".into())));
+            waiters.answer(Err("the job stopped before the savepoint completed".into()));
             broadcast(network, &Control::Done)?;
             return Ok(());
         }
