@@ -619,25 +619,10 @@ fn carry_out(
                         let _ = tx.send((id, upload(&store, failpoint.as_ref(), &shape, id, finished, states)));
                     }));
                 }
-                Action::Completed { id, savepoint, bytes, took } => {
-                    cp.stats.push((took, bytes));
-                    cp.completed.push(id);
-                    tracing::info!(checkpoint = id, bytes, ms = took.as_millis() as u64, "checkpoint complete");
-                    if savepoint {
-                        waiters.completed(cp, id);
-                    }
-                }
+                Action::Completed { id, savepoint, bytes, took } => completed(cp, waiters, id, savepoint, bytes, took),
                 Action::Commit { id, states } => {
-                    // The "commit" failpoint stands for a crash between a checkpoint's
-                    // completion and its commit: the attempt dies, no retry.
-                    if let Some(fp) = &cp.config.failpoint {
-                        fp("commit", id).map_err(TaskError::Checkpoint)?;
-                    }
-                    let result = commit(graph, cp, id, &states);
-                    if result.is_ok() {
-                        prune(cp, id);
-                    }
-                    coordinator.on_committed(id, result.map_err(|e| e.to_string()), Instant::now(), actions);
+                    let result = commit_and_prune(graph, cp, id, &states)?;
+                    coordinator.on_committed(id, result, Instant::now(), actions);
                 }
                 Action::Failed { id, savepoint, reason } => {
                     tracing::warn!(checkpoint = id, error = %reason, "checkpoint failed");
@@ -663,6 +648,42 @@ pub(crate) fn commit(graph: &JobGraph, cp: &mut Checkpointing, id: u64, states: 
         cp.store.record_commit(id).map_err(|e| TaskError::Checkpoint(e.to_string()))?;
     }
     commit_sinks(graph, &committables)
+}
+
+/// Checkpoint `id` is written: count it, and keep it as a savepoint if it is one.
+pub(crate) fn completed(
+    cp: &mut Checkpointing,
+    waiters: &mut SavepointRequests,
+    id: u64,
+    savepoint: bool,
+    bytes: u64,
+    took: Duration,
+) {
+    cp.stats.push((took, bytes));
+    cp.completed.push(id);
+    tracing::info!(checkpoint = id, bytes, ms = took.as_millis() as u64, "checkpoint complete");
+    if savepoint {
+        waiters.completed(cp, id);
+    }
+}
+
+/// Commits checkpoint `id`'s transactions and, if that worked, prunes; the commit's
+/// outcome is for the coordinator. The "commit" failpoint stands for a crash between a
+/// checkpoint's completion and its commit: the attempt dies (`Err`), no retry.
+pub(crate) fn commit_and_prune(
+    graph: &JobGraph,
+    cp: &mut Checkpointing,
+    id: u64,
+    states: &[SubtaskState],
+) -> TaskResult<Result<(), String>> {
+    if let Some(fp) = &cp.config.failpoint {
+        fp("commit", id).map_err(TaskError::Checkpoint)?;
+    }
+    let result = commit(graph, cp, id, states);
+    if result.is_ok() {
+        prune(cp, id);
+    }
+    Ok(result.map_err(|e| e.to_string()))
 }
 
 /// Checkpoint `id` is committed: drop the checkpoints older than the retained ones.

@@ -22,8 +22,8 @@
 //! ```
 
 use crate::attempt::{
-    build, commit, commit_sinks, committables_of, prune, schedule_of, shape_of, start_tasks, Built, Checkpointing,
-    Flags, SavepointRequests,
+    build, commit_and_prune, commit_sinks, committables_of, completed, schedule_of, shape_of, start_tasks, Built,
+    Checkpointing, Flags, SavepointRequests,
 };
 use crate::coordinator::{Action, CheckpointCoordinator, Part};
 use crate::processes::Network;
@@ -367,23 +367,12 @@ fn coordinate(
                         }
                     }
                     Action::Completed { id, bytes, took, savepoint } => {
-                        cp.stats.push((took, bytes));
-                        cp.completed.push(id);
-                        tracing::info!(checkpoint = id, bytes, ms = took.as_millis() as u64, "checkpoint complete");
-                        if savepoint {
-                            waiters.completed(cp, id);
-                        }
+                        completed(cp, &mut waiters, id, savepoint, bytes, took)
                     }
                     Action::Commit { id, states } => {
-                        if let Some(fp) = &cp.config.failpoint {
-                            fp("commit", id).map_err(TaskError::Checkpoint)?;
-                        }
                         let states: Vec<SubtaskState> = states.into_iter().filter_map(|p| p.committable).collect();
-                        let result = commit(graph, cp, id, &states);
-                        if result.is_ok() {
-                            prune(cp, id);
-                        }
-                        coordinator.on_committed(id, result.map_err(|e| e.to_string()), Instant::now(), &mut actions);
+                        let result = commit_and_prune(graph, cp, id, &states)?;
+                        coordinator.on_committed(id, result, Instant::now(), &mut actions);
                     }
                     Action::Failed { id, reason, savepoint } => {
                         tracing::warn!(checkpoint = id, error = %reason, "checkpoint failed");
