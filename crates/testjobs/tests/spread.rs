@@ -192,9 +192,11 @@ fn a_slow_sink_in_one_process_holds_back_the_source_in_another_within_its_credit
     let (produced, _) = counts_of(&report, 0).expect("process 0 reports");
     let (_, slow_consumed) = counts_of(&report, 1).expect("process 1 reports");
     // Batches of 10 go round-robin to the two sink subtasks, so the source can be ahead of
-    // the slow one by what its channel holds: 4 credits of 10 records, the batch being
-    // filled, and one batch in the reader's hands; the fast subtask takes as many again.
-    let bound_per_sink = (4 + 2) * 10;
+    // the slow one by what its channel holds: 4 credits of 10 records (the batch the sink
+    // is sleeping on among them), the batch waiting for a credit, and the reports' age
+    // (each file is rewritten every 20 ms: one slow batch); the fast subtask takes as many
+    // again. Without credits the source would be millions of records ahead.
+    let bound_per_sink = (4 + 1 + 2) * 10;
     assert!(
         produced <= 2 * (slow_consumed + bound_per_sink) + 10,
         "the source produced {produced} records while the slow sink consumed {slow_consumed}: more than its credits \
