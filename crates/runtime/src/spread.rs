@@ -213,7 +213,7 @@ pub(crate) fn run(
     let outcome = if me == 0 {
         coordinate(graph, flags, checkpointing.as_deref_mut(), network, &control, &reports, &barrier_senders, &offsets)
     } else {
-        take_part(flags, checkpointing.as_deref(), network, &control, &reports, &barrier_senders, tasks)
+        take_part(flags, checkpointing.as_deref(), network, &control, &reports, &barrier_senders)
     };
     if outcome.is_err() {
         flags.abort.store(true, Ordering::SeqCst);
@@ -419,7 +419,6 @@ fn take_part(
     control: &Receiver<(u32, Vec<u8>)>,
     reports: &Receiver<TaskReport>,
     barriers: &[(usize, std::sync::mpsc::Sender<Barrier>)],
-    _tasks: usize,
 ) -> TaskResult {
     let me = network.placement.process;
     let mut held = Held::default();

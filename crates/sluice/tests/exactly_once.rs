@@ -382,7 +382,16 @@ fn a_stopped_job_fires_no_window_early_and_the_next_run_completes_the_open_ones(
         env
     };
     let first = job(SequenceSource::unbounded(0).with_rate_limit(20_000.0)).execute_async("stopped").unwrap();
-    std::thread::sleep(Duration::from_millis(400)); // pacing: let some records in
+    // Records are in (and in a checkpoint) once one checkpoint has completed.
+    let job_folder = checkpoints.join("stopped");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(&job_folder)
+        .map(|entries| entries.flatten().any(|e| e.path().join("_manifest.json").exists()))
+        .unwrap_or(false)
+    {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint within 30 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     first.cancel();
     let first = first.join().unwrap();
     assert!(first.cancelled);

@@ -24,6 +24,15 @@ pub fn counts_reference(n: u64) -> Vec<String> {
     counts.into_iter().map(|((k, w), n)| format!("{k},{w},{n}")).collect()
 }
 
+/// Asserts that the files committed in `dir` are exactly the counting job's output for
+/// events `0..n`: nothing lost, nothing duplicated. `context` (the seed) leads each failure.
+pub fn assert_committed_counts(dir: &std::path::Path, n: u64, context: &str) {
+    let got = sluice::connectors::committed_lines(dir).expect("the output folder is readable");
+    let want = counts_reference(n);
+    assert_eq!(got.len(), want.len(), "{context}: {} lines committed, {} expected", got.len(), want.len());
+    assert_eq!(harness::multiset(got), harness::multiset(want), "{context}");
+}
+
 /// What the Kafka copy job (`kafka-copy`) writes for an input value.
 pub fn kafka_copy_transform(value: &str) -> String {
     format!("{}|{}", value.to_uppercase(), value.len())

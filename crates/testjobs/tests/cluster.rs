@@ -4,7 +4,7 @@
 //! process; an unbounded job is cancelled; a client with another secret is refused.
 //! The cluster runs in a process group of its own, killed (SIGKILL) when the test ends.
 
-use sluice_testjobs::counts_reference;
+use sluice_testjobs::assert_committed_counts;
 use sluice_testjobs::harness::multiset;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -135,8 +135,7 @@ fn a_job_submitted_to_a_three_worker_cluster_commits_exactly_the_reference() {
     for worker in ["0@worker-", "1@worker-", "2@worker-"] {
         assert!(line.contains(worker), "{line}");
     }
-    let got = sluice::connectors::committed_lines(&out).unwrap();
-    assert_eq!(multiset(got), multiset(counts_reference(n)));
+    assert_committed_counts(&out, n, "the cluster's run");
     // The job processes' logs reached the workers' (the cluster's) stderr, named.
     let log = std::fs::read_to_string(dir.path().join("cluster.log")).unwrap();
     assert!(log.contains("[job-1 'counts' process 0] done: restored from nothing"), "{log}");
@@ -230,8 +229,5 @@ fn a_cluster_killed_with_sigkill_and_started_again_resumes_a_resubmitted_job_exa
         log.contains("done: restored from checkpoint"),
         "seed {seed}: the resubmitted job restored nothing:\n{log}"
     );
-    let got = sluice::connectors::committed_lines(&out).unwrap();
-    let want = counts_reference(n);
-    assert_eq!(got.len(), want.len(), "seed {seed}: {} lines committed, {} expected", got.len(), want.len());
-    assert_eq!(multiset(got), multiset(want), "seed {seed}");
+    assert_committed_counts(&out, n, &format!("seed {seed}"));
 }

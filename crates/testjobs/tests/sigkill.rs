@@ -1,8 +1,8 @@
 //! The whole job process is killed with SIGKILL at seeded random moments and started again
 //! with the same command; the committed output must equal the reference exactly.
 
-use sluice_testjobs::counts_reference;
 use sluice_testjobs::harness::{multiset, seeded, KillOnDrop};
+use sluice_testjobs::{assert_committed_counts, counts_reference};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,10 +46,7 @@ fn a_job_killed_with_sigkill_and_started_again_commits_exactly_the_reference() {
     assert!(kills >= 2, "seed {seed}: only {kills} kills landed before the job finished");
     // Kills that all landed before the first checkpoint would test no recovery at all.
     assert!(stderr.contains("restored from checkpoint"), "seed {seed}: the last run restored nothing:\n{stderr}");
-    let got = committed(&out);
-    let want = counts_reference(n);
-    assert_eq!(got.len(), want.len(), "seed {seed}: {} lines committed, {} expected", got.len(), want.len());
-    assert_eq!(multiset(got), multiset(want), "seed {seed}");
+    assert_committed_counts(&out, n, &format!("seed {seed}"));
 }
 
 #[test]

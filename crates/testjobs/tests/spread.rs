@@ -4,8 +4,8 @@
 //! reference and the output of one process. Processes without the secret, or with
 //! another, are refused; so is checkpointing, which needs the coordinator.
 
-use sluice_testjobs::counts_reference;
 use sluice_testjobs::harness::{free_addresses, multiset, spread, KillOnDrop};
+use sluice_testjobs::{assert_committed_counts, counts_reference};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -37,10 +37,7 @@ fn a_job_spread_over_three_processes_commits_exactly_the_reference() {
         let (status, stderr) = p.wait(Duration::from_secs(120));
         assert!(status.success(), "process {i} failed: {status}\n{stderr}");
     }
-    let got = committed(&out);
-    let want = counts_reference(n);
-    assert_eq!(got.len(), want.len(), "{} lines committed, {} expected", got.len(), want.len());
-    assert_eq!(multiset(got), multiset(want));
+    assert_committed_counts(&out, n, "three processes");
     // Every process's sink subtask committed its own files.
     let files = std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).count();
     assert!(files >= 3, "{files} committed files for three sink subtasks");
@@ -116,10 +113,7 @@ fn every_process_killed_with_sigkill_and_started_again_resumes_from_the_latest_c
     }
     assert!(kills >= 1, "seed {seed}: no kill landed before the job finished");
     assert!(first_stderr.contains("restored from checkpoint"), "seed {seed}: nothing was restored:\n{first_stderr}");
-    let got = committed(&out);
-    let want = counts_reference(n);
-    assert_eq!(got.len(), want.len(), "seed {seed}: {} lines committed, {} expected", got.len(), want.len());
-    assert_eq!(multiset(got), multiset(want), "seed {seed}");
+    assert_committed_counts(&out, n, &format!("seed {seed}"));
 }
 
 #[test]
