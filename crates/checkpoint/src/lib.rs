@@ -15,5 +15,5 @@ pub mod recovery;
 pub mod storage;
 
 pub use manifest::{Manifest, StateEntry, StateKind};
-pub use recovery::{pick_restorable, plan_restore, to_prune, OperatorShape, RestorePlan};
+pub use recovery::{no_rescale, pick_restorable, plan_restore, to_prune, OperatorShape, Rescale, RestorePlan};
 pub use storage::{CheckpointMeta, CheckpointStore, LoadedCheckpoint, StoreError};

@@ -4,7 +4,7 @@
 use crate::manifest::Manifest;
 use sluice_dataflow::snapshot::{OperatorState, Restored, SubtaskState};
 use sluice_types::{subtask_for_key_group, KeyGroup};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// An operator of the job being started: its state id and parallelism.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,14 +54,21 @@ pub fn to_prune(completed: &[u64], retain: usize, protect: &[u64]) -> Vec<u64> {
     sorted[..keep_from].iter().copied().filter(|id| !protect.contains(id)).collect()
 }
 
+/// Redistributes the positions a source's old subtasks checkpointed (in subtask order) over
+/// `parallelism` new subtasks, one position per new subtask: the source's own
+/// `Source::rescale`, looked up by state id.
+pub type Rescale<'a> = &'a dyn Fn(&str, Vec<Vec<u8>>, usize) -> Result<Vec<Vec<u8>>, String>;
+
 /// Matches a checkpoint's states to the operators of the job being started, moving keyed
-/// state by key group to the subtasks that own each group at the new parallelism.
+/// state by key group to the subtasks that own each group at the new parallelism, and
+/// handing a source's positions to `rescale` when its parallelism changed.
 pub fn plan_restore(
     manifest: &Manifest,
     states: Vec<SubtaskState>,
     operators: &[OperatorShape],
     max_parallelism: usize,
     allow_non_restored_state: bool,
+    rescale: Rescale<'_>,
 ) -> Result<RestorePlan, String> {
     if manifest.max_parallelism != max_parallelism {
         return Err(format!(
@@ -83,6 +90,8 @@ pub fn plan_restore(
         ));
     }
     let mut plan = RestorePlan { checkpoint: manifest.checkpoint, finished: manifest.finished, ..Default::default() };
+    // Positions of sources whose parallelism changed: state id -> (old subtask, position).
+    let mut to_rescale: BTreeMap<String, Vec<(usize, Vec<u8>)>> = BTreeMap::new();
     for state in states {
         let Some(&parallelism) = shapes.get(state.operator.as_str()) else {
             tracing::warn!(operator = %state.operator, "dropping state that no operator of this job has");
@@ -104,24 +113,49 @@ pub fn plan_restore(
             OperatorState::Plain(bytes) => {
                 let written_at = manifest.parallelism.get(&state.operator).copied().unwrap_or(parallelism);
                 if written_at != parallelism {
-                    return Err(format!(
-                        "'{}' holds per-subtask state (a source position) written at parallelism {written_at}, but \
-                         runs at {parallelism}; run it at parallelism {written_at} (sources cannot be rescaled yet)",
-                        state.operator
-                    ));
+                    to_rescale.entry(state.operator).or_default().push((state.subtask, bytes));
+                    continue;
                 }
                 plan.states.insert((state.operator, state.subtask), Restored::Plain(bytes));
             }
             OperatorState::Committable(bytes) => plan.committables.entry(state.operator).or_default().push(bytes),
         }
     }
+    for (operator, mut positions) in to_rescale {
+        let parallelism = shapes[operator.as_str()];
+        let written_at = manifest.parallelism.get(&operator).copied().unwrap_or(positions.len());
+        positions.sort_by_key(|(subtask, _)| *subtask);
+        let old = positions.into_iter().map(|(_, bytes)| bytes).collect();
+        let new = rescale(&operator, old, parallelism).map_err(|e| {
+            format!(
+                "'{operator}' holds source positions written at parallelism {written_at} and runs at \
+                 {parallelism}: {e}"
+            )
+        })?;
+        if new.len() != parallelism {
+            return Err(format!(
+                "'{operator}': rescaling its positions to parallelism {parallelism} gave {} of them (a bug in the \
+                 source's rescale)",
+                new.len()
+            ));
+        }
+        tracing::info!(operator = %operator, from = written_at, to = parallelism, "source positions redistributed");
+        for (subtask, bytes) in new.into_iter().enumerate() {
+            plan.states.insert((operator.clone(), subtask), Restored::Plain(bytes));
+        }
+    }
     Ok(plan)
+}
+
+/// The rescale of a job with no source that can rescale (tests, and restores at the same
+/// parallelism).
+pub fn no_rescale(_: &str, _: Vec<Vec<u8>>, _: usize) -> Result<Vec<Vec<u8>>, String> {
+    Err("this source cannot be rescaled; run it at its old parallelism".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn manifest(id: u64) -> Manifest {
         Manifest {
@@ -172,7 +206,7 @@ mod tests {
     fn keyed_state_moves_by_key_group_when_rescaling() {
         let states = vec![keyed("win", 0, &[0, 1, 2, 3, 4, 5, 6, 7])];
         let shapes = [OperatorShape { state_id: "win".into(), parallelism: 3 }];
-        let plan = plan_restore(&manifest(1), states, &shapes, 8, false).unwrap();
+        let plan = plan_restore(&manifest(1), states, &shapes, 8, false, &no_rescale).unwrap();
         let groups_of = |subtask: usize| match &plan.states[&("win".to_string(), subtask)] {
             Restored::Keyed(chunks) => chunks.iter().map(|c| c.0).collect::<Vec<_>>(),
             other => panic!("{other:?}"),
@@ -184,7 +218,7 @@ mod tests {
         // And back from 3 subtasks to 2.
         let states = vec![keyed("win", 0, &[0, 1, 2]), keyed("win", 1, &[3, 4, 5]), keyed("win", 2, &[6, 7])];
         let shapes = [OperatorShape { state_id: "win".into(), parallelism: 2 }];
-        let plan = plan_restore(&manifest(1), states, &shapes, 8, false).unwrap();
+        let plan = plan_restore(&manifest(1), states, &shapes, 8, false, &no_rescale).unwrap();
         let count = |s: usize| match &plan.states[&("win".to_string(), s)] {
             Restored::Keyed(c) => c.len(),
             _ => 0,
@@ -196,19 +230,25 @@ mod tests {
     fn unmatched_state_sources_and_max_parallelism_are_checked() {
         let lost = vec![keyed("old-uid", 0, &[1])];
         let shapes = [OperatorShape { state_id: "win".into(), parallelism: 1 }];
-        let err = plan_restore(&manifest(1), lost.clone(), &shapes, 8, false).unwrap_err();
+        let err = plan_restore(&manifest(1), lost.clone(), &shapes, 8, false, &no_rescale).unwrap_err();
         assert!(err.contains("'old-uid'") && err.contains("allow_non_restored_state"), "{err}");
-        assert!(plan_restore(&manifest(1), lost, &shapes, 8, true).unwrap().states.is_empty());
+        assert!(plan_restore(&manifest(1), lost, &shapes, 8, true, &no_rescale).unwrap().states.is_empty());
 
         let source = vec![SubtaskState { operator: "src".into(), subtask: 1, state: OperatorState::Plain(vec![9]) }];
         let shapes = [OperatorShape { state_id: "src".into(), parallelism: 3 }];
-        let err = plan_restore(&manifest(1), source.clone(), &shapes, 8, false).unwrap_err();
-        assert!(err.contains("run it at parallelism 2"), "{err}");
+        let err = plan_restore(&manifest(1), source.clone(), &shapes, 8, false, &no_rescale).unwrap_err();
+        assert!(err.contains("written at parallelism 2") && err.contains("its old parallelism"), "{err}");
+        let spread = |_: &str, old: Vec<Vec<u8>>, p: usize| Ok((0..p).map(|i| vec![old[0][0], i as u8]).collect());
+        let plan = plan_restore(&manifest(1), source.clone(), &shapes, 8, false, &spread).unwrap();
+        assert_eq!(plan.states[&("src".to_string(), 2)], Restored::Plain(vec![9, 2]));
+        let short = |_: &str, _: Vec<Vec<u8>>, _: usize| Ok(vec![vec![1]]);
+        let err = plan_restore(&manifest(1), source.clone(), &shapes, 8, false, &short).unwrap_err();
+        assert!(err.contains("gave 1 of them"), "{err}");
         let shapes = [OperatorShape { state_id: "src".into(), parallelism: 2 }];
-        let plan = plan_restore(&manifest(1), source, &shapes, 8, false).unwrap();
+        let plan = plan_restore(&manifest(1), source, &shapes, 8, false, &no_rescale).unwrap();
         assert_eq!(plan.states[&("src".to_string(), 1)], Restored::Plain(vec![9]));
 
-        let err = plan_restore(&manifest(1), vec![], &shapes, 128, false).unwrap_err();
+        let err = plan_restore(&manifest(1), vec![], &shapes, 128, false, &no_rescale).unwrap_err();
         assert!(err.contains("set the max parallelism back to 8"), "{err}");
     }
 
@@ -219,7 +259,7 @@ mod tests {
             SubtaskState { operator: "sink".into(), subtask: 1, state: OperatorState::Committable(vec![2]) },
         ];
         let shapes = [OperatorShape { state_id: "sink".into(), parallelism: 2 }];
-        let plan = plan_restore(&manifest(1), states, &shapes, 8, false).unwrap();
+        let plan = plan_restore(&manifest(1), states, &shapes, 8, false, &no_rescale).unwrap();
         assert_eq!(plan.committables["sink"], vec![vec![1], vec![2]]);
     }
 }

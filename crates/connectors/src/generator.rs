@@ -1,6 +1,12 @@
 //! The sequence and generator sources: deterministic, bounded or unbounded, optionally
 //! rate-limited. Subtask `s` of `p` produces indices `s, s+p, s+2p, ...`, so every
 //! subtask's indices (and event times derived from them) advance at the same pace.
+//!
+//! Such an arithmetic progression is a *lane*, and lanes are the splits of a restore at
+//! another parallelism: the lanes the old subtasks had left go round-robin to the new ones,
+//! and when there are fewer lanes than new subtasks a lane splits in two (its even and odd
+//! steps), so every subtask gets work and no index is produced twice or dropped. A reader
+//! of several lanes merges them in index order, so its indices still only grow.
 
 use sluice_dataflow::{Poll, Source, SourceReader};
 use sluice_types::{Record, NO_TIMESTAMP};
@@ -85,6 +91,9 @@ impl Source<u64> for SequenceSource {
     fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<u64>>> {
         self.0.create_reader(index, parallelism)
     }
+    fn rescale(&self, old: Vec<Vec<u8>>, parallelism: usize) -> Result<Vec<Vec<u8>>, String> {
+        Source::<u64>::rescale(&self.0, old, parallelism)
+    }
 }
 
 impl<F> GeneratorSource<F> {
@@ -126,6 +135,8 @@ impl<T: Send + 'static, F: IndexFn<T>> Source<T> for GeneratorSource<F> {
         Ok(Box::new(GeneratorReader {
             next: self.start + index as u64,
             stride: parallelism as u64,
+            more_lanes: Vec::new(),
+            parallelism: parallelism as u64,
             end: self.end,
             rate: self.rate.map(|r| r / parallelism as f64),
             started: Instant::now(),
@@ -133,11 +144,81 @@ impl<T: Send + 'static, F: IndexFn<T>> Source<T> for GeneratorSource<F> {
             f: self.f.clone(),
         }))
     }
+
+    fn rescale(&self, old: Vec<Vec<u8>>, parallelism: usize) -> Result<Vec<Vec<u8>>, String> {
+        let old_parallelism = old.len() as u64;
+        let mut lanes = Vec::new();
+        for bytes in &old {
+            lanes.extend(decode_lanes(bytes, old_parallelism).map_err(|e| e.to_string())?);
+        }
+        lanes.retain(|lane| self.end.is_none_or(|end| lane.next < end));
+        lanes.sort_by_key(|lane| lane.next);
+        while !lanes.is_empty() && lanes.len() < parallelism {
+            lanes = lanes.into_iter().flat_map(Lane::halves).collect();
+        }
+        let mut shares: Vec<Vec<Lane>> = vec![Vec::new(); parallelism];
+        for (i, lane) in lanes.into_iter().enumerate() {
+            shares[i % parallelism].push(lane);
+        }
+        Ok(shares.iter().map(|lanes| encode_lanes(lanes)).collect())
+    }
+}
+
+/// The indices `next, next + stride, next + 2 * stride, ...` (up to the source's end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lane {
+    next: u64,
+    stride: u64,
+}
+
+impl Lane {
+    /// Its even and odd steps, as two lanes that together produce what it would.
+    fn halves(self) -> [Lane; 2] {
+        let stride = self.stride * 2;
+        [Lane { next: self.next, stride }, Lane { next: self.next + self.stride, stride }]
+    }
+}
+
+/// A position of several lanes: a tag byte, then (next, stride) per lane. Its length is
+/// never 8, the length of a single lane's position (its next index, the stride being the
+/// parallelism), which is what a reader of one lane writes.
+const LANES_TAG: u8 = 1;
+
+fn encode_lanes(lanes: &[Lane]) -> Vec<u8> {
+    let mut out = vec![LANES_TAG];
+    for lane in lanes {
+        out.extend(lane.next.to_le_bytes());
+        out.extend(lane.stride.to_le_bytes());
+    }
+    out
+}
+
+/// The lanes of a position; `stride` is the parallelism the position was written at, for a
+/// position of one lane.
+fn decode_lanes(bytes: &[u8], stride: u64) -> io::Result<Vec<Lane>> {
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    match bytes {
+        _ if bytes.len() == 8 => Ok(vec![Lane { next: word(bytes), stride }]),
+        [LANES_TAG, rest @ ..] if rest.len() % 16 == 0 => {
+            Ok(rest.chunks_exact(16).map(|c| Lane { next: word(&c[..8]), stride: word(&c[8..]) }).collect())
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "this is not a generator position (8 bytes, or a tag and 16 bytes per lane); the checkpoint is not from \
+             this source",
+        )),
+    }
 }
 
 struct GeneratorReader<F> {
+    /// The first lane, kept apart so that a reader of one lane (every reader but one
+    /// restored at another parallelism) fills its batches in one vectorized loop.
     next: u64,
     stride: u64,
+    /// The other lanes, after a restore at another parallelism.
+    more_lanes: Vec<Lane>,
+    /// The source's parallelism: the stride of a position of one lane (8 bytes).
+    parallelism: u64,
     end: Option<u64>,
     rate: Option<f64>,
     started: Instant,
@@ -147,9 +228,14 @@ struct GeneratorReader<F> {
 
 impl<T: Send + 'static, F: IndexFn<T>> SourceReader<T> for GeneratorReader<F> {
     fn poll(&mut self, out: &mut Vec<Record<T>>, max: usize) -> io::Result<Poll> {
+        if !self.more_lanes.is_empty() {
+            return self.poll_lanes(out, max);
+        }
         let mut count = match self.end {
             Some(end) if self.next >= end => return Ok(Poll::Finished),
             Some(end) => ((end - self.next).div_ceil(self.stride)).min(max as u64),
+            // A reader restored with no lane has nothing to read.
+            None if self.next == u64::MAX => return Ok(Poll::Finished),
             None => max as u64,
         };
         if let Some(rate) = self.rate {
@@ -171,21 +257,65 @@ impl<T: Send + 'static, F: IndexFn<T>> SourceReader<T> for GeneratorReader<F> {
     }
 
     fn position(&self) -> Option<Vec<u8>> {
-        Some(self.next.to_le_bytes().to_vec())
+        if self.more_lanes.is_empty() && self.stride == self.parallelism {
+            return Some(self.next.to_le_bytes().to_vec());
+        }
+        Some(encode_lanes(&self.lanes()))
     }
 
     fn seek(&mut self, position: &[u8]) -> io::Result<()> {
-        let bytes: [u8; 8] = position.try_into().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a generator position is 8 bytes; the checkpoint is not from this source",
-            )
-        })?;
-        self.next = u64::from_le_bytes(bytes);
+        let mut lanes = decode_lanes(position, self.parallelism)?.into_iter();
+        // A reader given no lane (all its work done elsewhere) starts at the end.
+        let first = lanes.next().unwrap_or(Lane { next: u64::MAX, stride: 1 });
+        (self.next, self.stride) = (first.next, first.stride);
+        self.more_lanes = lanes.collect();
         // The rate limit counts from the resume.
         self.started = Instant::now();
         self.emitted = 0;
         Ok(())
+    }
+}
+
+impl<F> GeneratorReader<F> {
+    fn lanes(&self) -> Vec<Lane> {
+        let mut lanes = vec![Lane { next: self.next, stride: self.stride }];
+        lanes.extend(&self.more_lanes);
+        lanes
+    }
+
+    /// A reader of several lanes: merges them in index order, one record at a time (only
+    /// readers restored at another parallelism take this path).
+    fn poll_lanes<T>(&mut self, out: &mut Vec<Record<T>>, max: usize) -> io::Result<Poll>
+    where
+        F: IndexFn<T>,
+    {
+        let mut lanes = self.lanes();
+        let end = self.end.unwrap_or(u64::MAX);
+        lanes.retain(|lane| lane.next < end);
+        if lanes.is_empty() {
+            self.next = end;
+            self.more_lanes.clear();
+            return Ok(Poll::Finished);
+        }
+        let mut count = max as u64;
+        if let Some(rate) = self.rate {
+            let allowed = (self.started.elapsed().as_secs_f64() * rate) as u64;
+            count = count.min(allowed.saturating_sub(self.emitted));
+            if count == 0 {
+                let wait = (self.emitted + 1) as f64 / rate - self.started.elapsed().as_secs_f64();
+                return Ok(Poll::Pending(Duration::from_secs_f64(wait.clamp(0.0, 0.1))));
+            }
+        }
+        for _ in 0..count {
+            let Some(lane) = lanes.iter_mut().filter(|l| l.next < end).min_by_key(|l| l.next) else { break };
+            out.push(Record { time: NO_TIMESTAMP, value: self.f.at(lane.next) });
+            lane.next = lane.next.saturating_add(lane.stride);
+            self.emitted += 1;
+        }
+        let first = lanes.remove(0);
+        (self.next, self.stride) = (first.next, first.stride);
+        self.more_lanes = lanes;
+        Ok(Poll::Ready)
     }
 }
 
@@ -220,5 +350,53 @@ mod tests {
         let rest = drain(resumed);
         assert_eq!(rest[0], 11);
         assert_eq!(out.len() + rest.len(), 50);
+    }
+
+    /// Reads `n` records from every reader, checkpoints, and returns the positions and
+    /// what was read.
+    fn read_some(
+        source: &SequenceSource,
+        parallelism: usize,
+        restore: Option<&[Vec<u8>]>,
+        n: usize,
+    ) -> (Vec<Vec<u8>>, Vec<u64>) {
+        let mut read = Vec::new();
+        let mut positions = Vec::new();
+        for s in 0..parallelism {
+            let mut reader = source.create_reader(s, parallelism).unwrap();
+            if let Some(restore) = restore {
+                reader.seek(&restore[s]).unwrap();
+            }
+            let mut out = Vec::new();
+            while out.len() < n {
+                let room = n - out.len();
+                if reader.poll(&mut out, room).unwrap() == Poll::Finished {
+                    break;
+                }
+            }
+            let values: Vec<u64> = out.into_iter().map(|r| r.value).collect();
+            assert!(values.windows(2).all(|w| w[0] < w[1]), "a reader's indices only grow: {values:?}");
+            read.extend(values);
+            positions.push(reader.position().unwrap());
+        }
+        (positions, read)
+    }
+
+    #[test]
+    fn a_restore_at_another_parallelism_produces_every_index_exactly_once() {
+        let source = SequenceSource::new(0..1000);
+        // 2 -> 3 -> 1 -> 5 -> 2 subtasks, reading a little at each step, then everything.
+        let (mut positions, mut read) = read_some(&source, 2, None, 7);
+        for (from, to, n) in [(2, 3, 11), (3, 1, 5), (1, 5, 40), (5, 2, usize::MAX)] {
+            assert_eq!(positions.len(), from);
+            positions = Source::<u64>::rescale(&source, positions, to).unwrap();
+            let (next, more) = read_some(&source, to, Some(&positions), n);
+            positions = next;
+            read.extend(more);
+        }
+        read.sort();
+        assert_eq!(read, (0..1000).collect::<Vec<_>>());
+        let err = Source::<u64>::rescale(&source, vec![vec![1, 2, 3]], 2).unwrap_err();
+        assert!(err.contains("not a generator position"), "{err}");
     }
 }

@@ -118,6 +118,12 @@ pub trait NodeImpl: Send + Sync {
     fn validate(&self, _config: &JobConfig) -> Result<(), String> {
         Ok(())
     }
+    /// Redistributes a source's checkpointed positions over a new parallelism (sources
+    /// only; see [`Source::rescale`]).
+    fn rescale_positions(&self, old: Vec<Vec<u8>>, parallelism: usize) -> Result<Vec<Vec<u8>>, String> {
+        let _ = (old, parallelism);
+        Err("only a source holds positions to redistribute".into())
+    }
     /// Commits a sink's pre-committed transaction (sinks only).
     fn commit(&self, _committable: &[u8]) -> std::io::Result<()> {
         Ok(())
@@ -186,6 +192,9 @@ impl<T: Data> NodeImpl for SourceNode<T> {
     }
     fn max_parallelism(&self) -> Option<usize> {
         self.source.max_parallelism()
+    }
+    fn rescale_positions(&self, old: Vec<Vec<u8>>, parallelism: usize) -> Result<Vec<Vec<u8>>, String> {
+        self.source.rescale(old, parallelism)
     }
     fn exchange(&self, edges: Vec<OutEdge>, info: &SubtaskInfo) -> AnyInput {
         build_exchange::<T>(edges, info)

@@ -47,6 +47,16 @@ pub trait Source<T>: Send + Sync + 'static {
     }
     /// The reader of subtask `index` of `parallelism`: it reads its share of the input.
     fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>>;
+    /// Redistributes the positions that the old subtasks checkpointed (in subtask order,
+    /// from [`SourceReader::position`]) over `parallelism` new subtasks, for a restore at
+    /// another parallelism: one position per new subtask, which its reader is then
+    /// [`SourceReader::seek`]ed to. Together the new positions must cover exactly what the
+    /// old ones had left to read: nothing twice, nothing dropped. The default refuses, with
+    /// a message that says what to do instead.
+    fn rescale(&self, old: Vec<Vec<u8>>, parallelism: usize) -> Result<Vec<Vec<u8>>, String> {
+        let _ = parallelism;
+        Err(format!("the {} source cannot be rescaled; run it at parallelism {} (its old one)", self.name(), old.len()))
+    }
 }
 
 /// Reads one subtask's share of a source.

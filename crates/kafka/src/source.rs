@@ -273,6 +273,13 @@ impl<T: Send + 'static> Source<T> for KafkaSource<T> {
         true
     }
 
+    /// Partitions are the splits: every partition any old subtask read goes, with its offset
+    /// (and bounded stop), to the new subtask that owns it by the assignment formula
+    /// ([`owner_of`]) at the new parallelism, as a fresh start at that parallelism assigns.
+    fn rescale(&self, old: Vec<Vec<u8>>, parallelism: usize) -> Result<Vec<Vec<u8>>, String> {
+        rescale_positions(old, parallelism)
+    }
+
     fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>> {
         let s = &self.settings;
         let mut config = s.client.client_config();
@@ -335,6 +342,42 @@ struct ReaderPosition {
     /// `false` if the barrier came before the reader assigned anything.
     started: bool,
     partitions: Vec<PartitionPosition>,
+}
+
+/// Redistributes Kafka reader positions over `parallelism` subtasks by partition owner.
+fn rescale_positions(old: Vec<Vec<u8>>, parallelism: usize) -> Result<Vec<Vec<u8>>, String> {
+    let old: Vec<ReaderPosition> = old
+        .iter()
+        .map(|bytes| sluice_dataflow::snapshot::decode(bytes, "a Kafka source position").map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let started = old.iter().filter(|p| p.started).count();
+    if started == 0 {
+        // Nothing was assigned yet: every new subtask starts as a fresh one would.
+        let fresh = ReaderPosition { started: false, partitions: Vec::new() };
+        return Ok((0..parallelism).map(|_| sluice_dataflow::snapshot::encode(&fresh)).collect());
+    }
+    if started < old.len() {
+        // The partitions of a subtask that had not started are not in the checkpoint; a
+        // restore at the old parallelism assigns them, a redistribution would lose them.
+        return Err(format!(
+            "{} of its {} subtasks had not started reading when the checkpoint was taken; restore it at its \
+             old parallelism, or rescale from a later checkpoint",
+            old.len() - started,
+            old.len()
+        ));
+    }
+    let mut new: Vec<ReaderPosition> =
+        (0..parallelism).map(|_| ReaderPosition { started: true, partitions: Vec::new() }).collect();
+    for pos in old.into_iter().flat_map(|p| p.partitions) {
+        new[owner_of(&pos.topic, pos.partition, parallelism)].partitions.push(pos);
+    }
+    Ok(new
+        .into_iter()
+        .map(|mut p| {
+            p.partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+            sluice_dataflow::snapshot::encode(&p)
+        })
+        .collect())
 }
 
 struct Partition {
@@ -748,4 +791,50 @@ fn leader_not_ready(error: &rdkafka::error::KafkaError) -> bool {
                 | Code::UnknownPartition
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_dataflow::snapshot::{decode, encode};
+
+    fn position(partitions: &[(&str, i32, i64)]) -> Vec<u8> {
+        let partitions = partitions
+            .iter()
+            .map(|(t, p, next)| PartitionPosition { topic: t.to_string(), partition: *p, next: *next, stop: Some(100) })
+            .collect();
+        encode(&ReaderPosition { started: true, partitions })
+    }
+
+    fn offsets(bytes: &[u8]) -> Vec<(String, i32, i64)> {
+        let p: ReaderPosition = decode(bytes, "test").unwrap();
+        p.partitions.into_iter().map(|p| (p.topic, p.partition, p.next)).collect()
+    }
+
+    #[test]
+    fn rescaling_moves_every_partition_with_its_offset_to_its_owner_at_the_new_parallelism() {
+        let old = vec![position(&[("in", 0, 5), ("in", 2, 7)]), position(&[("in", 1, 6), ("in", 3, 8)])];
+        for parallelism in [1, 3, 5] {
+            let new = rescale_positions(old.clone(), parallelism).unwrap();
+            assert_eq!(new.len(), parallelism);
+            let mut all = Vec::new();
+            for (index, bytes) in new.iter().enumerate() {
+                for (topic, partition, next) in offsets(bytes) {
+                    assert_eq!(owner_of(&topic, partition, parallelism), index, "p={parallelism}");
+                    all.push((partition, next));
+                }
+            }
+            all.sort();
+            assert_eq!(all, vec![(0, 5), (1, 6), (2, 7), (3, 8)], "p={parallelism}");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_before_some_subtasks_started_is_refused_and_one_before_all_is_a_fresh_start() {
+        let not_started = encode(&ReaderPosition { started: false, partitions: Vec::new() });
+        let err = rescale_positions(vec![position(&[("in", 0, 5)]), not_started.clone()], 3).unwrap_err();
+        assert!(err.contains("1 of its 2 subtasks had not started"), "{err}");
+        let fresh = rescale_positions(vec![not_started.clone(), not_started], 3).unwrap();
+        assert!(fresh.iter().all(|b| !decode::<ReaderPosition>(b, "test").unwrap().started));
+    }
 }

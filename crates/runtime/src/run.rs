@@ -301,7 +301,15 @@ fn shapes(graph: &JobGraph) -> Vec<OperatorShape> {
 
 fn restore_plan(graph: &JobGraph, loaded: &LoadedCheckpoint) -> Result<RestorePlan, String> {
     let allow = graph.config.checkpointing.as_ref().map(|c| c.allow_non_restored_state).unwrap_or(false);
-    plan_restore(&loaded.manifest, loaded.states.clone(), &shapes(graph), graph.config.max_parallelism, allow)
+    let rescale = |state_id: &str, old: Vec<Vec<u8>>, parallelism: usize| match graph
+        .nodes
+        .iter()
+        .find(|n| n.state_id() == state_id)
+    {
+        Some(node) => node.imp.rescale_positions(old, parallelism),
+        None => Err(format!("no operator of this job has the state id '{state_id}'")),
+    };
+    plan_restore(&loaded.manifest, loaded.states.clone(), &shapes(graph), graph.config.max_parallelism, allow, &rescale)
 }
 
 /// Before an attempt: abort what failed attempts left in the sinks, and commit the

@@ -46,6 +46,40 @@ pub mod harness {
     use std::process::{Child, ExitStatus};
     use std::time::{Duration, Instant};
 
+    /// Asks the job `job` checkpointing into `checkpoints` for a savepoint, again every 2 s
+    /// until it answers (it may not be listening yet), for at most `within`; returns the
+    /// savepoint's path, or panics with the job's answer if the savepoint failed, or with
+    /// its stderr if `process` (the job's, or its process 0) exits meanwhile.
+    pub fn take_savepoint(
+        process: &mut KillOnDrop,
+        checkpoints: &std::path::Path,
+        job: &str,
+        within: Duration,
+    ) -> String {
+        let path = checkpoints.to_str().expect("a UTF-8 path");
+        let store = sluice_checkpoint::CheckpointStore::open(path, job).expect("the checkpoint folder opens");
+        let deadline = Instant::now() + within;
+        let answer = loop {
+            let answer = store.request_savepoint().expect("a savepoint request can be written");
+            let asked = Instant::now();
+            while asked.elapsed() < Duration::from_secs(2) && !answer.exists() {
+                if process.0.try_wait().expect("the child can be waited for").is_some() {
+                    let (status, stderr) = process.wait(Duration::from_secs(5));
+                    panic!("the job ended ({status}) before it took the savepoint:\n{stderr}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if answer.exists() {
+                break std::fs::read_to_string(&answer).expect("the answer is readable");
+            }
+            assert!(Instant::now() < deadline, "no savepoint within {within:?}");
+        };
+        match answer.strip_prefix("ok ") {
+            Some(path) => path.trim().to_string(),
+            None => panic!("the savepoint failed: {answer}"),
+        }
+    }
+
     /// Kills the child when dropped, so a failing test leaves no process behind.
     pub struct KillOnDrop(pub Child);
 

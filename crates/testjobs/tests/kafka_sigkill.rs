@@ -7,17 +7,22 @@
 use sluice_kafka::testing::{
     blocked_partitions, create_topic, open_transactions, produce, read_committed, KafkaBroker, TestRecord,
 };
-use sluice_testjobs::harness::{multiset, seeded, KillOnDrop};
+use sluice_testjobs::harness::{multiset, seeded, take_savepoint, KillOnDrop};
 use sluice_testjobs::kafka_copy_transform;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn start(bootstrap: &str, checkpoints: &Path, extra: &[&str]) -> KillOnDrop {
+    start_at(bootstrap, checkpoints, 2, 100, &[&["--pace-every", "10"], extra].concat())
+}
+
+fn start_at(bootstrap: &str, checkpoints: &Path, parallelism: usize, interval_ms: u64, extra: &[&str]) -> KillOnDrop {
     let child = Command::new(env!("CARGO_BIN_EXE_kafka-copy"))
         .args(["--bootstrap", bootstrap, "--input", "in", "--output", "out", "--prefix", "copy"])
-        .args(["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval-ms", "100"])
-        .args(["--parallelism", "2", "--pace-every", "10"])
+        .args(["--checkpoint-dir", checkpoints.to_str().unwrap()])
+        .args(["--checkpoint-interval-ms", &interval_ms.to_string()])
+        .args(["--parallelism", &parallelism.to_string()])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -118,4 +123,36 @@ fn dying_between_checkpoint_completion_and_commit_commits_the_transactions_after
 #[test]
 fn dying_before_a_checkpoint_completes_aborts_its_transactions_after_restart() {
     crash_then_finish("upload");
+}
+
+#[test]
+fn savepoints_resumed_at_other_parallelisms_split_the_partitions_anew_and_commit_exactly_the_reference() {
+    // Parallelism 2 -> savepoint -> SIGKILL -> 3 -> savepoint -> SIGKILL -> 1 to the end:
+    // the 4 partitions' offsets move to their owners at each parallelism.
+    let (seed, mut random) = seeded(13);
+    let broker = KafkaBroker::start().expect("a Kafka broker");
+    let input = setup(&broker, 20_000, &mut random);
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    // Slow (1 ms per record per subtask) and no periodic checkpoint within the test's
+    // time: only the savepoints are restored from.
+    let (slow, rare) = (["--pace-every", "1"], 20_000);
+    let mut job = start_at(broker.bootstrap(), &checkpoints, 2, rare, &slow);
+    let mut from = take_savepoint(&mut job, &checkpoints, "kafka-copy", Duration::from_secs(60));
+    job.0.kill().unwrap();
+    job.0.wait().unwrap();
+    let mut job = start_at(broker.bootstrap(), &checkpoints, 3, rare, &[&slow[..], &["--from", &from]].concat());
+    // A savepoint of the run at 3 (its first checkpoint is the restore's: ask until one of
+    // its own is taken).
+    let second = take_savepoint(&mut job, &checkpoints, "kafka-copy", Duration::from_secs(60));
+    assert_ne!(second, from, "seed {seed}");
+    from = second;
+    assert!(job.0.try_wait().unwrap().is_none(), "seed {seed}: the run at parallelism 3 ended before its savepoint");
+    job.0.kill().unwrap();
+    job.0.wait().unwrap();
+    let (status, stderr) =
+        start_at(broker.bootstrap(), &checkpoints, 1, rare, &["--from", &from]).wait(Duration::from_secs(180));
+    assert!(status.success(), "seed {seed}: the run at parallelism 1 failed: {status}\n{stderr}");
+    assert!(stderr.contains("restored from checkpoint"), "seed {seed}: the last run restored nothing:\n{stderr}");
+    assert_exact_output(&broker, &input, seed);
 }

@@ -4,7 +4,7 @@
 //! reference and the output of one process. Processes without the secret, or with
 //! another, are refused; so is checkpointing, which needs the coordinator.
 
-use sluice_testjobs::harness::{free_addresses, multiset, spread, KillOnDrop};
+use sluice_testjobs::harness::{free_addresses, multiset, spread, take_savepoint, KillOnDrop};
 use sluice_testjobs::{assert_committed_counts, counts_reference};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -199,17 +199,24 @@ fn a_slow_sink_in_one_process_holds_back_the_source_in_another_within_its_credit
 }
 
 #[test]
-fn a_savepoint_of_a_spread_job_taken_and_resumed_gives_exactly_the_reference() {
+fn a_savepoint_of_a_spread_job_resumed_at_another_parallelism_gives_exactly_the_reference() {
+    // Taken at parallelism 2 over 2 processes, resumed at parallelism 3 over 3: keyed
+    // window state moves by key group, the source's lanes are redistributed.
     let dir = tempfile::tempdir().unwrap();
     let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
-    let processes = |n: u64, from: Option<&str>| -> Vec<KillOnDrop> {
-        let peers = free_addresses(2);
-        (0..2)
+    let processes = |n: u64, from: Option<&str>, parallelism: usize| -> Vec<KillOnDrop> {
+        let peers = free_addresses(parallelism);
+        (0..parallelism)
             .map(|i| {
                 let mut command = Command::new(env!("CARGO_BIN_EXE_counts"));
                 command
                     .args(["--out", out.to_str().unwrap(), "--n", &n.to_string(), "--rate", "100000"])
-                    .args(["--parallelism", "2", "--checkpoint-dir", checkpoints.to_str().unwrap()])
+                    .args([
+                        "--parallelism",
+                        &parallelism.to_string(),
+                        "--checkpoint-dir",
+                        checkpoints.to_str().unwrap(),
+                    ])
                     .args(["--checkpoint-interval-ms", "3600000"])
                     .args(from.map(|f| vec!["--from", f]).unwrap_or_default())
                     .stdout(Stdio::null())
@@ -220,29 +227,15 @@ fn a_savepoint_of_a_spread_job_taken_and_resumed_gives_exactly_the_reference() {
     };
     // An unbounded run: a savepoint while it runs (no periodic checkpoint: the interval is
     // an hour), then SIGKILL of both processes.
-    let mut running = processes(0, None);
-    let store = sluice_checkpoint::CheckpointStore::open(checkpoints.to_str().unwrap(), "counts").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let answer = loop {
-        // The job may not be listening for requests yet: ask again until it answers.
-        let answer = store.request_savepoint().unwrap();
-        let asked = std::time::Instant::now();
-        while asked.elapsed() < Duration::from_secs(2) && !answer.exists() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if answer.exists() {
-            break std::fs::read_to_string(&answer).unwrap();
-        }
-        assert!(std::time::Instant::now() < deadline, "no savepoint within 30 s");
-    };
-    let path = answer.strip_prefix("ok ").unwrap_or_else(|| panic!("the savepoint failed: {answer}")).to_string();
+    let mut running = processes(0, None, 2);
+    let path = take_savepoint(&mut running[0], &checkpoints, "counts", Duration::from_secs(30));
     for p in &mut running {
         p.0.kill().unwrap();
         p.0.wait().unwrap();
     }
     // Resumed from the savepoint, bounded: the output is the reference, exactly.
     let n = 200_000;
-    let mut resumed = processes(n, Some(&path));
+    let mut resumed = processes(n, Some(&path), 3);
     for (i, p) in resumed.iter_mut().enumerate() {
         let (status, stderr) = p.wait(Duration::from_secs(120));
         assert!(status.success(), "process {i}: {status}\n{stderr}");
