@@ -16,4 +16,4 @@ pub mod storage;
 
 pub use manifest::{Manifest, StateEntry, StateKind};
 pub use recovery::{no_rescale, pick_restorable, plan_restore, to_prune, OperatorShape, Rescale, RestorePlan};
-pub use storage::{CheckpointMeta, CheckpointStore, LoadedCheckpoint, StoreError};
+pub use storage::{CheckpointMeta, CheckpointStore, LoadedCheckpoint, SavepointAsk, SavepointBox, StoreError};

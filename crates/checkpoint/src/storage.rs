@@ -436,43 +436,27 @@ impl CheckpointStore {
         Ok(self.path_of(id, true))
     }
 
-    fn request_path(&self) -> String {
-        format!("{}/{}/_savepoint_request", self.location.trim_start_matches("file://"), self.job)
+    /// Where the command line leaves savepoint requests for the running job.
+    pub fn savepoint_box(&self) -> SavepointBox {
+        SavepointBox::at(format!("{}/{}", self.location.trim_start_matches("file://"), self.job))
     }
 
     /// Asks the running job to take a savepoint (what the command line does); returns the
     /// file its answer will be written to.
     pub fn request_savepoint(&self) -> Result<std::path::PathBuf, StoreError> {
-        let token = format!("{}-{}", std::process::id(), sluice_dataflow::now_millis());
-        let request = std::path::PathBuf::from(self.request_path());
-        let io = |e: std::io::Error| StoreError::Invalid(format!("cannot write '{}': {e}", request.display()));
-        std::fs::create_dir_all(request.parent().expect("a request has a folder")).map_err(io)?;
-        std::fs::write(&request, &token).map_err(io)?;
-        Ok(request.with_file_name(format!("_savepoint_{token}")))
+        self.savepoint_box().request(false).map_err(StoreError::Invalid)
     }
 
     /// Withdraws a savepoint request nobody waits for any more (its `answer` file is the
     /// one [`CheckpointStore::request_savepoint`] returned), so that a job started later
     /// does not take a savepoint nobody asked for. Returns whether it was still pending.
     pub fn withdraw_savepoint_request(&self, answer: &std::path::Path) -> bool {
-        let request = std::path::PathBuf::from(self.request_path());
-        let token = answer.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("_savepoint_"));
-        let pending = std::fs::read_to_string(&request).ok();
-        let ours = matches!((token, pending.as_deref()), (Some(t), Some(p)) if p.trim() == t);
-        if ours {
-            let _ = std::fs::remove_file(&request);
-        }
-        // An answer that arrives after all is not left behind either.
-        let _ = std::fs::remove_file(answer);
-        ours
+        self.savepoint_box().withdraw(answer)
     }
 
     /// Takes a pending command-line savepoint request, if any (the running job polls this).
-    pub fn take_savepoint_request(&self) -> Option<std::path::PathBuf> {
-        let request = std::path::PathBuf::from(self.request_path());
-        let token = std::fs::read_to_string(&request).ok()?;
-        std::fs::remove_file(&request).ok()?;
-        Some(request.with_file_name(format!("_savepoint_{}", token.trim())))
+    pub fn take_savepoint_request(&self) -> Option<SavepointAsk> {
+        self.savepoint_box().take()
     }
 
     /// Deletes a checkpoint's folder.
@@ -555,11 +539,17 @@ mod tests {
         assert_eq!(loaded.states, states(4));
         assert!(store.take_savepoint_request().is_none());
         let answer = store.request_savepoint().unwrap();
-        assert_eq!(store.take_savepoint_request(), Some(answer));
+        assert_eq!(store.take_savepoint_request(), Some(SavepointAsk { answer, stop: false }));
         assert!(store.take_savepoint_request().is_none(), "a request is taken once");
         let unanswered = store.request_savepoint().unwrap();
         assert!(store.withdraw_savepoint_request(&unanswered));
         assert!(store.take_savepoint_request().is_none(), "a withdrawn request is not taken");
+        // A worker's box in a folder of its own, asking the job to stop with the savepoint.
+        let control = SavepointBox::at(dir.path().join("control"));
+        let answer = control.request(true).unwrap();
+        assert_eq!(control.take(), Some(SavepointAsk { answer: answer.clone(), stop: true }));
+        let again = control.request(true).unwrap();
+        assert!(control.withdraw(&again), "a stop request is withdrawn by its token too");
     }
 
     #[test]
@@ -654,5 +644,68 @@ mod tests {
         let err = store.latest_restorable(false).err().unwrap().to_string();
         assert!(err.contains("commit record") && err.contains("--allow-duplicates"), "{err}");
         assert_eq!(store.latest_restorable(true).unwrap().unwrap().manifest.checkpoint, 1);
+    }
+}
+
+/// A folder through which another process asks a running job for a savepoint: the asker
+/// writes `_savepoint_request` (a token, and `stop` to stop the job with the savepoint);
+/// the job takes it and writes its answer to `_savepoint_<token>` (`ok <path>` or
+/// `error <reason>`). The command line uses the job's checkpoint folder; a worker uses a
+/// folder of its own per job process (`SLUICE_CONTROL_DIR`).
+#[derive(Clone, Debug)]
+pub struct SavepointBox {
+    request: std::path::PathBuf,
+}
+
+/// A savepoint request taken from a [`SavepointBox`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavepointAsk {
+    /// Where the answer goes.
+    pub answer: std::path::PathBuf,
+    /// Whether the job is to stop with this savepoint (its final checkpoint becomes it).
+    pub stop: bool,
+}
+
+impl SavepointBox {
+    /// The box in `folder`.
+    pub fn at(folder: impl AsRef<std::path::Path>) -> Self {
+        SavepointBox { request: folder.as_ref().join("_savepoint_request") }
+    }
+
+    /// Leaves a request; returns the file the answer will be written to.
+    pub fn request(&self, stop: bool) -> Result<std::path::PathBuf, String> {
+        let token = format!("{}-{}", std::process::id(), sluice_dataflow::now_millis());
+        let io = |e: std::io::Error| format!("cannot write '{}': {e}", self.request.display());
+        std::fs::create_dir_all(self.request.parent().expect("a request has a folder")).map_err(io)?;
+        let text = if stop { format!("{token} stop") } else { token.clone() };
+        std::fs::write(&self.request, text).map_err(io)?;
+        Ok(self.request.with_file_name(format!("_savepoint_{token}")))
+    }
+
+    /// Withdraws a request nobody waits for any more (see
+    /// [`CheckpointStore::withdraw_savepoint_request`]); whether it was still pending.
+    pub fn withdraw(&self, answer: &std::path::Path) -> bool {
+        let token = answer.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("_savepoint_"));
+        let pending = std::fs::read_to_string(&self.request).ok();
+        let pending_token = pending.as_deref().and_then(|p| p.split_whitespace().next());
+        let ours = matches!((token, pending_token), (Some(t), Some(p)) if p == t);
+        if ours {
+            let _ = std::fs::remove_file(&self.request);
+        }
+        // An answer that arrives after all is not left behind either.
+        let _ = std::fs::remove_file(answer);
+        ours
+    }
+
+    /// Takes the pending request, if any.
+    pub fn take(&self) -> Option<SavepointAsk> {
+        let text = std::fs::read_to_string(&self.request).ok()?;
+        std::fs::remove_file(&self.request).ok()?;
+        let mut words = text.split_whitespace();
+        let token = words.next()?;
+        Some(SavepointAsk {
+            answer: self.request.with_file_name(format!("_savepoint_{token}")),
+            stop: words.next() == Some("stop"),
+        })
     }
 }

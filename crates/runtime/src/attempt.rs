@@ -33,6 +33,8 @@ pub(crate) struct Flags {
     pub abort: AtomicBool,
     /// Savepoints asked for through the API, answered with the savepoint's path.
     pub savepoint_requests: Mutex<Vec<Sender<Result<String, String>>>>,
+    /// Stops with a savepoint asked for through the API.
+    pub stop_requests: Mutex<Vec<Sender<Result<String, String>>>>,
     /// What the job's tasks counted, over every attempt.
     pub counters: Arc<sluice_dataflow::counters::JobCounters>,
 }
@@ -62,27 +64,54 @@ impl SavepointWaiter {
     }
 }
 
-/// The savepoint requests of an attempt: through the API, or a request file of the command
-/// line (polled every 100 ms), answered when a savepoint completes or cannot be taken.
+/// The savepoint requests of an attempt: through the API, a request file of the command
+/// line in the checkpoint folder, or one of the worker in the process's control folder
+/// (`SLUICE_CONTROL_DIR`; files are polled every 100 ms), answered when a savepoint
+/// completes or cannot be taken. A request to stop with a savepoint cancels the job; its
+/// final checkpoint, the state after the last record, is kept as the savepoint.
 pub(crate) struct SavepointRequests {
     waiters: Vec<SavepointWaiter>,
+    stop_waiters: Vec<SavepointWaiter>,
+    control: Option<sluice_checkpoint::SavepointBox>,
     last_poll: Instant,
 }
 
 impl SavepointRequests {
     pub(crate) fn new() -> Self {
-        SavepointRequests { waiters: Vec::new(), last_poll: Instant::now() }
+        let control = std::env::var_os(crate::processes::ENV_CONTROL_DIR).map(sluice_checkpoint::SavepointBox::at);
+        SavepointRequests { waiters: Vec::new(), stop_waiters: Vec::new(), control, last_poll: Instant::now() }
     }
 
-    /// Takes the requests made since the last call; whether there were any.
-    pub(crate) fn poll(&mut self, flags: &Flags, cp: &Checkpointing) -> bool {
+    /// Takes the requests made since the last call; whether a savepoint is to be taken now.
+    /// A stop request cancels the job through `flags`.
+    pub(crate) fn poll(&mut self, flags: &Flags, cp: Option<&Checkpointing>) -> bool {
         let before = self.waiters.len();
-        self.waiters.extend(
-            flags.savepoint_requests.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(SavepointWaiter::Api),
-        );
+        let take = |list: &Mutex<Vec<Sender<Result<String, String>>>>| -> Vec<SavepointWaiter> {
+            list.lock().unwrap_or_else(|e| e.into_inner()).drain(..).map(SavepointWaiter::Api).collect()
+        };
+        self.waiters.extend(take(&flags.savepoint_requests));
+        self.stop_waiters.extend(take(&flags.stop_requests));
         if self.last_poll.elapsed() >= Duration::from_millis(100) {
             self.last_poll = Instant::now();
-            self.waiters.extend(cp.store.take_savepoint_request().map(SavepointWaiter::File));
+            let asks = [cp.map(|cp| cp.store.savepoint_box()), self.control.clone()];
+            for ask in asks.iter().flatten().filter_map(|b| b.take()) {
+                let waiter = SavepointWaiter::File(ask.answer);
+                if ask.stop {
+                    self.stop_waiters.push(waiter);
+                } else {
+                    self.waiters.push(waiter);
+                }
+            }
+        }
+        if cp.is_none() {
+            let reason = "savepoints need checkpointing: start the job with a checkpoint folder (--checkpoint-dir)";
+            self.answer(Err(reason.into()));
+            self.stop_waiters.drain(..).for_each(|w| w.answer(Err(reason.into())));
+            return false;
+        }
+        if !self.stop_waiters.is_empty() && !flags.cancelled.swap(true, Ordering::SeqCst) {
+            tracing::info!("stopping the job with a savepoint, as asked");
+            flags.stop_sources.store(true, Ordering::SeqCst);
         }
         self.waiters.len() > before
     }
@@ -96,9 +125,33 @@ impl SavepointRequests {
         self.answer(kept);
     }
 
+    /// The job stopped after its final checkpoint: keep that one as the savepoint of those
+    /// who asked to stop with one, and tell the others that no savepoint comes.
+    pub(crate) fn stopped(&mut self, cp: &Checkpointing) {
+        self.answer(Err("the job stopped before the savepoint completed".into()));
+        if self.stop_waiters.is_empty() {
+            return;
+        }
+        let kept = match cp.completed.last() {
+            Some(&id) => cp.store.keep_as_savepoint(id).map_err(|e| e.to_string()),
+            None => Err("the job stopped without a completed checkpoint".into()),
+        };
+        if let Ok(path) = &kept {
+            tracing::info!(path = %path, "stopped with a savepoint");
+        }
+        self.stop_waiters.drain(..).for_each(|w| w.answer(kept.clone()));
+    }
+
     /// Answers every waiter.
     pub(crate) fn answer(&mut self, result: Result<String, String>) {
         self.waiters.drain(..).for_each(|w| w.answer(result.clone()));
+    }
+
+    /// The job failed: no savepoint comes.
+    pub(crate) fn failed(&mut self) {
+        let reason = "the job failed before the savepoint completed".to_string();
+        self.answer(Err(reason.clone()));
+        self.stop_waiters.drain(..).for_each(|w| w.answer(Err(reason.clone())));
     }
 }
 
@@ -427,7 +480,7 @@ pub(crate) fn run_attempt(
         while let Ok((id, result)) = uploads.try_recv() {
             coordinator.on_uploaded(id, result, Instant::now(), &mut actions);
         }
-        if checkpointing.as_deref().is_some_and(|cp| waiters.poll(flags, cp)) {
+        if waiters.poll(flags, checkpointing.as_deref()) {
             coordinator.request_savepoint();
         }
         if flags.stop_sources.load(Ordering::SeqCst) {
@@ -463,11 +516,11 @@ pub(crate) fn run_attempt(
     }
     let mut errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|e| e.into_inner()));
     if let Some(e) = coordinator_error {
-        waiters.answer(Err("the job failed before the savepoint completed".into()));
+        waiters.failed();
         return Err(e);
     }
     if let Some(i) = errors.iter().position(|e| !e.is_secondary()) {
-        waiters.answer(Err("the job failed before the savepoint completed".into()));
+        waiters.failed();
         return Err(errors.swap_remove(i));
     }
     if let Some(e) = errors.pop() {
@@ -514,8 +567,11 @@ pub(crate) fn run_attempt(
             for uploader in uploaders {
                 let _ = uploader.join();
             }
+            if outcome.is_err() {
+                waiters.failed();
+            }
             outcome?;
-            waiters.answer(Err("the job stopped before the savepoint completed".into()));
+            waiters.stopped(cp);
         }
         None => {
             // Without checkpoints, sinks commit what they pre-committed at the end.

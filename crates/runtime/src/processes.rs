@@ -37,6 +37,9 @@ pub const ENV_ATTEMPT: &str = "SLUICE_ATTEMPT";
 /// The environment variable naming a process id this process must not outlive (set by a
 /// worker for its job processes and by `sluice cluster` for its roles).
 pub const ENV_EXIT_WITH_PARENT: &str = "SLUICE_EXIT_WITH_PARENT";
+/// A folder through which the process's worker asks for savepoints (a
+/// [`sluice_checkpoint::SavepointBox`]); process 0 of a checkpointed job answers there.
+pub const ENV_CONTROL_DIR: &str = "SLUICE_CONTROL_DIR";
 
 /// If `SLUICE_EXIT_WITH_PARENT` names a process, watches it and ends this process when it
 /// is gone (a worker killed with SIGKILL leaves no job process behind). Linux only (it

@@ -107,6 +107,16 @@ impl JobHandle {
         rx.recv_timeout(timeout).map_err(|_| format!("no savepoint within {timeout:?}; is checkpointing on?"))?
     }
 
+    /// Stops the job with a savepoint (Flink's stop-with-savepoint): the sources stop, the
+    /// job drains, and its final checkpoint, the state after the last record read, is kept
+    /// as a savepoint whose path is returned. Resuming from it continues exactly where the
+    /// job stopped, nothing twice. Needs checkpointing.
+    pub fn stop_with_savepoint(&self, timeout: Duration) -> Result<String, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.flags.stop_requests.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        rx.recv_timeout(timeout).map_err(|_| format!("the job did not stop with a savepoint within {timeout:?}"))?
+    }
+
     /// Whether the job has ended.
     pub fn is_finished(&self) -> bool {
         self.supervisor.as_ref().is_none_or(|s| s.is_finished())
@@ -211,6 +221,7 @@ fn new_flags() -> Arc<Flags> {
         cancelled: Default::default(),
         abort: Default::default(),
         savepoint_requests: Default::default(),
+        stop_requests: Default::default(),
         counters: Default::default(),
     })
 }

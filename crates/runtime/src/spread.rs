@@ -40,14 +40,32 @@ use std::time::{Duration, Instant};
 /// A control message between the processes of a spread job.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Control {
-    Start { restore: Option<u64> },
-    Ready { tasks: u32, sources: Vec<u32> },
+    Start {
+        restore: Option<u64>,
+    },
+    Ready {
+        tasks: u32,
+        sources: Vec<u32>,
+    },
     Go,
     Trigger(Barrier),
-    Report { task: u32, checkpoint: Option<u64>, parts: Vec<(u64, Option<SubtaskState>)> },
-    Upload { id: u64, keys: Vec<u64> },
-    Uploaded { id: u64, result: Result<Vec<StateEntry>, String> },
+    Report {
+        task: u32,
+        checkpoint: Option<u64>,
+        parts: Vec<(u64, Option<SubtaskState>)>,
+    },
+    Upload {
+        id: u64,
+        keys: Vec<u64>,
+    },
+    Uploaded {
+        id: u64,
+        result: Result<Vec<StateEntry>, String>,
+    },
     Done,
+    /// Process 0 was cancelled: every process stops its sources (the job drains and takes
+    /// its final checkpoint).
+    Stop,
 }
 
 /// A part of a checkpoint that a process holds: its key there, and a sink's transaction.
@@ -268,6 +286,7 @@ fn coordinate(
     let mut uploading: Option<(CheckpointMeta, usize, Vec<StateEntry>, Option<String>)> = None;
     // Savepoints asked for through the API or the command line (`sluice savepoint`).
     let mut waiters = SavepointRequests::new();
+    let mut stop_sent = false;
     let shape = shape_of(graph);
     loop {
         if flags.abort.load(Ordering::SeqCst) {
@@ -307,10 +326,15 @@ fn coordinate(
                 other => return Err(TaskError::Network(format!("process {from} sent {other:?} to the coordinator"))),
             }
         }
-        if checkpointing.as_deref().is_some_and(|cp| waiters.poll(flags, cp)) {
+        if waiters.poll(flags, checkpointing.as_deref()) {
             coordinator.request_savepoint();
         }
         if flags.stop_sources.load(Ordering::SeqCst) {
+            // A cancel of process 0 alone (Ctrl-C, a stop with a savepoint) stops them all.
+            if flags.cancelled.load(Ordering::SeqCst) && !stop_sent {
+                stop_sent = true;
+                broadcast(network, &Control::Stop)?;
+            }
             coordinator.stop();
         }
         coordinator.tick(Instant::now(), &mut actions);
@@ -389,7 +413,10 @@ fn coordinate(
             cp.next_id = coordinator.next_id();
         }
         if coordinator.done() {
-            waiters.answer(Err("the job stopped before the savepoint completed".into()));
+            match checkpointing.as_deref() {
+                Some(cp) => waiters.stopped(cp),
+                None => waiters.answer(Err("the job stopped before the savepoint completed".into())),
+            }
             broadcast(network, &Control::Done)?;
             return Ok(());
         }
@@ -442,6 +469,10 @@ fn take_part(
                 send(network, 0, &Control::Uploaded { id, result })?;
             }
             Some((_, Control::Done)) => return Ok(()),
+            Some((_, Control::Stop)) => {
+                flags.cancelled.store(true, Ordering::SeqCst);
+                flags.stop_sources.store(true, Ordering::SeqCst);
+            }
             Some((from, other)) => return Err(TaskError::Network(format!("process {from} sent {other:?}"))),
             None => {}
         }

@@ -180,3 +180,52 @@ fn bad_start_points_and_unclaimed_state_are_clear_errors() {
     let error = env.execute("rescaled").unwrap_err().to_string();
     assert!(error.contains("'counts'") && error.contains("allow_non_restored_state"), "{error}");
 }
+
+#[test]
+fn a_job_stopped_with_a_savepoint_mid_stream_resumes_from_it_at_another_parallelism_exactly() {
+    // Records flow when the stop comes (no quiet moment): the savepoint is the final
+    // checkpoint, so what was committed before the stop is not produced again. The sequence
+    // source runs at parallelism 2, then 3: its lanes are redistributed.
+    let dir = tempfile::tempdir().unwrap();
+    let (checkpoints, out) = (dir.path().join("checkpoints"), dir.path().join("out"));
+    let build = |parallelism: usize| {
+        let env = StreamEnv::new();
+        env.set_parallelism(parallelism)
+            .set_watermark_interval(Duration::from_millis(5))
+            .enable_checkpointing(Duration::from_millis(50), checkpoints.to_str().unwrap());
+        env.source(
+            SequenceSource::new(0..N).with_rate_limit(20_000.0),
+            Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64),
+        )
+        .uid("numbers")
+        .key_by(|i| i % KEYS)
+        .window(Tumbling::event_time(Duration::from_secs(1)))
+        .aggregate_with(Count, |k, w, n| format!("{k},{},{n}", w.start))
+        .uid("counts")
+        .sink(TransactionalFileSink::new(&out))
+        .uid("files");
+        env
+    };
+    let handle = build(2).execute_async("stopped").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed_lines(&out).len() < 3 * KEYS as usize {
+        assert!(Instant::now() < deadline, "no window committed within 30 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let path = handle.stop_with_savepoint(Duration::from_secs(30)).unwrap();
+    let stopped = handle.join().unwrap();
+    assert!(stopped.cancelled, "the job ends as cancelled");
+    let before = committed_lines(&out).len();
+    assert!(before < reference().len(), "the job stopped before its end ({before} lines)");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&path).join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["savepoint"], true, "{manifest}");
+
+    let env = build(3);
+    env.start_from(StartFrom::Path(path));
+    let result = env.execute("stopped").unwrap();
+    assert!(result.restored_from.is_some());
+    let got = committed_lines(&out);
+    assert_eq!(got.len(), reference().len());
+    assert_eq!(multiset(got), multiset(reference()));
+}
