@@ -697,6 +697,43 @@ impl SavepointBox {
         ours
     }
 
+    /// Waits up to `timeout` for the answer to a request of this box (`answer` as
+    /// [`SavepointBox::request`] returned it): the savepoint's path, or why there is none.
+    /// Without an answer in time the request is withdrawn, and the error says so. The wait
+    /// ends early once `alive` says the job is gone (a last look for its answer first).
+    pub fn wait(
+        &self,
+        answer: &std::path::Path,
+        timeout: std::time::Duration,
+        alive: &dyn Fn() -> bool,
+    ) -> Result<String, String> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let gone = !alive();
+            if let Ok(text) = std::fs::read_to_string(answer) {
+                let _ = std::fs::remove_file(answer);
+                return match text.split_once(' ') {
+                    Some(("ok", path)) => Ok(path.trim().to_string()),
+                    Some((_, error)) => Err(format!("the job could not take the savepoint: {error}")),
+                    None => Err(format!("unreadable answer: {text}")),
+                };
+            }
+            if gone {
+                let _ = self.withdraw(answer);
+                return Err("the job ended before it answered".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Err(format!(
+            "no answer within {timeout:?}; {}",
+            if self.withdraw(answer) {
+                "the request is withdrawn"
+            } else {
+                "the job took the request just now; its answer is dropped"
+            }
+        ))
+    }
+
     /// Takes the pending request, if any.
     pub fn take(&self) -> Option<SavepointAsk> {
         let text = std::fs::read_to_string(&self.request).ok()?;

@@ -110,13 +110,22 @@ pub fn list(connection: &Connection) -> Result<String, String> {
     })
 }
 
-/// `sluice cancel`.
-pub fn cancel(connection: &Connection, job: &str, savepoint: bool) -> Result<String, String> {
+/// `sluice cancel [--savepoint]`: with a savepoint, waits up to `savepoint` for it.
+pub fn cancel(connection: &Connection, job: &str, savepoint: Option<Duration>) -> Result<String, String> {
     let secret = Secret::load(connection.secret_file.as_deref())?;
     block_on(async {
-        let state = Client::connect(&connection.coordinator, &secret).await?.cancel(job, savepoint).await?;
-        Ok(format!("{job}: {state}"))
+        let (state, path) = Client::connect(&connection.coordinator, &secret).await?.cancel(job, savepoint).await?;
+        Ok(match path {
+            Some(path) => format!("{job}: {state}, stopped with savepoint {path}"),
+            None => format!("{job}: {state}"),
+        })
     })
+}
+
+/// `sluice savepoint JOB_ID`.
+pub fn savepoint(connection: &Connection, job: &str, timeout: Duration) -> Result<String, String> {
+    let secret = Secret::load(connection.secret_file.as_deref())?;
+    block_on(async { Client::connect(&connection.coordinator, &secret).await?.savepoint(job, timeout).await })
 }
 
 /// Kills the cluster's processes when `sluice cluster` ends, however it ends.

@@ -13,7 +13,7 @@ mod cluster;
 use clap::{Parser, Subcommand};
 use sluice_checkpoint::CheckpointStore;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Sluice's command line: a cluster's roles and jobs, and the savepoints and checkpoints
 /// of jobs running in local mode.
@@ -107,14 +107,32 @@ enum Command {
         connection: cluster::Connection,
         /// The job id (as `sluice list` shows it).
         job: String,
-        /// Take a savepoint first (needs checkpoints across processes: refused for now).
+        /// Stop with a savepoint (the job's final checkpoint, kept) and print its path;
+        /// the job must checkpoint (--checkpoint-dir).
         #[arg(long)]
         savepoint: bool,
+        /// How long to wait for the savepoint.
+        #[arg(long, value_name = "SECS", default_value_t = 120, requires = "savepoint")]
+        timeout_secs: u64,
     },
-    /// Asks a running job to take a savepoint and prints its path.
+    /// Asks a running job to take a savepoint and prints its path: a cluster job by its id,
+    /// or a local job by its checkpoint folder and name.
     Savepoint {
-        #[command(flatten)]
-        location: JobLocation,
+        /// The cluster job's id (as `sluice list` shows it).
+        #[arg(value_name = "JOB_ID", conflicts_with_all = ["checkpoint_dir", "job"])]
+        job_id: Option<String>,
+        /// The coordinator's gRPC address, for a cluster job.
+        #[arg(long, env = "SLUICE_COORDINATOR", value_name = "HOST:PORT")]
+        coordinator: Option<String>,
+        /// A file holding the cluster secret (else SLUICE_SECRET or SLUICE_SECRET_FILE).
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<std::path::PathBuf>,
+        /// A local job: the folder it writes its checkpoints to (its --checkpoint-dir).
+        #[arg(long, value_name = "DIR", requires = "job")]
+        checkpoint_dir: Option<String>,
+        /// A local job: its name (what it passes to execute).
+        #[arg(long, value_name = "NAME", requires = "checkpoint_dir")]
+        job: Option<String>,
         /// How long to wait for the job's answer; the request is withdrawn after it.
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         timeout_secs: u64,
@@ -140,28 +158,15 @@ fn open(location: &JobLocation) -> Result<CheckpointStore, String> {
 }
 
 fn savepoint(store: &CheckpointStore, timeout: Duration) -> Result<String, String> {
-    let answer = store.request_savepoint().map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(text) = std::fs::read_to_string(&answer) {
-            let _ = std::fs::remove_file(&answer);
-            return match text.split_once(' ') {
-                Some(("ok", path)) => Ok(path.to_string()),
-                Some((_, error)) => Err(format!("the job could not take the savepoint: {error}")),
-                None => Err(format!("unreadable answer: {text}")),
-            };
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let withdrawn = store.withdraw_savepoint_request(&answer);
-    Err(format!(
-        "no answer within {timeout:?}: is the job running with checkpoints in this folder, under this name? {}",
-        if withdrawn {
-            "The request is withdrawn."
+    let answers = store.savepoint_box();
+    let answer = answers.request(false)?;
+    answers.wait(&answer, timeout, &|| true).map_err(|e| {
+        if e.starts_with("no answer") {
+            format!("{e}: is the job running with checkpoints in this folder, under this name?")
         } else {
-            "The job took the request just now; its answer is dropped."
+            e
         }
-    ))
+    })
 }
 
 fn list(store: &CheckpointStore) -> Result<String, String> {
@@ -192,8 +197,25 @@ fn list(store: &CheckpointStore) -> Result<String, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Savepoint { location, timeout_secs } => {
-            open(location).and_then(|store| savepoint(&store, Duration::from_secs(*timeout_secs)))
+        Command::Savepoint { job_id, coordinator, secret_file, checkpoint_dir, job, timeout_secs } => {
+            let timeout = Duration::from_secs(*timeout_secs);
+            match (job_id, coordinator, checkpoint_dir, job) {
+                (Some(job_id), Some(coordinator), _, _) => {
+                    let connection =
+                        cluster::Connection { coordinator: coordinator.clone(), secret_file: secret_file.clone() };
+                    cluster::savepoint(&connection, job_id, timeout)
+                }
+                (Some(_), None, _, _) => Err("a cluster job's savepoint needs the coordinator: give --coordinator \
+                                              HOST:PORT or set SLUICE_COORDINATOR"
+                    .into()),
+                (None, _, Some(dir), Some(job)) => {
+                    let location = JobLocation { checkpoint_dir: dir.clone(), job: job.clone() };
+                    open(&location).and_then(|store| savepoint(&store, timeout))
+                }
+                _ => Err("name the job: a cluster job's id (sluice savepoint JOB_ID), or a local job's \
+                          --checkpoint-dir DIR --job NAME"
+                    .into()),
+            }
         }
         Command::Checkpoints { location } => open(location).and_then(|store| list(&store)),
         Command::Coordinator { listen, http, store, secret_file } => {
@@ -207,7 +229,9 @@ fn main() -> ExitCode {
             cluster::submit(connection, binary, name.as_deref(), *parallelism, args.clone())
         }
         Command::List { connection } => cluster::list(connection),
-        Command::Cancel { connection, job, savepoint } => cluster::cancel(connection, job, *savepoint),
+        Command::Cancel { connection, job, savepoint, timeout_secs } => {
+            cluster::cancel(connection, job, savepoint.then(|| Duration::from_secs(*timeout_secs)))
+        }
     };
     match result {
         Ok(out) => {

@@ -54,7 +54,11 @@ fn a_savepoint_is_triggered_from_the_command_line_and_listed() {
 #[test]
 fn usage_errors_name_the_fix() {
     let (ok, _, stderr) = sluice(&["savepoint"]);
-    assert!(!ok && stderr.contains("--checkpoint-dir <DIR>") && stderr.contains("required"), "{stderr}");
+    assert!(!ok && stderr.contains("name the job") && stderr.contains("--checkpoint-dir DIR"), "{stderr}");
+    let (ok, _, stderr) = sluice(&["savepoint", "--checkpoint-dir", "/tmp"]);
+    assert!(!ok && stderr.contains("--job <NAME>") && stderr.contains("required"), "{stderr}");
+    let (ok, _, stderr) = sluice(&["savepoint", "job-1", "--checkpoint-dir", "/tmp", "--job", "j"]);
+    assert!(!ok && stderr.contains("cannot be used with"), "a cluster job or a local one, not both: {stderr}");
     // Unknown flags are refused; a flag is not taken as another flag's value.
     let (ok, _, stderr) = sluice(&["checkpoints", "--checkpoint-dir", "/tmp", "--job", "j", "--verbose"]);
     assert!(!ok && stderr.contains("unexpected argument '--verbose'"), "{stderr}");

@@ -51,10 +51,26 @@ impl Client {
         Ok(self.inner.list_jobs(ListJobsRequest {}).await.map_err(status)?.into_inner().jobs)
     }
 
-    /// Cancels a job; returns its state.
-    pub async fn cancel(&mut self, job_id: &str, savepoint: bool) -> Result<String, String> {
-        let request = CancelJobRequest { job_id: job_id.to_string(), savepoint };
-        Ok(self.inner.cancel_job(request).await.map_err(status)?.into_inner().state)
+    /// Cancels a job; returns its state. With `savepoint` (how long to wait for it), the
+    /// job stops with a savepoint, whose path is returned too.
+    pub async fn cancel(
+        &mut self,
+        job_id: &str,
+        savepoint: Option<std::time::Duration>,
+    ) -> Result<(String, Option<String>), String> {
+        let request = CancelJobRequest {
+            job_id: job_id.to_string(),
+            savepoint: savepoint.is_some(),
+            timeout_ms: savepoint.map_or(0, |t| t.as_millis() as u64),
+        };
+        let reply = self.inner.cancel_job(request).await.map_err(status)?.into_inner();
+        Ok((reply.state, Some(reply.savepoint).filter(|p| !p.is_empty())))
+    }
+
+    /// Takes a savepoint of a running job; returns its path.
+    pub async fn savepoint(&mut self, job_id: &str, timeout: std::time::Duration) -> Result<String, String> {
+        let request = TakeSavepointRequest { job_id: job_id.to_string(), timeout_ms: timeout.as_millis() as u64 };
+        Ok(self.inner.take_savepoint(request).await.map_err(status)?.into_inner().path)
     }
 }
 

@@ -17,6 +17,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status, Streaming};
 
+/// A request's timeout in milliseconds; 0 (not given) means 2 minutes.
+fn timeout_of(ms: u64) -> Duration {
+    if ms == 0 {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
 /// How the coordinator is started.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -79,6 +88,33 @@ impl CoordinatorService {
     async fn worker_client(&self, address: &str) -> Result<WorkerClient<AuthedChannel>, Status> {
         let channel = crate::auth::connect(address, Duration::from_secs(5)).await.map_err(Status::unavailable)?;
         Ok(WorkerClient::with_interceptor(channel, self.secret.attach()))
+    }
+
+    /// Asks process 0 of a running job, through its worker, for a savepoint (`stop`: and to
+    /// stop with it); waits up to `timeout` for the path.
+    async fn savepoint_of(&self, job_id: &str, stop: bool, timeout: Duration) -> Result<String, Status> {
+        let address = {
+            let state = self.state();
+            let job = state.jobs.get(job_id).ok_or_else(|| Status::not_found(format!("no job {job_id}")))?;
+            if !matches!(job.state, "running" | "cancelling") {
+                return Err(Status::failed_precondition(format!(
+                    "{job_id} is {}: only a running job takes a savepoint",
+                    job.state
+                )));
+            }
+            let first = job.processes.first().ok_or_else(|| Status::internal("a job without processes"))?;
+            state
+                .workers
+                .get(&first.worker)
+                .map(|w| w.address.clone())
+                .ok_or_else(|| Status::unavailable(format!("the worker of {job_id}'s process 0 is gone")))?
+        };
+        let request =
+            SavepointRequest { job_id: job_id.to_string(), index: 0, stop, timeout_ms: timeout.as_millis() as u64 };
+        let mut client = self.worker_client(&address).await?;
+        let path = client.savepoint(request).await?.into_inner().path;
+        tracing::info!(job = job_id, stop, path = %path, "savepoint taken");
+        Ok(path)
     }
 
     /// Stops every process of `job` that still runs (Ctrl-C, or a kill).
@@ -289,23 +325,51 @@ impl Coordinator for CoordinatorService {
     async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<CancelJobReply>, Status> {
         let r = request.into_inner();
         if r.savepoint {
-            return Err(Status::unimplemented(
-                "savepoints of cluster jobs are not built yet; cancel without --savepoint: a job with checkpoints \
-                 then ends with a final checkpoint, which submitting the job again resumes from; or take a \
-                 savepoint first with `sluice savepoint --checkpoint-dir DIR --job NAME` (the job's own folder and \
-                 name)",
-            ));
+            // Process 0 stops the job (every process drains) and keeps its final checkpoint.
+            let was_running = {
+                let mut state = self.state();
+                let job =
+                    state.jobs.get_mut(&r.job_id).ok_or_else(|| Status::not_found(format!("no job {}", r.job_id)))?;
+                let running = job.state == "running";
+                if running {
+                    job.state = "cancelling";
+                }
+                running
+            };
+            let outcome = self.savepoint_of(&r.job_id, true, timeout_of(r.timeout_ms)).await;
+            let mut state = self.state();
+            let job = state.jobs.get_mut(&r.job_id).ok_or_else(|| Status::not_found(format!("no job {}", r.job_id)))?;
+            let path = match outcome {
+                Ok(path) => path,
+                Err(status) => {
+                    // Refused (no checkpointing, say): the job was not stopped.
+                    if was_running && job.state == "cancelling" && job.processes.iter().any(|p| p.state == "running") {
+                        job.state = "running";
+                    }
+                    return Err(status);
+                }
+            };
+            return Ok(Response::new(CancelJobReply { state: job.state.to_string(), savepoint: path }));
         }
         {
             let mut state = self.state();
             let job = state.jobs.get_mut(&r.job_id).ok_or_else(|| Status::not_found(format!("no job {}", r.job_id)))?;
             if job.state != "running" {
-                return Ok(Response::new(CancelJobReply { state: job.state.to_string() }));
+                return Ok(Response::new(CancelJobReply { state: job.state.to_string(), savepoint: String::new() }));
             }
             job.state = "cancelling";
         }
         self.stop_processes(&r.job_id, false).await;
-        Ok(Response::new(CancelJobReply { state: "cancelling".into() }))
+        Ok(Response::new(CancelJobReply { state: "cancelling".into(), savepoint: String::new() }))
+    }
+
+    async fn take_savepoint(
+        &self,
+        request: Request<TakeSavepointRequest>,
+    ) -> Result<Response<TakeSavepointReply>, Status> {
+        let r = request.into_inner();
+        let path = self.savepoint_of(&r.job_id, false, timeout_of(r.timeout_ms)).await?;
+        Ok(Response::new(TakeSavepointReply { path }))
     }
 
     async fn process_exited(

@@ -47,8 +47,34 @@ struct WorkerService {
     runtime: tokio::runtime::Handle,
 }
 
+impl WorkerService {
+    fn control_dir(&self, job_id: &str, index: u32) -> PathBuf {
+        self.config.cache.join("control").join(format!("{job_id}-{index}"))
+    }
+}
+
 #[tonic::async_trait]
 impl Worker for WorkerService {
+    async fn savepoint(&self, request: Request<SavepointRequest>) -> Result<Response<SavepointReply>, Status> {
+        let r = request.into_inner();
+        if !self.processes.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&(r.job_id.clone(), r.index)) {
+            return Err(Status::not_found(format!("this worker runs no process {} of {}", r.index, r.job_id)));
+        }
+        let answers = sluice_checkpoint::SavepointBox::at(self.control_dir(&r.job_id, r.index));
+        let timeout = Duration::from_millis(r.timeout_ms.max(1));
+        let processes = self.processes.clone();
+        let path = tokio::task::spawn_blocking(move || {
+            let key = (r.job_id.clone(), r.index);
+            let alive = || processes.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key);
+            let answer = answers.request(r.stop)?;
+            answers.wait(&answer, timeout, &alive)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::failed_precondition)?;
+        Ok(Response::new(SavepointReply { path }))
+    }
+
     async fn reserve_address(
         &self,
         _request: Request<ReserveAddressRequest>,
@@ -75,6 +101,12 @@ impl Worker for WorkerService {
             tracing::error!(job = %r.job_id, error = %e, "refused to start a job process");
             Status::failed_precondition(e)
         })?;
+        // The folder through which this worker asks the process for savepoints (left
+        // behind at the exit, so that an answer written last is still read).
+        let control = self.control_dir(&r.job_id, r.index);
+        let _ = std::fs::remove_dir_all(&control);
+        std::fs::create_dir_all(&control)
+            .map_err(|e| Status::internal(format!("creating the control folder {}: {e}", control.display())))?;
         let mut command = Command::new(&binary);
         command
             .args(&r.args)
@@ -84,6 +116,7 @@ impl Worker for WorkerService {
             .env(sluice_runtime::processes::ENV_SECRET, self.config.secret.expose())
             .env(sluice_runtime::processes::ENV_ATTEMPT, r.attempt.to_string())
             .env(sluice_runtime::processes::ENV_EXIT_WITH_PARENT, std::process::id().to_string())
+            .env(sluice_runtime::processes::ENV_CONTROL_DIR, &control)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -155,6 +188,8 @@ impl Worker for WorkerService {
 
 /// Runs the worker until the process ends.
 pub async fn run(config: WorkerConfig) -> Result<(), String> {
+    // Control folders of processes an earlier run of this worker started.
+    let _ = std::fs::remove_dir_all(config.cache.join("control"));
     let channel = crate::auth::connect(&config.coordinator, Duration::from_secs(30)).await?;
     let mut coordinator = CoordinatorClient::with_interceptor(channel, config.secret.attach());
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -87,6 +87,11 @@ impl Cluster {
         (output.status.success(), text)
     }
 
+    /// What the cluster's processes wrote to stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("cluster.log")).unwrap_or_default()
+    }
+
     /// Waits until `sluice list` shows `job` in `state`; returns its line.
     fn wait_for(&self, job: &str, state: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
@@ -167,7 +172,7 @@ fn an_unbounded_job_is_cancelled_and_a_wrong_secret_is_refused() {
     assert!(ok, "{text}");
     cluster.wait_for("job-1", "running", Duration::from_secs(60));
     let (ok, text) = cluster.client(&["cancel", "job-1", "--savepoint"], None);
-    assert!(!ok && text.contains("savepoints of cluster jobs are not built yet"), "refused, saying why: {text}");
+    assert!(!ok && text.contains("savepoints need checkpointing"), "refused, saying why: {text}");
     let (ok, text) = cluster.client(&["cancel", "job-1"], None);
     assert!(ok, "{text}");
     cluster.wait_for("job-1", "cancelled", Duration::from_secs(60));
@@ -178,6 +183,47 @@ fn an_unbounded_job_is_cancelled_and_a_wrong_secret_is_refused() {
     assert!(!ok && text.contains("wrong cluster secret"), "{text}");
     let log = std::fs::read_to_string(dir.path().join("cluster.log")).unwrap();
     assert!(log.contains("refused a call with a wrong cluster secret"), "the refusal is logged:\n{log}");
+}
+
+#[test]
+fn a_cluster_job_takes_a_savepoint_stops_with_one_and_resumes_from_it_at_another_parallelism_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3);
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 400_000;
+    let counts = env!("CARGO_BIN_EXE_counts");
+    let job_args = |rate: &str| {
+        let mut args = vec!["--out", out.to_str().unwrap(), "--n", "400000", "--rate", rate];
+        args.extend(["--checkpoint-dir", checkpoints.to_str().unwrap(), "--checkpoint-interval-ms", "200"]);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let mut submit: Vec<String> = ["submit", counts, "-p", "2", "--"].map(String::from).to_vec();
+    submit.extend(job_args("50000"));
+    let (ok, text) = cluster.client(&submit.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert!(ok, "{text}");
+    cluster.wait_for("job-1", "running", Duration::from_secs(60));
+    // A savepoint while it runs; it goes on running.
+    let (ok, first) = cluster.client(&["savepoint", "job-1"], None);
+    assert!(ok, "{first}\n{}", cluster.log());
+    let first = first.trim();
+    assert!(first.contains("savepoint-") && Path::new(first).join("_manifest.json").exists(), "{first}");
+    cluster.wait_for("job-1", "running", Duration::from_secs(5));
+    // Stopped with a savepoint: every process drains, the final checkpoint is kept.
+    let (ok, text) = cluster.client(&["cancel", "job-1", "--savepoint"], None);
+    assert!(ok, "{text}\n{}", cluster.log());
+    let stopped = text.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(text.contains("stopped with savepoint") && stopped != first, "{text}");
+    cluster.wait_for("job-1", "cancelled", Duration::from_secs(60));
+    let committed = sluice::connectors::committed_lines(&out).unwrap().len();
+    assert!(committed < sluice_testjobs::counts_reference(n).len(), "the job stopped before its end");
+    // Resumed from it at parallelism 3 over 3 workers, to the end: exactly the reference.
+    let mut submit: Vec<String> = ["submit", counts, "-p", "3", "--"].map(String::from).to_vec();
+    submit.extend(job_args("1000000"));
+    submit.extend(["--from".to_string(), stopped]);
+    let (ok, text) = cluster.client(&submit.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert!(ok, "{text}");
+    cluster.wait_for("job-2", "finished", Duration::from_secs(120));
+    assert_committed_counts(&out, n, "stopped with a savepoint, resumed at parallelism 3");
 }
 
 #[test]
