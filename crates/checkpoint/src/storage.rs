@@ -710,7 +710,8 @@ impl SavepointBox {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             let gone = !alive();
-            if let Ok(text) = std::fs::read_to_string(answer) {
+            // (An empty file is an answer being written by an older job: read it again.)
+            if let Some(text) = std::fs::read_to_string(answer).ok().filter(|t| !t.is_empty()) {
                 let _ = std::fs::remove_file(answer);
                 return match text.split_once(' ') {
                     Some(("ok", path)) => Ok(path.trim().to_string()),

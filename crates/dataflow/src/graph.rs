@@ -124,6 +124,9 @@ pub trait NodeImpl: Send + Sync {
         let _ = (old, parallelism);
         Err("only a source holds positions to redistribute".into())
     }
+    /// Frees what a sink's writer kept for a transaction another process committed (sinks
+    /// only; see [`Sink::release`](crate::Sink::release)).
+    fn release(&self, _committable: &[u8]) {}
     /// Commits a sink's pre-committed transaction (sinks only).
     fn commit(&self, _committable: &[u8]) -> std::io::Result<()> {
         Ok(())
@@ -317,6 +320,9 @@ impl<T: Data> NodeImpl for SinkNode<T> {
     }
     fn commit(&self, committable: &[u8]) -> std::io::Result<()> {
         self.sink.commit(committable)
+    }
+    fn release(&self, committable: &[u8]) {
+        self.sink.release(committable)
     }
     fn recover(&self, keep: &[Vec<u8>]) -> std::io::Result<()> {
         self.sink.recover(keep)

@@ -24,6 +24,11 @@ pub trait Sink<T>: Send + Sync + 'static {
     fn commit(&self, _committable: &[u8]) -> io::Result<()> {
         Ok(())
     }
+    /// Another process committed this pre-committed transaction of one of this process's
+    /// writers (in a job spread over processes, process 0 commits every sink's), so the
+    /// writer's process can free what it kept for it (a Kafka sink's producer). Called in
+    /// the writer's process, after the commit; the default keeps nothing to free.
+    fn release(&self, _committable: &[u8]) {}
     /// Called before a (re)started job writes: abort whatever earlier attempts left behind
     /// except the transactions in `keep` (those of the checkpoint restored from, which the
     /// runtime commits).

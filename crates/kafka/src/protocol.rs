@@ -358,14 +358,20 @@ pub fn commit_resumed(
 /// The ids of open (`Ongoing`) transactions on every broker in `brokers` whose id starts
 /// with `prefix`.
 pub fn list_open(brokers: &[String], prefix: &str, timeout: Duration) -> io::Result<Vec<String>> {
-    let mut open = Vec::new();
+    list_ids(brokers, prefix, &["Ongoing"], timeout)
+}
+
+/// The transactional ids in any of `states` (every state if empty) on every broker in
+/// `brokers` whose id starts with `prefix`.
+pub fn list_ids(brokers: &[String], prefix: &str, states: &[&str], timeout: Duration) -> io::Result<Vec<String>> {
+    let mut ids = Vec::new();
     for broker in brokers {
         let mut c = AdminConnection::connect(broker, timeout)?;
-        open.extend(c.list_transactions(&["Ongoing"])?.into_iter().filter(|id| id.starts_with(prefix)));
+        ids.extend(c.list_transactions(states)?.into_iter().filter(|id| id.starts_with(prefix)));
     }
-    open.sort();
-    open.dedup();
-    Ok(open)
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
 }
 
 #[cfg(test)]

@@ -414,6 +414,17 @@ impl<T: Send + 'static> Sink<T> for KafkaSink<T> {
         }
     }
 
+    /// Drops the producer of a transaction that process 0 committed by resuming it: without
+    /// this, a process would keep one idle producer (and transactional id) per checkpoint.
+    fn release(&self, committable: &[u8]) {
+        let Ok(c) = decode_committable(committable) else { return };
+        let producer = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&c.transactional_id);
+        if let Some(producer) = producer {
+            // Closing a producer waits for its threads: not on the caller's control loop.
+            std::thread::spawn(move || drop(producer));
+        }
+    }
+
     fn recover(&self, keep: &[Vec<u8>]) -> io::Result<()> {
         let s = &self.settings;
         if s.guarantee != DeliveryGuarantee::ExactlyOnce {

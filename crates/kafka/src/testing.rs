@@ -389,6 +389,12 @@ pub fn open_transactions(bootstrap: &str, prefix: &str) -> io::Result<Vec<String
     protocol::list_open(&[bootstrap.to_string()], prefix, Duration::from_secs(10))
 }
 
+/// Every transactional id starting with `prefix` the broker knows, in whatever state
+/// (how many ids a sink has used).
+pub fn transactional_ids(bootstrap: &str, prefix: &str) -> io::Result<Vec<String>> {
+    protocol::list_ids(&[bootstrap.to_string()], prefix, &[], Duration::from_secs(10))
+}
+
 /// Calls `each` with the key and value of every record a `read_committed` consumer sees in
 /// `topic`, to the end of every partition within `timeout` (for large topics: nothing is
 /// kept).

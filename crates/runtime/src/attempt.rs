@@ -56,7 +56,9 @@ impl SavepointWaiter {
                     Ok(p) => format!("ok {p}"),
                     Err(e) => format!("error {e}"),
                 };
-                if let Err(e) = std::fs::write(&path, text) {
+                // Written aside, then renamed: the asker never reads half an answer.
+                let aside = path.with_extension("writing");
+                if let Err(e) = std::fs::write(&aside, text).and_then(|()| std::fs::rename(&aside, &path)) {
                     tracing::warn!(file = %path.display(), error = %e, "cannot answer a savepoint request");
                 }
             }

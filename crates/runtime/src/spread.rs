@@ -66,6 +66,9 @@ pub(crate) enum Control {
     /// Process 0 was cancelled: every process stops its sources (the job drains and takes
     /// its final checkpoint).
     Stop,
+    /// Process 0 committed these transactions of the receiver's sink subtasks: the
+    /// receiver frees what it kept for them (`Sink::release`).
+    Released(Vec<SubtaskState>),
 }
 
 /// A part of a checkpoint that a process holds: its key there, and a sink's transaction.
@@ -231,7 +234,7 @@ pub(crate) fn run(
     let outcome = if me == 0 {
         coordinate(graph, flags, checkpointing.as_deref_mut(), network, &control, &reports, &barrier_senders, &offsets)
     } else {
-        take_part(flags, checkpointing.as_deref(), network, &control, &reports, &barrier_senders)
+        take_part(graph, flags, checkpointing.as_deref(), network, &control, &reports, &barrier_senders)
     };
     if outcome.is_err() {
         flags.abort.store(true, Ordering::SeqCst);
@@ -394,8 +397,12 @@ fn coordinate(
                         completed(cp, &mut waiters, id, savepoint, bytes, took)
                     }
                     Action::Commit { id, states } => {
-                        let states: Vec<SubtaskState> = states.into_iter().filter_map(|p| p.committable).collect();
+                        let (owners, states): (Vec<u32>, Vec<SubtaskState>) =
+                            states.into_iter().filter_map(|p| Some((p.process, p.committable?))).unzip();
                         let result = commit_and_prune(graph, cp, id, &states)?;
+                        if result.is_ok() {
+                            release_elsewhere(network, owners, &states)?;
+                        }
                         coordinator.on_committed(id, result, Instant::now(), &mut actions);
                     }
                     Action::Failed { id, reason, savepoint } => {
@@ -423,6 +430,21 @@ fn coordinate(
     }
 }
 
+/// Tells each process which of its sinks' transactions process 0 has committed.
+/// `owners[i]` is the process of `committed[i]`.
+fn release_elsewhere(network: &Network, owners: Vec<u32>, committed: &[SubtaskState]) -> TaskResult {
+    let mut by_process: BTreeMap<u32, Vec<SubtaskState>> = BTreeMap::new();
+    for (process, state) in owners.into_iter().zip(committed) {
+        if process != 0 {
+            by_process.entry(process).or_default().push(state.clone());
+        }
+    }
+    for (process, states) in by_process {
+        send(network, process, &Control::Released(states))?;
+    }
+    Ok(())
+}
+
 /// Writes the manifest once every process has written its parts; returns the bytes.
 fn write_manifest(
     checkpointing: Option<&Checkpointing>,
@@ -440,6 +462,7 @@ fn write_manifest(
 
 /// Every process but 0: reports to process 0, injects its barriers, writes its parts.
 fn take_part(
+    graph: &JobGraph,
     flags: &Arc<Flags>,
     checkpointing: Option<&Checkpointing>,
     network: &Network,
@@ -469,6 +492,14 @@ fn take_part(
                 send(network, 0, &Control::Uploaded { id, result })?;
             }
             Some((_, Control::Done)) => return Ok(()),
+            Some((_, Control::Released(states))) => {
+                for state in &states {
+                    let OperatorState::Committable(bytes) = &state.state else { continue };
+                    if let Some(node) = graph.nodes.iter().find(|n| n.state_id() == state.operator) {
+                        node.imp.release(bytes);
+                    }
+                }
+            }
             Some((_, Control::Stop)) => {
                 flags.cancelled.store(true, Ordering::SeqCst);
                 flags.stop_sources.store(true, Ordering::SeqCst);

@@ -277,3 +277,61 @@ fn a_cluster_killed_with_sigkill_and_started_again_resumes_a_resubmitted_job_exa
     );
     assert_committed_counts(&out, n, &format!("seed {seed}"));
 }
+
+#[test]
+fn the_kafka_copy_job_on_a_three_worker_cluster_commits_exactly_the_reference_and_frees_its_producers() {
+    use sluice_kafka::testing::{transactional_ids, KafkaBroker};
+    let (seed, mut random) = sluice_testjobs::harness::seeded(17);
+    let broker = KafkaBroker::start().expect("a Kafka broker");
+    let input = sluice_testjobs::kafka_copy::setup(&broker, 20_000, &mut random);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), 3);
+    let checkpoints = dir.path().join("checkpoints");
+    let copy = env!("CARGO_BIN_EXE_kafka-copy");
+    let (ok, text) = cluster.client(
+        &[
+            "submit",
+            copy,
+            "-p",
+            "3",
+            "--",
+            "--bootstrap",
+            broker.bootstrap(),
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--prefix",
+            "copy",
+            "--pace-every",
+            "2",
+            "--checkpoint-dir",
+            checkpoints.to_str().unwrap(),
+            "--checkpoint-interval-ms",
+            "100",
+        ],
+        None,
+    );
+    assert!(ok, "seed {seed}: {text}");
+    let line = cluster.wait_for("job-1", "finished", Duration::from_secs(180));
+    for worker in ["0@worker-", "1@worker-", "2@worker-"] {
+        assert!(line.contains(worker), "{line}");
+    }
+    sluice_testjobs::kafka_copy::assert_exact_output(&broker, &input, seed);
+    // Process 0 commits every subtask's transactions; the other processes free theirs on
+    // its notice, so each subtask reuses a few transactional ids instead of one more per
+    // checkpoint.
+    let log = cluster.log();
+    let checkpoints_taken: usize = log
+        .lines()
+        .find_map(|l| l.split("process 0] done: restored from nothing, ").nth(1))
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no summary of process 0:\n{log}"));
+    let ids = transactional_ids(broker.bootstrap(), "copy-").unwrap();
+    assert!(checkpoints_taken >= 10, "seed {seed}: only {checkpoints_taken} checkpoints; the check needs more");
+    assert!(
+        ids.len() <= 3 * 4,
+        "seed {seed}: {} transactional ids over {checkpoints_taken} checkpoints: {ids:?}",
+        ids.len()
+    );
+}

@@ -4,11 +4,9 @@
 //! see exactly the reference, and no transaction may be left open to hold such a consumer
 //! back.
 
-use sluice_kafka::testing::{
-    blocked_partitions, create_topic, open_transactions, produce, read_committed, KafkaBroker, TestRecord,
-};
-use sluice_testjobs::harness::{multiset, seeded, take_savepoint, KillOnDrop};
-use sluice_testjobs::kafka_copy_transform;
+use sluice_kafka::testing::{blocked_partitions, open_transactions, KafkaBroker};
+use sluice_testjobs::harness::{seeded, take_savepoint, KillOnDrop};
+use sluice_testjobs::kafka_copy::{assert_exact_output, setup};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -29,42 +27,6 @@ fn start_at(bootstrap: &str, checkpoints: &Path, parallelism: usize, interval_ms
         .spawn()
         .expect("the kafka-copy binary starts");
     KillOnDrop(child)
-}
-
-/// A broker with topic `in` (4 partitions) holding `n` seeded keyed records and an empty
-/// topic `out` (3 partitions); returns the records written.
-fn setup(broker: &KafkaBroker, n: u64, random: &mut impl FnMut(u64) -> u64) -> Vec<(Vec<u8>, String)> {
-    let b = broker.bootstrap();
-    create_topic(b, "in", 4).unwrap();
-    create_topic(b, "out", 3).unwrap();
-    let input: Vec<(Vec<u8>, String)> =
-        (0..n).map(|i| (format!("k{}", random(50)).into_bytes(), format!("v{i}-{}", random(1000)))).collect();
-    let records = input.iter().map(|(k, v)| TestRecord {
-        key: Some(k.clone()),
-        value: Some(v.as_bytes().to_vec()),
-        ..Default::default()
-    });
-    produce(b, "in", records).unwrap();
-    input
-}
-
-/// The output equals the reference record for record and nothing holds readers back.
-fn assert_exact_output(broker: &KafkaBroker, input: &[(Vec<u8>, String)], seed: u64) {
-    let b = broker.bootstrap();
-    let got: Vec<(Vec<u8>, String)> = read_committed(b, "out", Duration::from_secs(60))
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.key.unwrap_or_default(), String::from_utf8(r.value.unwrap_or_default()).unwrap()))
-        .collect();
-    let want: Vec<(Vec<u8>, String)> = input.iter().map(|(k, v)| (k.clone(), kafka_copy_transform(v))).collect();
-    assert_eq!(got.len(), want.len(), "seed {seed}: {} records committed, {} expected", got.len(), want.len());
-    assert_eq!(multiset(got), multiset(want), "seed {seed}");
-    assert_eq!(
-        blocked_partitions(b, "out").unwrap(),
-        Vec::<i32>::new(),
-        "seed {seed}: a transaction holds readers back"
-    );
-    assert_eq!(open_transactions(b, "copy-").unwrap(), Vec::<String>::new(), "seed {seed}");
 }
 
 #[test]
