@@ -24,13 +24,74 @@ fn block_on<T>(future: impl std::future::Future<Output = Result<T, String>>) -> 
     sluice_cluster::runtime().map_err(|e| e.to_string())?.block_on(future)
 }
 
+/// How the coordinator detects failures and replaces failed attempts.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Failover {
+    /// How often workers send a heartbeat (ms).
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub heartbeat_interval_ms: u64,
+    /// A worker silent for this long is lost and its processes move elsewhere (ms); keep
+    /// it above a few intervals and above 300 ms (how long a job process outlives a silent
+    /// worker).
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub heartbeat_timeout_ms: u64,
+    /// Where attempts are placed: least-loaded, most-free, lowest-latency, round-robin or
+    /// random.
+    #[arg(long, value_name = "STRATEGY", default_value = "least-loaded")]
+    pub placement: String,
+    /// Restarts of a job before it is failed for good.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_restarts: u32,
+}
+
+impl Failover {
+    /// The settings, checked: the error names the flag to change.
+    fn check(&self) -> Result<sluice_cluster::coordinator::Detection, String> {
+        sluice_cluster::placement::strategy(&self.placement, 0)?;
+        let pulse = sluice_runtime::processes::PULSE_TIMEOUT.as_millis() as u64;
+        if self.heartbeat_interval_ms == 0 || self.heartbeat_timeout_ms < 2 * self.heartbeat_interval_ms {
+            return Err(format!(
+                "--heartbeat-timeout-ms {} must be at least twice --heartbeat-interval-ms {} (and the interval above 0), \
+                 or a worker is declared lost between two heartbeats",
+                self.heartbeat_timeout_ms, self.heartbeat_interval_ms
+            ));
+        }
+        if self.heartbeat_timeout_ms <= pulse {
+            return Err(format!(
+                "--heartbeat-timeout-ms {} must be above {pulse} ms, how long a job process outlives a silent worker: \
+                 else the next attempt could start while the old one still runs",
+                self.heartbeat_timeout_ms
+            ));
+        }
+        Ok(sluice_cluster::coordinator::Detection {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
+        })
+    }
+
+    fn as_args(&self) -> Vec<String> {
+        vec![
+            "--heartbeat-interval-ms".into(),
+            self.heartbeat_interval_ms.to_string(),
+            "--heartbeat-timeout-ms".into(),
+            self.heartbeat_timeout_ms.to_string(),
+            "--placement".into(),
+            self.placement.clone(),
+            "--max-restarts".into(),
+            self.max_restarts.to_string(),
+        ]
+    }
+}
+
 /// `sluice coordinator`.
 pub fn coordinator(
     listen: SocketAddr,
     http: Option<SocketAddr>,
     store: &Path,
     secret_file: Option<&Path>,
+    failover: &Failover,
 ) -> Result<String, String> {
+    let detection = failover.check()?;
     sluice_runtime::init_logging(tracing::Level::INFO);
     sluice_runtime::processes::exit_with_parent();
     let secret = Secret::load(secret_file)?;
@@ -39,6 +100,9 @@ pub fn coordinator(
         http,
         store: store.to_string_lossy().into_owned(),
         secret,
+        detection,
+        placement: failover.placement.clone(),
+        max_restarts: failover.max_restarts,
     };
     block_on(sluice_cluster::coordinator::run(config)).map(|()| String::new())
 }
@@ -96,14 +160,17 @@ pub fn list(connection: &Connection) -> Result<String, String> {
         for j in jobs {
             let processes: Vec<String> =
                 j.processes.iter().map(|p| format!("{}@worker-{}:{}", p.index, p.worker_id, p.state)).collect();
+            let events: Vec<String> = j.events.iter().map(|e| format!("\n    {e}")).collect();
             lines.push(format!(
-                "{:<8} {:<10} {:<20} p={:<3} processes [{}]{}",
+                "{:<8} {:<10} {:<20} p={:<3} attempt {} processes [{}]{}{}",
                 j.job_id,
                 j.state,
                 j.name,
                 j.parallelism,
+                j.attempt,
                 processes.join(" "),
-                if j.message.is_empty() { String::new() } else { format!("  {}", j.message) }
+                if j.message.is_empty() { String::new() } else { format!("  {}", j.message) },
+                events.concat()
             ));
         }
         Ok(lines.join("\n"))
@@ -148,7 +215,8 @@ fn free_address() -> Result<SocketAddr, String> {
 /// `sluice cluster`: a coordinator and `workers` workers on loopback, as child processes
 /// of this one, with a fresh secret written to `dir/secret`; runs until Ctrl-C or until
 /// a role exits.
-pub fn cluster(workers: u32, slots: u32, dir: &Path) -> Result<String, String> {
+pub fn cluster(workers: u32, slots: u32, dir: &Path, failover: &Failover) -> Result<String, String> {
+    failover.check()?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut random = [0u8; 24];
     getrandom::fill(&mut random).map_err(|e| format!("no random secret: {e}"))?;
@@ -174,7 +242,7 @@ pub fn cluster(workers: u32, slots: u32, dir: &Path) -> Result<String, String> {
             .map_err(|e| format!("starting a cluster role: {e}"))
     };
     let store = dir.join("store");
-    roles.0.push(spawn(vec![
+    let mut coordinator = vec![
         "coordinator".into(),
         "--listen".into(),
         grpc.to_string(),
@@ -182,7 +250,9 @@ pub fn cluster(workers: u32, slots: u32, dir: &Path) -> Result<String, String> {
         http.to_string(),
         "--store".into(),
         store.to_string_lossy().into_owned(),
-    ])?);
+    ];
+    coordinator.extend(failover.as_args());
+    roles.0.push(spawn(coordinator)?);
     for i in 0..workers {
         roles.0.push(spawn(vec![
             "worker".into(),
@@ -194,9 +264,12 @@ pub fn cluster(workers: u32, slots: u32, dir: &Path) -> Result<String, String> {
             dir.join(format!("worker-{i}")).to_string_lossy().into_owned(),
         ])?);
     }
+    let pids: Vec<String> = roles.0[1..].iter().map(|c| c.id().to_string()).collect();
     let info = format!(
-        "{{\"coordinator\":\"{grpc}\",\"http\":\"{http}\",\"secret_file\":\"{}\",\"workers\":{workers}}}",
-        secret_file.display()
+        "{{\"coordinator\":\"{grpc}\",\"http\":\"{http}\",\"secret_file\":\"{}\",\"workers\":{workers},\
+         \"worker_pids\":[{}]}}",
+        secret_file.display(),
+        pids.join(",")
     );
     std::fs::write(dir.join("cluster.json"), &info).map_err(|e| e.to_string())?;
     println!("coordinator at {grpc} (status: http://{http}/jobs), {workers} workers; in another shell:");
@@ -208,14 +281,20 @@ pub fn cluster(workers: u32, slots: u32, dir: &Path) -> Result<String, String> {
     let flag = stop.clone();
     let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
     let started = Instant::now();
+    let mut exited: Vec<Option<std::process::ExitStatus>> = vec![None; workers as usize];
     loop {
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok("the cluster stopped".into());
         }
-        for (i, child) in roles.0.iter_mut().enumerate() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let role = if i == 0 { "the coordinator".to_string() } else { format!("worker {}", i - 1) };
-                return Err(format!("{role} exited ({status}) after {:?}; the cluster stops", started.elapsed()));
+        if let Ok(Some(status)) = roles.0[0].try_wait() {
+            return Err(format!("the coordinator exited ({status}) after {:?}; the cluster stops", started.elapsed()));
+        }
+        // A worker that exits (or is killed) is the failure the cluster is there to survive:
+        // said, not fatal.
+        for (i, child) in roles.0.iter_mut().enumerate().skip(1) {
+            if let Some(status) = exited[i - 1].is_none().then(|| child.try_wait().ok().flatten()).flatten() {
+                eprintln!("sluice cluster: worker {} exited ({status}); the cluster goes on without it", i - 1);
+                exited[i - 1] = Some(status);
             }
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -51,6 +51,8 @@ enum Command {
         /// A file holding the cluster secret (else SLUICE_SECRET or SLUICE_SECRET_FILE).
         #[arg(long, value_name = "FILE")]
         secret_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        failover: cluster::Failover,
     },
     /// Runs a worker: it registers with the coordinator and runs the job processes it is
     /// given.
@@ -79,6 +81,8 @@ enum Command {
         /// The folder for the secret, the artifact store and the workers' caches.
         #[arg(long, value_name = "DIR", default_value = ".sluice-cluster")]
         dir: std::path::PathBuf,
+        #[command(flatten)]
+        failover: cluster::Failover,
     },
     /// Uploads a job binary and runs it on the cluster; arguments after `--` go to the job.
     Submit {
@@ -218,13 +222,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Checkpoints { location } => open(location).and_then(|store| list(&store)),
-        Command::Coordinator { listen, http, store, secret_file } => {
-            cluster::coordinator(*listen, *http, store, secret_file.as_deref())
+        Command::Coordinator { listen, http, store, secret_file, failover } => {
+            cluster::coordinator(*listen, *http, store, secret_file.as_deref(), failover)
         }
         Command::Worker { connection, listen, slots, cache } => {
             cluster::worker(connection, *listen, *slots, cache.as_deref())
         }
-        Command::Cluster { workers, slots, dir } => cluster::cluster(*workers, *slots, dir),
+        Command::Cluster { workers, slots, dir, failover } => cluster::cluster(*workers, *slots, dir, failover),
         Command::Submit { connection, binary, parallelism, name, args } => {
             cluster::submit(connection, binary, name.as_deref(), *parallelism, args.clone())
         }

@@ -2,12 +2,23 @@
 //! uploads job binaries and submits jobs to it; it plans a job onto workers (one job
 //! process per worker, at most the job's parallelism), asks each worker for a data
 //! address, starts the processes with every peer's address, and tracks them until they
-//! have all exited. A job fails when one of its processes fails; the others are stopped.
-//! Job status is served as JSON over HTTP too (`GET /jobs`, with the secret as bearer
-//! token), for scripts and dashboards.
+//! have all exited.
+//!
+//! Failures: a job process that fails (its worker reports it at once; a process whose
+//! peer vanished fails within milliseconds) or a worker whose heartbeats stop for the
+//! heartbeat timeout fails the job's attempt. The coordinator then kills what is left of
+//! the attempt, places the next attempt on the workers with a free slot (a
+//! [`crate::placement`] strategy decides, and the job's event log says which worker got
+//! which process and why) and starts it; the job processes resume from the latest
+//! completed checkpoint. Attempts are numbered, and the number travels with every start,
+//! stop and data connection, so an old attempt's process cannot join a new one.
+//!
+//! Job status, with each job's history, is served as JSON over HTTP too (`GET /jobs`, with
+//! the secret as bearer token), for scripts and dashboards.
 
 use crate::artifacts::ArtifactStore;
 use crate::auth::{AuthedChannel, Secret};
+use crate::placement::{Candidate, PlacementStrategy};
 use crate::proto::coordinator_server::{Coordinator, CoordinatorServer};
 use crate::proto::worker_client::WorkerClient;
 use crate::proto::*;
@@ -16,6 +27,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status, Streaming};
+
+/// How long a stop of a job process may take (a worker that does not answer by then is
+/// left to the failure detectors).
+const STOP_WITHIN: Duration = Duration::from_secs(1);
 
 /// A request's timeout in milliseconds; 0 (not given) means 2 minutes.
 fn timeout_of(ms: u64) -> Duration {
@@ -37,6 +52,31 @@ pub struct CoordinatorConfig {
     pub store: String,
     /// The cluster secret.
     pub secret: Secret,
+    /// How failures are detected.
+    pub detection: Detection,
+    /// Where attempts are placed: a name from [`crate::placement::STRATEGIES`].
+    pub placement: String,
+    /// Restarts of a job before it is failed for good.
+    pub max_restarts: u32,
+}
+
+/// The time detector's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Detection {
+    /// How often workers send a heartbeat. Default 100 ms: cheap (one small call), and
+    /// frequent enough that a timeout of a few intervals stays well under a second.
+    pub heartbeat_interval: Duration,
+    /// A worker silent for this long is lost. Default 500 ms: five missed heartbeats, so
+    /// a scheduling hiccup on a loaded machine does not count, and still sub-second. A
+    /// worker killed outright is usually detected sooner: its job processes exit within
+    /// 20 ms, and their peers fail at once on the broken data connection.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for Detection {
+    fn default() -> Self {
+        Detection { heartbeat_interval: Duration::from_millis(100), heartbeat_timeout: Duration::from_millis(500) }
+    }
 }
 
 #[derive(Debug)]
@@ -44,6 +84,7 @@ struct WorkerEntry {
     address: String,
     slots: u32,
     last_heartbeat: Instant,
+    rtt: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +103,26 @@ struct JobEntry {
     state: &'static str,
     message: String,
     processes: Vec<ProcessEntry>,
+    /// What was submitted, to start every attempt from.
+    request: SubmitJobRequest,
+    attempt: u64,
+    /// An attempt is being started (its processes are not all known to their workers yet).
+    starting: bool,
+    restarts: u32,
+    /// When restarts happened, for the back-off between them.
+    restarted_at: Vec<Instant>,
+    submitted: Instant,
+    /// The job's history, oldest first.
+    events: Vec<String>,
+}
+
+impl JobEntry {
+    /// Adds to the job's history (and the coordinator's log).
+    fn event(&mut self, job_id: &str, text: String) {
+        let at = self.submitted.elapsed().as_secs_f64();
+        tracing::info!(job = job_id, "{text}");
+        self.events.push(format!("+{at:.3}s {text}"));
+    }
 }
 
 #[derive(Default)]
@@ -78,6 +139,9 @@ pub struct CoordinatorService {
     state: Arc<Mutex<State>>,
     store: ArtifactStore,
     secret: Secret,
+    detection: Detection,
+    placement: Arc<dyn PlacementStrategy>,
+    max_restarts: u32,
 }
 
 impl CoordinatorService {
@@ -103,14 +167,21 @@ impl CoordinatorService {
                 )));
             }
             let first = job.processes.first().ok_or_else(|| Status::internal("a job without processes"))?;
-            state
+            let address = state
                 .workers
                 .get(&first.worker)
                 .map(|w| w.address.clone())
-                .ok_or_else(|| Status::unavailable(format!("the worker of {job_id}'s process 0 is gone")))?
+                .ok_or_else(|| Status::unavailable(format!("the worker of {job_id}'s process 0 is gone")))?;
+            (address, job.attempt)
         };
-        let request =
-            SavepointRequest { job_id: job_id.to_string(), index: 0, stop, timeout_ms: timeout.as_millis() as u64 };
+        let (address, attempt) = address;
+        let request = SavepointRequest {
+            job_id: job_id.to_string(),
+            index: 0,
+            stop,
+            timeout_ms: timeout.as_millis() as u64,
+            attempt,
+        };
         let mut client = self.worker_client(&address).await?;
         let path = client.savepoint(request).await?.into_inner().path;
         tracing::info!(job = job_id, stop, path = %path, "savepoint taken");
@@ -119,27 +190,35 @@ impl CoordinatorService {
 
     /// Stops every process of `job` that still runs (Ctrl-C, or a kill).
     async fn stop_processes(&self, job_id: &str, kill: bool) {
-        let targets: Vec<(u32, String)> = {
+        let (targets, attempt): (Vec<(u32, String)>, u64) = {
             let state = self.state();
             let Some(job) = state.jobs.get(job_id) else { return };
-            job.processes
+            let targets = job
+                .processes
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| matches!(p.state, "starting" | "running"))
                 .filter_map(|(i, p)| state.workers.get(&p.worker).map(|w| (i as u32, w.address.clone())))
-                .collect()
+                .collect();
+            (targets, job.attempt)
         };
-        for (index, address) in targets {
-            match self.worker_client(&address).await {
-                Ok(mut client) => {
-                    let request = StopProcessRequest { job_id: job_id.to_string(), index, kill };
-                    if let Err(e) = client.stop_process(request).await {
-                        tracing::warn!(job = job_id, index, error = %e, "could not stop a job process");
-                    }
+        // In parallel, each bounded: a hung worker (SIGSTOP) must not hold up the others,
+        // nor the restart that is waiting for this.
+        let stops = targets.into_iter().map(|(index, address)| async move {
+            let stop = async {
+                let mut client = self.worker_client(&address).await?;
+                let request = StopProcessRequest { job_id: job_id.to_string(), index, kill, attempt };
+                client.stop_process(request).await.map(|_| ())
+            };
+            match tokio::time::timeout(STOP_WITHIN, stop).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(job = job_id, index, error = %e.message(), "could not stop a job process"),
+                Err(_) => {
+                    tracing::warn!(job = job_id, index, "its worker did not answer a stop within {STOP_WITHIN:?}")
                 }
-                Err(e) => tracing::warn!(job = job_id, index, error = %e, "could not reach a worker to stop a process"),
             }
-        }
+        });
+        futures::future::join_all(stops).await;
     }
 
     fn status(&self) -> Vec<JobStatus> {
@@ -153,6 +232,9 @@ impl CoordinatorService {
                 parallelism: j.parallelism,
                 message: j.message.clone(),
                 artifact_sha256: j.artifact.clone(),
+                attempt: j.attempt,
+                restarts: j.restarts,
+                events: j.events.clone(),
                 processes: j
                     .processes
                     .iter()
@@ -169,25 +251,83 @@ impl CoordinatorService {
             .collect()
     }
 
-    async fn start_job(&self, job_id: String, request: SubmitJobRequest) -> Result<u32, Status> {
-        // A worker with no slot takes no process.
-        let workers: Vec<(u64, String)> =
-            self.state().workers.iter().filter(|(_, w)| w.slots > 0).map(|(id, w)| (*id, w.address.clone())).collect();
-        if workers.is_empty() {
-            return Err(Status::failed_precondition("no worker has a free slot"));
-        }
-        let processes = (request.parallelism as usize).min(workers.len());
-        let chosen = &workers[..processes];
-        // Each worker picks a free data address for its process; then every process
-        // starts knowing all of them.
+    /// The workers with a free slot, with what placement strategies look at.
+    fn candidates(state: &State) -> Vec<Candidate> {
+        state
+            .workers
+            .iter()
+            .map(|(id, w)| {
+                let busy = state
+                    .jobs
+                    .values()
+                    .flat_map(|j| &j.processes)
+                    .filter(|p| p.worker == *id && matches!(p.state, "starting" | "running"))
+                    .count() as u32;
+                Candidate {
+                    worker: *id,
+                    free_slots: w.slots.saturating_sub(busy),
+                    busy_slots: busy,
+                    heartbeat_rtt: w.rtt,
+                }
+            })
+            .filter(|c| c.free_slots > 0)
+            .collect()
+    }
+
+    /// Starts the job's current attempt: places its processes, has each worker pick a data
+    /// address, then starts every process knowing all of them. Returns how many.
+    async fn start_attempt(&self, job_id: &str) -> Result<u32, Status> {
+        let (request, attempt, chosen) = {
+            let mut state = self.state();
+            let candidates = Self::candidates(&state);
+            let job = state.jobs.get(job_id).ok_or_else(|| Status::not_found(format!("no job {job_id}")))?;
+            let (request, attempt) = (job.request.clone(), job.attempt);
+            if candidates.is_empty() {
+                return Err(Status::failed_precondition("no worker has a free slot"));
+            }
+            let n = (request.parallelism as usize).min(candidates.len());
+            let placed = self.placement.place(n, &candidates);
+            let chosen: Vec<(u64, String)> = placed
+                .iter()
+                .filter_map(|(w, _)| state.workers.get(w).map(|entry| (*w, entry.address.clone())))
+                .collect();
+            let why: Vec<String> = placed
+                .iter()
+                .enumerate()
+                .map(|(i, (w, reason))| format!("process {i} -> worker {w} ({reason})"))
+                .collect();
+            let job = state.jobs.get_mut(job_id).expect("looked up above");
+            job.event(
+                job_id,
+                format!(
+                    "attempt {attempt}: {} processes for parallelism {} placed by {}: {}",
+                    chosen.len(),
+                    request.parallelism,
+                    self.placement.name(),
+                    why.join(", ")
+                ),
+            );
+            (request, attempt, chosen)
+        };
         let mut peers = Vec::new();
-        for (_, address) in chosen {
-            let mut client = self.worker_client(address).await?;
-            peers.push(client.reserve_address(ReserveAddressRequest {}).await?.into_inner().address);
+        for (worker, address) in &chosen {
+            let reserved = async {
+                let mut client = self.worker_client(address).await?;
+                client.reserve_address(ReserveAddressRequest {}).await.map(|r| r.into_inner().address)
+            };
+            match reserved.await {
+                Ok(address) => peers.push(address),
+                Err(status) => {
+                    // A worker that cannot be reached is lost (the detectors may not have said
+                    // so yet): forget it, and let the caller place the attempt again.
+                    self.worker_lost(*worker, &format!("unreachable when placing a process: {}", status.message()));
+                    return Err(Status::unavailable(format!("worker {worker} is unreachable")));
+                }
+            }
         }
         {
             let mut state = self.state();
-            let job = state.jobs.get_mut(&job_id).expect("registered before it starts");
+            let job = state.jobs.get_mut(job_id).expect("registered before it starts");
             job.processes = chosen
                 .iter()
                 .zip(&peers)
@@ -202,13 +342,13 @@ impl CoordinatorService {
         // The workers fetch and check the binary in parallel.
         let starts = chosen.iter().enumerate().map(|(index, (_, address))| {
             let start = StartProcessRequest {
-                job_id: job_id.clone(),
+                job_id: job_id.to_string(),
                 name: request.name.clone(),
                 artifact_sha256: request.artifact_sha256.clone(),
                 args: request.args.clone(),
                 index: index as u32,
                 peers: peers.clone(),
-                attempt: 1,
+                attempt,
                 parallelism: request.parallelism,
             };
             async move {
@@ -218,15 +358,194 @@ impl CoordinatorService {
         });
         for started in futures::future::join_all(starts).await {
             let index = started?;
-            if let Some(p) = self.state().jobs.get_mut(&job_id).and_then(|j| j.processes.get_mut(index)) {
+            if let Some(p) = self.state().jobs.get_mut(job_id).and_then(|j| j.processes.get_mut(index)) {
                 if p.state == "starting" {
                     p.state = "running";
                 }
             }
         }
-        Ok(processes as u32)
+        Ok(chosen.len() as u32)
+    }
+
+    /// Starts the current attempt, placing it again (up to 3 times) when a chosen worker
+    /// turns out to be unreachable.
+    async fn start_placed(&self, job_id: &str) -> Result<u32, Status> {
+        let set_starting = |on: bool| {
+            if let Some(job) = self.state().jobs.get_mut(job_id) {
+                job.starting = on;
+            }
+        };
+        set_starting(true);
+        let mut tries = 0;
+        let outcome = loop {
+            match self.start_attempt(job_id).await {
+                Err(status) if status.code() == tonic::Code::Unavailable && tries < 3 => tries += 1,
+                other => break other,
+            }
+        };
+        set_starting(false);
+        outcome
+    }
+
+    /// The job's attempt failed (`cause`): kill what is left of it, then start the next
+    /// attempt on the workers there are, unless the job has restarted too often. Runs as a
+    /// task of its own; a job already restarting, cancelled or ended is left alone.
+    async fn restart(self, job_id: String, cause: String) {
+        let restart = {
+            let mut state = self.state();
+            let Some(job) = state.jobs.get_mut(&job_id) else { return };
+            if job.state != "running" {
+                return;
+            }
+            job.event(&job_id, format!("attempt {} failed: {cause}", job.attempt));
+            tracing::warn!(job = %job_id, attempt = job.attempt, "attempt failed: {cause}");
+            if job.restarts >= self.max_restarts {
+                job.state = "failed";
+                job.message = format!("failed after {} restarts: {cause}", job.restarts);
+                job.event(&job_id, format!("no restart left (max {}): the job failed", self.max_restarts));
+                None
+            } else {
+                job.state = "restarting";
+                // Immediately the first time; then 200 ms, doubling up to 5 s, for restarts in
+                // the last minute (a job that fails at once again should not spin).
+                job.restarted_at.retain(|t| t.elapsed() < Duration::from_secs(60));
+                let recent = job.restarted_at.len() as u32;
+                let delay = match recent {
+                    0 => Duration::ZERO,
+                    n => Duration::from_millis(200 * 2u64.pow((n - 1).min(5))).min(Duration::from_secs(5)),
+                };
+                Some((job.attempt, delay))
+            }
+        };
+        let Some((attempt, delay)) = restart else {
+            self.stop_processes(&job_id, true).await;
+            return;
+        };
+        // An attempt still being started is let finish starting first, so that the stop
+        // below reaches all of its processes.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.state().jobs.get(&job_id).is_some_and(|j| j.starting) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Fencing: no process of the failed attempt may go on; a process on a lost worker
+        // stops by itself (it loses its worker's pulse, or its parent).
+        self.stop_processes(&job_id, true).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let settled = {
+                let state = self.state();
+                state.jobs.get(&job_id).is_none_or(|j| {
+                    j.attempt != attempt || j.processes.iter().all(|p| !matches!(p.state, "starting" | "running"))
+                })
+            };
+            if settled || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(delay).await;
+        {
+            let mut state = self.state();
+            let Some(job) = state.jobs.get_mut(&job_id) else { return };
+            if job.state != "restarting" {
+                return; // cancelled meanwhile
+            }
+            job.attempt += 1;
+            job.restarts += 1;
+            job.restarted_at.push(Instant::now());
+            job.state = "running";
+            job.message = format!("restarted after: {cause}");
+        }
+        match self.start_placed(&job_id).await {
+            Ok(processes) => tracing::info!(job = %job_id, processes, "attempt started"),
+            Err(status) => {
+                if let Some(job) = self.state().jobs.get_mut(&job_id) {
+                    job.state = "failed";
+                    job.message = format!("could not start attempt {}: {}", job.attempt, status.message());
+                    let text = job.message.clone();
+                    job.event(&job_id, text);
+                }
+                self.stop_processes(&job_id, true).await;
+            }
+        }
+    }
+
+    /// The heartbeat detector: every half interval, workers silent for longer than the
+    /// timeout are lost.
+    async fn watch_heartbeats(self) {
+        let mut tick = tokio::time::interval(self.detection.heartbeat_interval / 2);
+        loop {
+            tick.tick().await;
+            let timeout = self.detection.heartbeat_timeout;
+            let lost: Vec<(u64, Duration)> = self
+                .state()
+                .workers
+                .iter()
+                .map(|(id, w)| (*id, w.last_heartbeat.elapsed()))
+                .filter(|(_, silent)| *silent > timeout)
+                .collect();
+            for (worker, silent) in lost {
+                self.worker_lost(
+                    worker,
+                    &format!(
+                        "no heartbeat for {} ms (detector: heartbeat, timeout {} ms)",
+                        silent.as_millis(),
+                        timeout.as_millis()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Worker `worker` is lost (`why`): it is forgotten (a heartbeat it sends later is
+    /// answered "unknown", and it stops what it still runs), and every job with a process on
+    /// it restarts elsewhere.
+    fn worker_lost(&self, worker: u64, why: &str) {
+        let mut failed = Vec::new();
+        {
+            let mut state = self.state();
+            if state.workers.remove(&worker).is_none() {
+                return;
+            }
+            tracing::warn!(worker, "worker lost: {why}");
+            for (job_id, job) in state.jobs.iter_mut() {
+                let mut hit = false;
+                for p in job.processes.iter_mut().filter(|p| p.worker == worker) {
+                    if matches!(p.state, "starting" | "running") {
+                        p.state = "lost";
+                        p.message = format!("worker {worker} lost");
+                        hit = true;
+                    }
+                }
+                if hit {
+                    let cause = format!("worker {worker} lost: {why}");
+                    job.event(job_id, cause.clone());
+                    failed.push((job_id.clone(), cause));
+                }
+            }
+        }
+        for (job_id, cause) in failed {
+            tokio::spawn(self.clone().restart(job_id, cause));
+        }
     }
 }
+
+/// Held by a worker's `Connect` stream: dropped when the stream ends, which is when the
+/// worker's connection closes.
+struct ConnectionGuard {
+    service: CoordinatorService,
+    worker: u64,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.service.worker_lost(self.worker, "its control connection closed (detector: connection)");
+        }
+    }
+}
+
+type AttachStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<AttachEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
@@ -239,16 +558,40 @@ impl Coordinator for CoordinatorService {
         state.next_worker += 1;
         let id = state.next_worker;
         tracing::info!(worker = id, address = %r.address, slots = r.slots, "worker registered");
-        state.workers.insert(id, WorkerEntry { address: r.address, slots: r.slots, last_heartbeat: Instant::now() });
-        Ok(Response::new(RegisterWorkerReply { worker_id: id, artifact_store: self.store.location().to_string() }))
+        state.workers.insert(
+            id,
+            WorkerEntry { address: r.address, slots: r.slots, last_heartbeat: Instant::now(), rtt: Duration::ZERO },
+        );
+        Ok(Response::new(RegisterWorkerReply {
+            worker_id: id,
+            artifact_store: self.store.location().to_string(),
+            heartbeat_interval_ms: self.detection.heartbeat_interval.as_millis() as u64,
+        }))
+    }
+
+    type AttachStream = AttachStream;
+
+    async fn attach(&self, request: Request<AttachRequest>) -> Result<Response<AttachStream>, Status> {
+        let worker = request.into_inner().worker_id;
+        if !self.state().workers.contains_key(&worker) {
+            return Err(Status::not_found(format!("worker {worker} is not registered: register first")));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<AttachEvent>(1);
+        let guard = ConnectionGuard { service: self.clone(), worker };
+        // Never yields: the stream only ends when the connection does, and drops the guard.
+        let stream = futures::stream::unfold((rx, tx, guard), |(mut rx, tx, guard)| async move {
+            rx.recv().await.map(|event| (Ok(event), (rx, tx, guard)))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
-        let id = request.into_inner().worker_id;
+        let r = request.into_inner();
         let mut state = self.state();
-        let known = match state.workers.get_mut(&id) {
+        let known = match state.workers.get_mut(&r.worker_id) {
             Some(w) => {
                 w.last_heartbeat = Instant::now();
+                w.rtt = Duration::from_micros(r.rtt_us);
                 true
             }
             None => false,
@@ -298,11 +641,18 @@ impl Coordinator for CoordinatorService {
                     state: "running",
                     message: String::new(),
                     processes: Vec::new(),
+                    request: r.clone(),
+                    attempt: 1,
+                    starting: false,
+                    restarts: 0,
+                    restarted_at: Vec::new(),
+                    submitted: Instant::now(),
+                    events: Vec::new(),
                 },
             );
             id
         };
-        match self.start_job(job_id.clone(), r).await {
+        match self.start_placed(&job_id).await {
             Ok(processes) => {
                 tracing::info!(job = %job_id, processes, "job started");
                 Ok(Response::new(SubmitJobReply { job_id, processes }))
@@ -354,10 +704,17 @@ impl Coordinator for CoordinatorService {
         {
             let mut state = self.state();
             let job = state.jobs.get_mut(&r.job_id).ok_or_else(|| Status::not_found(format!("no job {}", r.job_id)))?;
+            if job.state == "restarting" {
+                // Between attempts: nothing runs, and no next attempt starts.
+                job.state = "cancelled";
+                job.event(&r.job_id, "cancelled between attempts".into());
+                return Ok(Response::new(CancelJobReply { state: job.state.to_string(), savepoint: String::new() }));
+            }
             if job.state != "running" {
                 return Ok(Response::new(CancelJobReply { state: job.state.to_string(), savepoint: String::new() }));
             }
             job.state = "cancelling";
+            job.event(&r.job_id, "cancel asked".into());
         }
         self.stop_processes(&r.job_id, false).await;
         Ok(Response::new(CancelJobReply { state: "cancelling".into(), savepoint: String::new() }))
@@ -377,34 +734,46 @@ impl Coordinator for CoordinatorService {
         request: Request<ProcessExitedRequest>,
     ) -> Result<Response<ProcessExitedReply>, Status> {
         let r = request.into_inner();
-        let stop_others = {
+        let restart = {
             let mut state = self.state();
             let Some(job) = state.jobs.get_mut(&r.job_id) else {
                 return Ok(Response::new(ProcessExitedReply {}));
             };
+            if r.attempt != job.attempt {
+                // A process of an attempt already replaced: nothing to decide.
+                return Ok(Response::new(ProcessExitedReply {}));
+            }
+            let mut worker = 0;
             if let Some(p) = job.processes.get_mut(r.index as usize) {
-                p.state = if r.success { "finished" } else { "failed" };
+                if p.state != "lost" {
+                    p.state = if r.success { "finished" } else { "failed" };
+                }
                 p.message = r.message.clone();
+                worker = p.worker;
             }
-            let failed = !r.success && job.state != "cancelling";
-            if failed && job.state == "running" {
-                job.state = "failed";
-                job.message = format!("process {} failed: {}", r.index, r.message);
-                tracing::error!(job = %r.job_id, "job failed: process {} failed: {}", r.index, r.message);
-            }
-            let all_exited = job.processes.iter().all(|p| matches!(p.state, "finished" | "failed"));
-            if all_exited {
-                job.state = match job.state {
-                    "running" => "finished",
-                    "cancelling" => "cancelled",
-                    other => other,
+            let restart = (!r.success && job.state == "running").then(|| {
+                format!(
+                    "process {} on worker {worker} failed (detector: process exit): {}",
+                    r.index,
+                    if r.message.is_empty() { "no message" } else { &r.message }
+                )
+            });
+            let all_exited = job.processes.iter().all(|p| !matches!(p.state, "starting" | "running"));
+            if all_exited && restart.is_none() {
+                let ended = match job.state {
+                    "running" => Some("finished"),
+                    "cancelling" => Some("cancelled"),
+                    _ => None,
                 };
-                tracing::info!(job = %r.job_id, state = job.state, "job ended");
+                if let Some(ended) = ended {
+                    job.state = ended;
+                    job.event(&r.job_id, format!("attempt {} ended: the job is {ended}", job.attempt));
+                }
             }
-            failed
+            restart
         };
-        if stop_others {
-            self.stop_processes(&r.job_id, true).await;
+        if let Some(cause) = restart {
+            tokio::spawn(self.clone().restart(r.job_id.clone(), cause));
         }
         Ok(Response::new(ProcessExitedReply {}))
     }
@@ -413,7 +782,17 @@ impl Coordinator for CoordinatorService {
 /// Runs the coordinator until the process ends.
 pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
     let store = ArtifactStore::open(&config.store)?;
-    let service = CoordinatorService { state: Arc::default(), store, secret: config.secret.clone() };
+    let placement: Arc<dyn PlacementStrategy> =
+        Arc::from(crate::placement::strategy(&config.placement, sluice_dataflow_seed())?);
+    let service = CoordinatorService {
+        state: Arc::default(),
+        store,
+        secret: config.secret.clone(),
+        detection: config.detection,
+        placement,
+        max_restarts: config.max_restarts,
+    };
+    tokio::spawn(service.clone().watch_heartbeats());
     if let Some(http) = config.http {
         serve_http(http, service.clone())?;
     }
@@ -424,6 +803,13 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
         .serve(config.listen)
         .await
         .map_err(|e| format!("the coordinator's gRPC server on {}: {e}", config.listen))
+}
+
+/// The random placement's seed: the time, printed so that a run can be repeated.
+fn sluice_dataflow_seed() -> u64 {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    tracing::debug!(seed, "placement seed");
+    seed
 }
 
 /// Serves `GET /jobs` (the jobs as JSON) on `address`, on a thread of its own.
@@ -469,6 +855,7 @@ fn answer_http(mut stream: std::net::TcpStream, service: &CoordinatorService) ->
                 serde_json::json!({
                     "job_id": j.job_id, "name": j.name, "state": j.state, "parallelism": j.parallelism,
                     "message": j.message, "artifact_sha256": j.artifact_sha256,
+                    "attempt": j.attempt, "restarts": j.restarts, "events": j.events,
                     "processes": j.processes.iter().map(|p| serde_json::json!({
                         "index": p.index, "worker_id": p.worker_id, "data_address": p.data_address,
                         "state": p.state, "message": p.message,

@@ -7,15 +7,18 @@
 //!
 //! A job submitted with parallelism P runs as min(P, workers) job processes, one per
 //! worker, spread as `sluice_runtime::processes` describes: records travel between them
-//! over `sluice-net`, checkpoints coordinated by its process 0. What the cluster does not
-//! do yet is said in `docs/cluster.md`: keeping jobs across a coordinator restart (a job
-//! is resubmitted, and resumes from its latest checkpoint), restarts and migration after
-//! a failure, savepoints of cluster jobs.
+//! over `sluice-net`, checkpoints coordinated by its process 0. A failed attempt (a
+//! process that fails, a worker that stops sending heartbeats) is replaced by the next on
+//! the workers there are ([`placement`]), resuming from the latest checkpoint. What the
+//! cluster does not do yet is said in `docs/cluster.md` and `docs/failover.md`: keeping
+//! jobs across a coordinator restart (a job is resubmitted, and resumes from its latest
+//! checkpoint), among others.
 
 pub mod artifacts;
 pub mod auth;
 pub mod client;
 pub mod coordinator;
+pub mod placement;
 pub mod worker;
 
 /// The generated gRPC messages, clients and servers.

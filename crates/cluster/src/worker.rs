@@ -12,7 +12,7 @@ use crate::proto::coordinator_client::CoordinatorClient;
 use crate::proto::worker_server::{Worker, WorkerServer};
 use crate::proto::*;
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -35,7 +35,14 @@ pub struct WorkerConfig {
     pub secret: Secret,
 }
 
-type Processes = Arc<Mutex<HashMap<(String, u32), Child>>>;
+/// The job processes this worker runs, by (job, attempt, process index).
+type Processes = Arc<Mutex<HashMap<(String, u64, u32), Child>>>;
+
+/// How often a worker tells its job processes it is alive (a byte on their stdin): a job
+/// process that hears nothing for [`sluice_runtime::processes::PULSE_TIMEOUT`] stops
+/// itself, so that a worker that hangs (SIGSTOP, a frozen machine) has no process left
+/// writing for an attempt the coordinator has replaced.
+const PULSE_EVERY: Duration = Duration::from_millis(50);
 
 /// The worker service.
 #[derive(Clone)]
@@ -57,14 +64,17 @@ impl WorkerService {
 impl Worker for WorkerService {
     async fn savepoint(&self, request: Request<SavepointRequest>) -> Result<Response<SavepointReply>, Status> {
         let r = request.into_inner();
-        if !self.processes.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&(r.job_id.clone(), r.index)) {
-            return Err(Status::not_found(format!("this worker runs no process {} of {}", r.index, r.job_id)));
+        let key = (r.job_id.clone(), r.attempt, r.index);
+        if !self.processes.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key) {
+            return Err(Status::not_found(format!(
+                "this worker runs no process {} of {} attempt {}",
+                r.index, r.job_id, r.attempt
+            )));
         }
         let answers = sluice_checkpoint::SavepointBox::at(self.control_dir(&r.job_id, r.index));
         let timeout = Duration::from_millis(r.timeout_ms.max(1));
         let processes = self.processes.clone();
         let path = tokio::task::spawn_blocking(move || {
-            let key = (r.job_id.clone(), r.index);
             let alive = || processes.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key);
             let answer = answers.request(r.stop)?;
             answers.wait(&answer, timeout, &alive)
@@ -117,17 +127,19 @@ impl Worker for WorkerService {
             .env(sluice_runtime::processes::ENV_ATTEMPT, r.attempt.to_string())
             .env(sluice_runtime::processes::ENV_EXIT_WITH_PARENT, std::process::id().to_string())
             .env(sluice_runtime::processes::ENV_CONTROL_DIR, &control)
-            .stdin(Stdio::null())
+            .env(sluice_runtime::processes::ENV_PULSE, "stdin")
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|e| Status::internal(format!("starting {}: {e}", binary.display())))?;
         tracing::info!(job = %r.job_id, process = r.index, pid = child.id(), "job process started");
         let stderr = child.stderr.take();
-        let key = (r.job_id.clone(), r.index);
+        let key = (r.job_id.clone(), r.attempt, r.index);
         self.processes.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), child);
         let (processes, mut coordinator, runtime) =
             (self.processes.clone(), self.coordinator.clone(), self.runtime.clone());
         let label = format!("[{} '{}' process {}]", r.job_id, r.name, r.index);
+        let attempt = r.attempt;
         std::thread::Builder::new()
             .name(format!("sluice:job-{}", r.index))
             .spawn(move || {
@@ -161,8 +173,8 @@ impl Worker for WorkerService {
                     Some(s) => format!("{s}: {}", last.iter().cloned().collect::<Vec<_>>().join(" | ")),
                     None => "lost track of the process".into(),
                 };
-                tracing::info!(job = %key.0, process = key.1, success, "job process exited");
-                let report = ProcessExitedRequest { job_id: key.0.clone(), index: key.1, success, message };
+                tracing::info!(job = %key.0, attempt, process = key.2, success, "job process exited");
+                let report = ProcessExitedRequest { job_id: key.0.clone(), index: key.2, success, message, attempt };
                 if let Err(e) = runtime.block_on(coordinator.process_exited(report)) {
                     tracing::warn!(job = %key.0, error = %e, "could not tell the coordinator that a process exited");
                 }
@@ -174,7 +186,7 @@ impl Worker for WorkerService {
     async fn stop_process(&self, request: Request<StopProcessRequest>) -> Result<Response<StopProcessReply>, Status> {
         let r = request.into_inner();
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(child) = processes.get_mut(&(r.job_id.clone(), r.index)) {
+        if let Some(child) = processes.get_mut(&(r.job_id.clone(), r.attempt, r.index)) {
             if r.kill {
                 let _ = child.kill();
             } else {
@@ -184,6 +196,37 @@ impl Worker for WorkerService {
         }
         Ok(Response::new(StopProcessReply {}))
     }
+}
+
+/// Registers with the coordinator.
+async fn register(
+    coordinator: &mut CoordinatorClient<AuthedChannel>,
+    registration: &RegisterWorkerRequest,
+    address: &str,
+) -> Result<RegisterWorkerReply, String> {
+    let reply = coordinator
+        .register_worker(registration.clone())
+        .await
+        .map_err(|e| format!("registering with the coordinator at {address}: {}", e.message()))?
+        .into_inner();
+    tracing::info!(
+        worker = reply.worker_id,
+        address = %registration.address,
+        pid = std::process::id(),
+        "registered with the coordinator"
+    );
+    // Held open while this worker lives: its closing tells the coordinator at once.
+    let mut connection = coordinator
+        .attach(AttachRequest { worker_id: reply.worker_id })
+        .await
+        .map_err(|e| format!("connecting to the coordinator at {address}: {}", e.message()))?
+        .into_inner();
+    let worker = reply.worker_id;
+    tokio::spawn(async move {
+        while let Ok(Some(_)) = connection.message().await {}
+        tracing::debug!(worker, "the connection to the coordinator ended");
+    });
+    Ok(reply)
 }
 
 /// Runs the worker until the process ends.
@@ -196,17 +239,9 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
         .await
         .map_err(|e| format!("listening on {}: {e}", config.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    let reply = coordinator
-        .register_worker(RegisterWorkerRequest {
-            address: address.to_string(),
-            slots: config.slots,
-            host: address.ip().to_string(),
-        })
-        .await
-        .map_err(|e| format!("registering with the coordinator at {}: {}", config.coordinator, e.message()))?
-        .into_inner();
-    let worker_id = reply.worker_id;
-    tracing::info!(worker = worker_id, %address, "registered with the coordinator");
+    let registration =
+        RegisterWorkerRequest { address: address.to_string(), slots: config.slots, host: address.ip().to_string() };
+    let reply = register(&mut coordinator, &registration, &config.coordinator).await?;
     let store = ArtifactStore::open(&reply.artifact_store)?;
     let processes: Processes = Arc::default();
     let service = WorkerService {
@@ -216,13 +251,53 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
         coordinator: coordinator.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
+    let pulses = processes.clone();
+    std::thread::Builder::new()
+        .name("sluice:pulse".into())
+        .spawn(move || loop {
+            for child in pulses.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
+                if let Some(stdin) = child.stdin.as_mut() {
+                    // A process that has exited closed its end: nothing to tell it.
+                    let _ = stdin.write_all(b".");
+                }
+            }
+            std::thread::sleep(PULSE_EVERY);
+        })
+        .map_err(|e| e.to_string())?;
     let mut heartbeats = coordinator.clone();
+    let heartbeat_every = Duration::from_millis(reply.heartbeat_interval_ms.max(10));
+    let mut worker_id = reply.worker_id;
+    let coordinator_address = config.coordinator.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut tick = tokio::time::interval(heartbeat_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rtt = Duration::ZERO;
         loop {
             tick.tick().await;
-            if let Err(e) = heartbeats.heartbeat(HeartbeatRequest { worker_id }).await {
-                tracing::warn!(error = %e.message(), "heartbeat to the coordinator failed");
+            let sent = std::time::Instant::now();
+            match heartbeats.heartbeat(HeartbeatRequest { worker_id, rtt_us: rtt.as_micros() as u64 }).await {
+                Ok(reply) if reply.get_ref().known => rtt = sent.elapsed(),
+                Ok(_) => {
+                    // The coordinator declared this worker lost (it was silent too long) and
+                    // has moved its processes: the ones still here belong to replaced
+                    // attempts. Stop them, and join again as a new worker.
+                    let stale: Vec<Child> =
+                        processes.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, c)| c).collect();
+                    tracing::warn!(
+                        worker = worker_id,
+                        processes = stale.len(),
+                        "the coordinator declared this worker lost; stopping its job processes and registering again"
+                    );
+                    for mut child in stale {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    match register(&mut heartbeats, &registration, &coordinator_address).await {
+                        Ok(reply) => worker_id = reply.worker_id,
+                        Err(e) => tracing::warn!(error = %e, "registering again failed; retrying"),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e.message(), "heartbeat to the coordinator failed"),
             }
         }
     });

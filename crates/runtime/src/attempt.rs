@@ -737,6 +737,8 @@ pub(crate) fn commit_and_prune(
     if let Some(fp) = &cp.config.failpoint {
         fp("commit", id).map_err(TaskError::Checkpoint)?;
     }
+    // A process whose worker went silent may belong to a replaced attempt: no commit.
+    crate::processes::worker_lease().map_err(TaskError::Checkpoint)?;
     let result = commit(graph, cp, id, states);
     if result.is_ok() {
         prune(cp, id);

@@ -41,23 +41,69 @@ pub const ENV_EXIT_WITH_PARENT: &str = "SLUICE_EXIT_WITH_PARENT";
 /// [`sluice_checkpoint::SavepointBox`]); process 0 of a checkpointed job answers there.
 pub const ENV_CONTROL_DIR: &str = "SLUICE_CONTROL_DIR";
 
-/// If `SLUICE_EXIT_WITH_PARENT` names a process, watches it and ends this process when it
-/// is gone (a worker killed with SIGKILL leaves no job process behind). Linux only (it
-/// looks for `/proc/<pid>`); elsewhere it does nothing.
+/// Set to `stdin` by a worker that writes a byte to the job process's stdin every 50 ms
+/// (its pulse): the process stops itself when the pulse stops for [`PULSE_TIMEOUT`].
+pub const ENV_PULSE: &str = "SLUICE_PULSE";
+
+/// How long a job process goes on without its worker's pulse before it stops itself. It is
+/// shorter than the coordinator's heartbeat timeout (500 ms by default), so that by the time
+/// the coordinator declares a hung worker lost and starts the next attempt elsewhere, the
+/// old attempt's processes on that worker have stopped: they commit nothing more.
+pub const PULSE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Milliseconds (on [`std::time::Instant`]'s clock, from the process start) of the last
+/// pulse; 0 while no worker pulses.
+static LAST_PULSE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn since_start() -> u64 {
+    STARTED.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Whether this process may still act for its attempt: `Err` once its worker's pulse has
+/// been silent for longer than [`PULSE_TIMEOUT`] (the worker hangs, or is gone). Checked
+/// before a checkpoint is declared complete and before sinks commit, so that a process
+/// that resumes after a freeze does not commit for an attempt that was replaced meanwhile.
+pub fn worker_lease() -> Result<(), String> {
+    let last = LAST_PULSE.load(std::sync::atomic::Ordering::SeqCst);
+    let silent = since_start().saturating_sub(last);
+    if last != 0 && silent > PULSE_TIMEOUT.as_millis() as u64 {
+        return Err(format!("this process's worker has been silent for {silent} ms: its attempt is stale"));
+    }
+    Ok(())
+}
+
+/// If `SLUICE_EXIT_WITH_PARENT` names a process, ends this process as soon as that one is
+/// gone (a worker killed with SIGKILL leaves no job process behind): the parent is watched
+/// every 20 ms, and a change of parent (the orphan is re-parented at once, before the dead
+/// parent is reaped) ends it. With `SLUICE_PULSE=stdin`, the worker's pulse on stdin is
+/// watched too (see [`PULSE_TIMEOUT`]).
 pub fn exit_with_parent() {
     let Some(pid) = std::env::var(ENV_EXIT_WITH_PARENT).ok().and_then(|p| p.trim().parse::<u32>().ok()) else {
         return;
     };
-    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
-    if !std::path::Path::new("/proc/self").exists() {
-        return;
+    let pulsed = std::env::var(ENV_PULSE).is_ok_and(|v| v == "stdin");
+    if pulsed {
+        LAST_PULSE.store(since_start(), std::sync::atomic::Ordering::SeqCst);
+        let _ = std::thread::Builder::new().name("sluice:pulse".into()).spawn(|| {
+            let mut byte = [0u8; 64];
+            // EOF or an error: the worker closed the pipe (it is gone); the watch below ends
+            // the process once the pulse is overdue.
+            while matches!(std::io::Read::read(&mut std::io::stdin(), &mut byte), Ok(n) if n > 0) {
+                LAST_PULSE.store(since_start(), std::sync::atomic::Ordering::SeqCst);
+            }
+        });
     }
     let _ = std::thread::Builder::new().name("sluice:parent-watch".into()).spawn(move || loop {
-        if !proc_dir.exists() {
+        if std::os::unix::process::parent_id() != pid {
             eprintln!("process {pid}, which started this one, is gone: exiting");
             std::process::exit(1);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        if let Err(why) = worker_lease() {
+            eprintln!("{why}: exiting");
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     });
 }
 

@@ -456,6 +456,8 @@ fn write_manifest(
         return Err(e);
     }
     let cp = checkpointing.ok_or("no checkpoint store")?;
+    // A process whose worker went silent may belong to a replaced attempt: no completion.
+    crate::processes::worker_lease()?;
     let bytes = entries.iter().map(|e| e.bytes).sum();
     cp.store.write_manifest(meta, entries).map(|_| bytes).map_err(|e| e.to_string())
 }

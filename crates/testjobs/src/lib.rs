@@ -84,6 +84,139 @@ pub mod kafka_copy {
     }
 }
 
+/// `sluice cluster` for the process-level tests: started in a process group of its own,
+/// killed (SIGKILL, the whole group) when dropped; its clients; its log.
+pub mod cluster {
+    use std::os::unix::process::CommandExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// The `sluice` binary in the folder of a test's job binary.
+    pub fn sluice_beside(job_binary: &Path) -> PathBuf {
+        let binary = job_binary.parent().expect("a binary has a folder").join("sluice");
+        assert!(
+            binary.exists(),
+            "{} is missing: run `cargo build -p sluice-cli` (or test the workspace)",
+            binary.display()
+        );
+        binary
+    }
+
+    /// A local cluster, its process group killed on drop.
+    pub struct Cluster {
+        child: Child,
+        dir: PathBuf,
+        /// The coordinator's gRPC address.
+        pub coordinator: String,
+        sluice: PathBuf,
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            let group = format!("-{}", self.child.id());
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Cluster {
+        /// Starts `sluice cluster --workers N` (the `sluice` binary at `sluice`, with `extra`
+        /// flags) in `dir`, and waits until every worker has registered.
+        pub fn start(sluice: &Path, dir: &Path, workers: usize, extra: &[&str]) -> Cluster {
+            let log = std::fs::File::create(dir.join("cluster.log")).unwrap();
+            let child = Command::new(sluice)
+                .args(["cluster", "--workers", &workers.to_string(), "--dir", dir.join("c").to_str().unwrap()])
+                .args(extra)
+                .env_remove("SLUICE_SECRET")
+                .env_remove("SLUICE_SECRET_FILE")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            let mut cluster =
+                Cluster { child, dir: dir.to_path_buf(), coordinator: String::new(), sluice: sluice.to_path_buf() };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let log = std::fs::read_to_string(dir.join("cluster.log")).unwrap_or_default();
+                let info = std::fs::read_to_string(dir.join("c/cluster.json")).unwrap_or_default();
+                if log.matches("registered with the coordinator").count() == workers && !info.is_empty() {
+                    let value: serde_json::Value = serde_json::from_str(&info).unwrap();
+                    cluster.coordinator = value["coordinator"].as_str().unwrap().to_string();
+                    return cluster;
+                }
+                assert!(cluster.child.try_wait().unwrap().is_none(), "the cluster exited:\n{log}");
+                assert!(Instant::now() < deadline, "the cluster did not come up within 60 s:\n{log}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        /// Runs a client command; returns (success, stdout + stderr).
+        pub fn client(&self, args: &[&str], secret_file: Option<&Path>) -> (bool, String) {
+            let default = self.dir.join("c/secret");
+            // The subcommand, then where the coordinator is, then the rest (which may end in
+            // `-- job args`).
+            let output = Command::new(&self.sluice)
+                .arg(args[0])
+                .args([
+                    "--coordinator",
+                    &self.coordinator,
+                    "--secret-file",
+                    secret_file.unwrap_or(&default).to_str().unwrap(),
+                ])
+                .args(&args[1..])
+                .env_remove("SLUICE_SECRET")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+            (output.status.success(), text)
+        }
+
+        /// The pid of worker `id` (the coordinator's id, as `sluice list` shows it), from its
+        /// registration line in the log.
+        pub fn worker_pid(&self, id: u64) -> u32 {
+            let log = self.log();
+            let wanted = format!("registered with the coordinator worker={id} ");
+            log.lines()
+                .filter(|l| l.contains(&wanted))
+                .find_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
+                .unwrap_or_else(|| panic!("no registration of worker {id} in the log:\n{log}"))
+        }
+
+        /// The line of `sluice list` for `job`, with its events below it.
+        pub fn job(&self, job: &str) -> String {
+            let (_, listing) = self.client(&["list"], None);
+            let mut lines = listing.lines().skip_while(|l| !l.starts_with(&format!("{job} ")));
+            let mut out: Vec<&str> = lines.next().into_iter().collect();
+            out.extend(lines.take_while(|l| l.starts_with("    ")));
+            out.join("\n")
+        }
+
+        /// What the cluster's processes wrote to stderr so far.
+        pub fn log(&self) -> String {
+            std::fs::read_to_string(self.dir.join("cluster.log")).unwrap_or_default()
+        }
+
+        /// Waits until `sluice list` shows `job` in `state`; returns its line.
+        pub fn wait_for(&self, job: &str, state: &str, within: Duration) -> String {
+            let deadline = Instant::now() + within;
+            loop {
+                let (_, listing) = self.client(&["list"], None);
+                if let Some(line) = listing.lines().find(|l| l.starts_with(&format!("{job} "))) {
+                    if line.split_whitespace().nth(1) == Some(state) {
+                        return line.to_string();
+                    }
+                    assert!(line.split_whitespace().nth(1) != Some("failed"), "{line}\n{}", self.log());
+                }
+                let log = std::fs::read_to_string(self.dir.join("cluster.log")).unwrap_or_default();
+                assert!(Instant::now() < deadline, "{job} not {state} within {within:?}:\n{listing}\n{log}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 /// What the process-level tests share: a child process that is killed when dropped,
 /// waiting for its exit with a deadline, a seeded random source and multisets.
 pub mod harness {

@@ -5,115 +5,26 @@
 //! The cluster runs in a process group of its own, killed (SIGKILL) when the test ends.
 
 use sluice_testjobs::assert_committed_counts;
+use sluice_testjobs::cluster::Cluster;
 use sluice_testjobs::harness::multiset;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// The `sluice` binary beside the test's job binaries (`cargo test --workspace` builds
 /// it; `cargo test -p sluice-testjobs` alone needs `cargo build -p sluice-cli` first).
 fn sluice_binary() -> PathBuf {
-    let binary = Path::new(env!("CARGO_BIN_EXE_counts")).parent().unwrap().join("sluice");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p sluice-cli` (or test the workspace)",
-        binary.display()
-    );
-    binary
+    sluice_testjobs::cluster::sluice_beside(Path::new(env!("CARGO_BIN_EXE_counts")))
 }
 
-/// A local cluster, its process group killed on drop.
-struct Cluster {
-    child: Child,
-    dir: PathBuf,
-    coordinator: String,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Cluster {
-    fn start(dir: &Path, workers: usize) -> Cluster {
-        let log = std::fs::File::create(dir.join("cluster.log")).unwrap();
-        let child = Command::new(sluice_binary())
-            .args(["cluster", "--workers", &workers.to_string(), "--dir", dir.join("c").to_str().unwrap()])
-            .env_remove("SLUICE_SECRET")
-            .env_remove("SLUICE_SECRET_FILE")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let mut cluster = Cluster { child, dir: dir.to_path_buf(), coordinator: String::new() };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let log = std::fs::read_to_string(dir.join("cluster.log")).unwrap_or_default();
-            let info = std::fs::read_to_string(dir.join("c/cluster.json")).unwrap_or_default();
-            if log.matches("registered with the coordinator").count() == workers && !info.is_empty() {
-                let value: serde_json::Value = serde_json::from_str(&info).unwrap();
-                cluster.coordinator = value["coordinator"].as_str().unwrap().to_string();
-                return cluster;
-            }
-            assert!(cluster.child.try_wait().unwrap().is_none(), "the cluster exited:\n{log}");
-            assert!(Instant::now() < deadline, "the cluster did not come up within 60 s:\n{log}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Runs a client command; returns (success, stdout + stderr).
-    fn client(&self, args: &[&str], secret_file: Option<&Path>) -> (bool, String) {
-        let default = self.dir.join("c/secret");
-        // The subcommand, then where the coordinator is, then the rest (which may end in
-        // `-- job args`).
-        let output = Command::new(sluice_binary())
-            .arg(args[0])
-            .args([
-                "--coordinator",
-                &self.coordinator,
-                "--secret-file",
-                secret_file.unwrap_or(&default).to_str().unwrap(),
-            ])
-            .args(&args[1..])
-            .env_remove("SLUICE_SECRET")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), text)
-    }
-
-    /// What the cluster's processes wrote to stderr so far.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("cluster.log")).unwrap_or_default()
-    }
-
-    /// Waits until `sluice list` shows `job` in `state`; returns its line.
-    fn wait_for(&self, job: &str, state: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let (_, listing) = self.client(&["list"], None);
-            if let Some(line) = listing.lines().find(|l| l.starts_with(&format!("{job} "))) {
-                if line.split_whitespace().nth(1) == Some(state) {
-                    return line.to_string();
-                }
-                assert!(!line.contains(" failed "), "{line}");
-            }
-            let log = std::fs::read_to_string(self.dir.join("cluster.log")).unwrap_or_default();
-            assert!(Instant::now() < deadline, "{job} not {state} within {within:?}:\n{listing}\n{log}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+fn start_cluster(dir: &Path, workers: usize) -> Cluster {
+    Cluster::start(&sluice_binary(), dir, workers, &[])
 }
 
 #[test]
 fn a_job_submitted_to_a_three_worker_cluster_commits_exactly_the_reference() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path(), 3);
+    let cluster = start_cluster(dir.path(), 3);
     let out = dir.path().join("out");
     let n = 90_000;
     let counts = env!("CARGO_BIN_EXE_counts");
@@ -164,7 +75,7 @@ fn a_job_submitted_to_a_three_worker_cluster_commits_exactly_the_reference() {
 #[test]
 fn an_unbounded_job_is_cancelled_and_a_wrong_secret_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path(), 2);
+    let cluster = start_cluster(dir.path(), 2);
     let out = dir.path().join("out");
     let counts = env!("CARGO_BIN_EXE_counts");
     let (ok, text) =
@@ -188,7 +99,7 @@ fn an_unbounded_job_is_cancelled_and_a_wrong_secret_is_refused() {
 #[test]
 fn a_cluster_job_takes_a_savepoint_stops_with_one_and_resumes_from_it_at_another_parallelism_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path(), 3);
+    let cluster = start_cluster(dir.path(), 3);
     let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
     let n = 400_000;
     let counts = env!("CARGO_BIN_EXE_counts");
@@ -253,7 +164,7 @@ fn a_cluster_killed_with_sigkill_and_started_again_resumes_a_resubmitted_job_exa
     {
         let first = dir.path().join("first");
         std::fs::create_dir_all(&first).unwrap();
-        let cluster = Cluster::start(&first, 3);
+        let cluster = start_cluster(&first, 3);
         let (ok, text) = cluster.client(&args, None);
         assert!(ok, "{text}");
         cluster.wait_for("job-1", "running", Duration::from_secs(60));
@@ -266,7 +177,7 @@ fn a_cluster_killed_with_sigkill_and_started_again_resumes_a_resubmitted_job_exa
     }
     let second = dir.path().join("second");
     std::fs::create_dir_all(&second).unwrap();
-    let cluster = Cluster::start(&second, 3);
+    let cluster = start_cluster(&second, 3);
     let (ok, text) = cluster.client(&args, None);
     assert!(ok, "{text}");
     cluster.wait_for("job-1", "finished", Duration::from_secs(120));
@@ -285,7 +196,7 @@ fn the_kafka_copy_job_on_a_three_worker_cluster_commits_exactly_the_reference_an
     let broker = KafkaBroker::start().expect("a Kafka broker");
     let input = sluice_testjobs::kafka_copy::setup(&broker, 20_000, &mut random);
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path(), 3);
+    let cluster = start_cluster(dir.path(), 3);
     let checkpoints = dir.path().join("checkpoints");
     let copy = env!("CARGO_BIN_EXE_kafka-copy");
     let (ok, text) = cluster.client(

@@ -1,0 +1,154 @@
+//! Failure detection and migration on `sluice cluster`, with real processes and signals: a
+//! worker killed with SIGKILL mid-job has its processes placed on the workers that remain
+//! (a spare one first, then fewer processes at the same parallelism), the job resumes from
+//! its latest checkpoint, and the committed output equals the reference exactly; a worker
+//! stopped with SIGSTOP is detected by the heartbeat timeout, and once it is resumed it
+//! writes nothing for its old attempt. The job's history names each detection and
+//! placement.
+
+use sluice_testjobs::assert_committed_counts;
+use sluice_testjobs::cluster::{sluice_beside, Cluster};
+use sluice_testjobs::harness::seeded;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn start_cluster(dir: &Path, workers: usize) -> Cluster {
+    let sluice = sluice_beside(Path::new(env!("CARGO_BIN_EXE_counts")));
+    // One slot each: a job at parallelism 2 runs on two workers, the third is spare.
+    Cluster::start(&sluice, dir, workers, &["--slots", "1"])
+}
+
+/// Submits the counting job (`n` events at `rate`/s, checkpoints every 100 ms) at
+/// parallelism 2.
+fn submit_counts(cluster: &Cluster, out: &Path, checkpoints: &Path, n: u64, rate: u64) {
+    let counts = env!("CARGO_BIN_EXE_counts");
+    let (n, rate) = (n.to_string(), rate.to_string());
+    let (ok, text) = cluster.client(
+        &[
+            "submit",
+            counts,
+            "-p",
+            "2",
+            "--",
+            "--out",
+            out.to_str().unwrap(),
+            "--n",
+            &n,
+            "--rate",
+            &rate,
+            "--checkpoint-dir",
+            checkpoints.to_str().unwrap(),
+            "--checkpoint-interval-ms",
+            "100",
+        ],
+        None,
+    );
+    assert!(ok, "{text}");
+}
+
+/// The worker ids running `job`'s processes now, by process index (from `sluice list`).
+fn workers_of(cluster: &Cluster, job: &str) -> Vec<u64> {
+    let line = cluster.job(job);
+    let first = line.lines().next().unwrap_or_default();
+    first
+        .split_whitespace()
+        .filter_map(|p| p.split_once("@worker-"))
+        .filter_map(|(_, rest)| rest.split(':').next()?.parse().ok())
+        .collect()
+}
+
+/// Waits until `job` runs attempt `attempt` with every process running; returns its line.
+fn wait_for_attempt(cluster: &Cluster, job: &str, attempt: u64, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let line = cluster.job(job);
+        let first = line.lines().next().unwrap_or_default().to_string();
+        let running = first.contains(&format!(" attempt {attempt} "))
+            && first.contains(":running")
+            && !first.contains(":starting")
+            && (first.split_whitespace().nth(1) == Some("running"));
+        if running {
+            return line;
+        }
+        assert!(first.split_whitespace().nth(1) != Some("failed"), "{line}\n{}", cluster.log());
+        assert!(
+            Instant::now() < deadline,
+            "{job} not at attempt {attempt} within {within:?}:\n{line}\n{}",
+            cluster.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[test]
+fn workers_killed_with_sigkill_mid_job_move_their_processes_and_the_output_stays_exact() {
+    let (seed, mut random) = seeded(23);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), 3);
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 600_000;
+    submit_counts(&cluster, &out, &checkpoints, n, 100_000);
+    wait_for_attempt(&cluster, "job-1", 1, Duration::from_secs(60));
+    // Twice: SIGKILL of a worker that runs a process, at a seeded moment. The first time
+    // the spare worker takes its place; the second time one worker is left, and it runs
+    // both subtasks in one process.
+    for attempt in 1..=2u64 {
+        std::thread::sleep(Duration::from_millis(300 + random(900)));
+        let workers = workers_of(&cluster, "job-1");
+        assert!(!workers.is_empty(), "seed {seed}: no process to kill:\n{}", cluster.job("job-1"));
+        let victim = workers[random(workers.len() as u64) as usize];
+        let killed_at = Instant::now();
+        kill(cluster.worker_pid(victim), "-KILL");
+        let line = wait_for_attempt(&cluster, "job-1", attempt + 1, Duration::from_secs(30));
+        eprintln!(
+            "seed {seed}: worker {victim} killed; attempt {} running after {:?}",
+            attempt + 1,
+            killed_at.elapsed()
+        );
+        assert!(line.contains(&format!("worker {victim} lost")) || line.contains("failed (detector"), "{line}");
+        assert!(!workers_of(&cluster, "job-1").contains(&victim), "seed {seed}: placed on the dead worker:\n{line}");
+    }
+    let line = cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    assert!(line.contains("attempt 3"), "seed {seed}: {line}");
+    let history = cluster.job("job-1");
+    assert!(history.contains("placed by least-loaded"), "the placements are in the history:\n{history}");
+    assert_committed_counts(&out, n, &format!("seed {seed}"));
+}
+
+#[test]
+fn a_worker_stopped_with_sigstop_is_detected_by_its_heartbeat_and_writes_nothing_once_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), 3);
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 500_000;
+    submit_counts(&cluster, &out, &checkpoints, n, 100_000);
+    wait_for_attempt(&cluster, "job-1", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(800));
+    // Process 0 coordinates the job's checkpoints and commits: the worker that hangs is
+    // the one that would do harm if it went on.
+    let victim = workers_of(&cluster, "job-1")[0];
+    let pid = cluster.worker_pid(victim);
+    kill(pid, "-STOP");
+    let line = wait_for_attempt(&cluster, "job-1", 2, Duration::from_secs(30));
+    assert!(line.contains(&format!("worker {victim} lost: no heartbeat for")), "{line}");
+    assert!(line.contains("detector: heartbeat"), "{line}");
+    // Resumed: its job process has stopped itself (no pulse from its worker) and the
+    // worker, now unknown to the coordinator, joins again as a new worker.
+    kill(pid, "-CONT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.log().contains("the coordinator declared this worker lost") {
+        assert!(Instant::now() < deadline, "the resumed worker did not learn it was lost:\n{}", cluster.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    let log = cluster.log();
+    assert!(log.contains("has been silent for"), "the hung worker's process stopped itself:\n{log}");
+    // Exactly the reference: nothing of the old attempt was committed after the new one
+    // started.
+    assert_committed_counts(&out, n, "SIGSTOP then SIGCONT of process 0's worker");
+}
