@@ -10,7 +10,11 @@
 //! `k1` is Kafka -> map -> Kafka exactly-once (issue 4), `k1-baseline` the same copy by one
 //! thread on librdkafka alone, and `k1-fill` writes their input topic (`k1-topic` and
 //! `k1-count` serve `scripts/flink-k1.sh`).
+//! `r1` measures recovery after a lost worker on a local cluster ([`r1`]; `r1-job` is the
+//! job it submits, this same binary).
 //! Every run checks its own output count and fails if it is wrong.
+
+mod r1;
 
 use sluice::prelude::*;
 use std::collections::HashMap;
@@ -23,8 +27,8 @@ use std::time::{Duration, Instant};
 #[command(name = "sluice-bench")]
 struct Args {
     /// The workload: w1, w2, w3, w1-baseline, w2-baseline, k1, k1-baseline, k1-fill,
-    /// k1-topic or k1-count.
-    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count"])]
+    /// k1-topic, k1-count, r1 (or r1-job, the job r1 submits).
+    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count", "r1", "r1-job"])]
     workload: String,
     /// Records (events) to process; a multiple of the parallelism.
     #[arg(long, default_value_t = 10_000_000, value_parser = parse_count)]
@@ -46,6 +50,24 @@ struct Args {
     /// crosses process boundaries). The time includes starting the processes.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     cluster: Option<u64>,
+    /// R1: events per second of the wall-clock schedule.
+    #[arg(long, default_value_t = 200_000.0)]
+    rate: f64,
+    /// R1: seconds from the schedule's start to the SIGKILL of a worker.
+    #[arg(long, default_value_t = 25.0)]
+    kill_after_secs: f64,
+    /// R1: the worker killed is the one running this process index.
+    #[arg(long, default_value_t = 1)]
+    kill_process: usize,
+    /// r1-job: the schedule's start (milliseconds since the epoch).
+    #[arg(long, value_name = "MS")]
+    t0_ms: Option<i64>,
+    /// r1-job: the output folder.
+    #[arg(long, value_name = "DIR")]
+    out: Option<String>,
+    /// r1-job: the checkpoint folder.
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<String>,
 }
 
 fn parse_parallelism(text: &str) -> Result<usize, String> {
@@ -415,6 +437,40 @@ fn main() -> ExitCode {
     };
     if args.workload.starts_with("k1") {
         return kafka_main(&args);
+    }
+    if args.workload == "r1-job" {
+        return match r1::job(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("r1-job: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.workload == "r1" {
+        return match r1::run(&args) {
+            Ok(m) => {
+                let ms = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
+                eprintln!("{}", m.detail);
+                println!(
+                    "RESULT workload=r1 detect_ms={} running_ms={} first_output_ms={} caught_up_ms={} exactly_once={}",
+                    ms(m.detect_ms),
+                    ms(m.running_ms),
+                    ms(m.first_output_ms),
+                    ms(m.caught_up_ms),
+                    m.exactly_once
+                );
+                if m.exactly_once {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("r1: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if std::env::var_os("SLUICE_PROCESS").is_some() {
         return cluster_process(&args);

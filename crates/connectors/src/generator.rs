@@ -49,7 +49,30 @@ pub struct GeneratorSource<F> {
     start: u64,
     end: Option<u64>,
     rate: Option<f64>,
+    schedule: Option<Schedule>,
     f: std::sync::Arc<F>,
+}
+
+/// A wall-clock schedule: index `i` is due at `t0 + i / per_second`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Schedule {
+    /// Milliseconds since the Unix epoch.
+    t0_ms: i64,
+    per_second: f64,
+}
+
+impl Schedule {
+    /// The highest index due now (`None` before index 0 is due).
+    fn due(&self) -> Option<u64> {
+        let elapsed = sluice_dataflow::now_millis() - self.t0_ms;
+        (elapsed >= 0).then(|| (elapsed as f64 / 1000.0 * self.per_second) as u64)
+    }
+    /// How long until index `i` is due (at most 50 ms, to look again).
+    fn wait_for(&self, i: u64) -> Duration {
+        let due_ms = self.t0_ms as f64 + i as f64 * 1000.0 / self.per_second;
+        let wait = (due_ms - sluice_dataflow::now_millis() as f64).max(0.0);
+        Duration::from_secs_f64(wait / 1000.0).min(Duration::from_millis(50))
+    }
 }
 
 /// The numbers of a range, as `u64`.
@@ -73,6 +96,10 @@ impl SequenceSource {
     /// At most `records_per_second` in all (shared evenly by the subtasks).
     pub fn with_rate_limit(self, records_per_second: f64) -> Self {
         SequenceSource(self.0.with_rate_limit(records_per_second))
+    }
+    /// Paced by the wall clock: see [`GeneratorSource::on_schedule`].
+    pub fn on_schedule(self, t0_epoch_ms: i64, per_second: f64) -> Self {
+        SequenceSource(self.0.on_schedule(t0_epoch_ms, per_second))
     }
 }
 
@@ -99,15 +126,37 @@ impl Source<u64> for SequenceSource {
 impl<F> GeneratorSource<F> {
     /// `f(i)` for `i` in `range`.
     pub fn new(range: Range<u64>, f: F) -> Self {
-        GeneratorSource { start: range.start, end: Some(range.end), rate: None, f: std::sync::Arc::new(f) }
+        GeneratorSource {
+            start: range.start,
+            end: Some(range.end),
+            rate: None,
+            schedule: None,
+            f: std::sync::Arc::new(f),
+        }
     }
     /// `f(i)` for `i` from `start` on, without end.
     pub fn unbounded_from(start: u64, f: F) -> Self {
-        GeneratorSource { start, end: None, rate: None, f: std::sync::Arc::new(f) }
+        GeneratorSource { start, end: None, rate: None, schedule: None, f: std::sync::Arc::new(f) }
     }
     /// At most `records_per_second` in all (shared evenly by the subtasks).
     pub fn with_rate_limit(mut self, records_per_second: f64) -> Self {
         self.rate = Some(records_per_second);
+        self
+    }
+    /// Paced by the wall clock, the same for every subtask and every attempt: index `i` is
+    /// due at `t0_epoch_ms + i / per_second` seconds and not produced before; an index whose
+    /// time has passed (the backlog after a restore) is produced at once. A stream of
+    /// events "as they happen", for measuring how far behind the output runs after a
+    /// failure.
+    ///
+    /// ```
+    /// use sluice_connectors::SequenceSource;
+    /// let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    /// let events = SequenceSource::new(0..9_000_000).on_schedule(now, 200_000.0);
+    /// # let _ = events;
+    /// ```
+    pub fn on_schedule(mut self, t0_epoch_ms: i64, per_second: f64) -> Self {
+        self.schedule = Some(Schedule { t0_ms: t0_epoch_ms, per_second });
         self
     }
 }
@@ -127,7 +176,12 @@ impl<T: Send + 'static, F: IndexFn<T>> Source<T> for GeneratorSource<F> {
                 "the rate limit is {rate} records/s; give a number above 0 (or no rate limit: with_rate_limit only \
                  slows a source down)"
             )),
-            _ => Ok(()),
+            _ => match self.schedule {
+                Some(s) if !(s.per_second > 0.0 && s.per_second.is_finite()) => {
+                    Err(format!("the schedule's rate is {} events/s; give a number above 0", s.per_second))
+                }
+                _ => Ok(()),
+            },
         }
     }
     fn create_reader(&self, index: usize, parallelism: usize) -> io::Result<Box<dyn SourceReader<T>>> {
@@ -139,6 +193,7 @@ impl<T: Send + 'static, F: IndexFn<T>> Source<T> for GeneratorSource<F> {
             parallelism: parallelism as u64,
             end: self.end,
             rate: self.rate.map(|r| r / parallelism as f64),
+            schedule: self.schedule,
             started: Instant::now(),
             emitted: 0,
             f: self.f.clone(),
@@ -221,6 +276,7 @@ struct GeneratorReader<F> {
     parallelism: u64,
     end: Option<u64>,
     rate: Option<f64>,
+    schedule: Option<Schedule>,
     started: Instant,
     emitted: u64,
     f: std::sync::Arc<F>,
@@ -246,6 +302,13 @@ impl<T: Send + 'static, F: IndexFn<T>> SourceReader<T> for GeneratorReader<F> {
                 return Ok(Poll::Pending(Duration::from_secs_f64(wait.clamp(0.0, 0.1))));
             }
             count = count.min(budget);
+        }
+        if let Some(schedule) = self.schedule {
+            let due = schedule.due().map_or(0, |d| if d < self.next { 0 } else { (d - self.next) / self.stride + 1 });
+            if due == 0 {
+                return Ok(Poll::Pending(schedule.wait_for(self.next)));
+            }
+            count = count.min(due);
         }
         let f = &*self.f;
         let (base, stride) = (self.next, self.stride);
@@ -306,16 +369,27 @@ impl<F> GeneratorReader<F> {
                 return Ok(Poll::Pending(Duration::from_secs_f64(wait.clamp(0.0, 0.1))));
             }
         }
+        let due = self.schedule.map(|s| s.due());
+        let before = out.len();
         for _ in 0..count {
             let Some(lane) = lanes.iter_mut().filter(|l| l.next < end).min_by_key(|l| l.next) else { break };
+            if let Some(due) = due {
+                if due.is_none_or(|d| lane.next > d) {
+                    break;
+                }
+            }
             out.push(Record { time: NO_TIMESTAMP, value: self.f.at(lane.next) });
             lane.next = lane.next.saturating_add(lane.stride);
             self.emitted += 1;
         }
+        let earliest = lanes.iter().map(|l| l.next).min().unwrap_or(0);
         let first = lanes.remove(0);
         (self.next, self.stride) = (first.next, first.stride);
         self.more_lanes = lanes;
-        Ok(Poll::Ready)
+        match self.schedule {
+            Some(schedule) if out.len() == before => Ok(Poll::Pending(schedule.wait_for(earliest))),
+            _ => Ok(Poll::Ready),
+        }
     }
 }
 
@@ -380,6 +454,26 @@ mod tests {
             positions.push(reader.position().unwrap());
         }
         (positions, read)
+    }
+
+    #[test]
+    fn a_schedule_holds_back_what_is_not_due_and_releases_the_backlog_at_once() {
+        let now = sluice_dataflow::now_millis();
+        // Started 10 s ago at 100 events/s: about 1,000 are due, the rest are not yet.
+        let source = SequenceSource::new(0..1_000_000).on_schedule(now - 10_000, 100.0);
+        let mut reader = source.create_reader(0, 2).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            if let Poll::Pending(wait) = reader.poll(&mut out, 100_000).unwrap() {
+                assert!(wait <= Duration::from_millis(50));
+            }
+        }
+        // Subtask 0 of 2 has the even half of indices 0..~1,000: the backlog, not more.
+        assert!((495..=520).contains(&out.len()), "{} released", out.len());
+        assert!(out.iter().all(|r| r.value <= 1_040), "only due indices");
+        let future = SequenceSource::new(0..10).on_schedule(now + 60_000, 100.0);
+        let mut reader = future.create_reader(0, 1).unwrap();
+        assert!(matches!(reader.poll(&mut out, 10).unwrap(), Poll::Pending(_)), "nothing is due before t0");
     }
 
     #[test]
