@@ -193,6 +193,25 @@ pub(crate) struct Checkpointing {
     pub completed: Vec<u64>,
     /// Durations and sizes of completed checkpoints, for reports.
     pub stats: Vec<(Duration, u64)>,
+    /// The current attempt was restored from a checkpoint.
+    pub restored: bool,
+}
+
+/// How soon a restored attempt takes its first checkpoint (unless the interval is shorter).
+const RESTORED_FIRST_CHECKPOINT: Duration = Duration::from_millis(200);
+
+/// The instant a new attempt's coordinator counts its first interval from. A restored
+/// attempt takes its first checkpoint soon rather than after a whole interval: with
+/// exactly-once sinks, what it produced since the restore becomes visible only when a
+/// checkpoint commits, so waiting an interval would add up to one to the recovery time.
+pub(crate) fn first_interval_from(checkpointing: Option<&Checkpointing>, now: Instant) -> Instant {
+    match checkpointing {
+        Some(cp) if cp.restored => {
+            let early = cp.config.interval.saturating_sub(RESTORED_FIRST_CHECKPOINT);
+            now.checked_sub(early).unwrap_or(now)
+        }
+        _ => now,
+    }
 }
 
 pub(crate) enum Work {
@@ -467,7 +486,11 @@ pub(crate) fn run_attempt(
     let sources: Vec<usize> = barrier_senders.iter().map(|(t, _)| *t).collect();
     let next_id = checkpointing.as_ref().map_or(1, |cp| cp.next_id);
     let schedule = schedule_of(checkpointing.as_deref());
-    let mut coordinator = CheckpointCoordinator::new(schedule, tasks, sources, next_id, Instant::now());
+    if let Some(cp) = checkpointing.as_deref_mut() {
+        cp.restored = restore.is_some();
+    }
+    let since = first_interval_from(checkpointing.as_deref(), Instant::now());
+    let mut coordinator = CheckpointCoordinator::new(schedule, tasks, sources, next_id, since);
     let (uploads_tx, uploads) = channel::<(u64, Result<u64, String>)>();
     // Upload threads are joined before the attempt returns: no write outlives its attempt.
     let mut uploaders: Vec<JoinHandle<()>> = Vec::new();

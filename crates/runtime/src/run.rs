@@ -176,7 +176,14 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
                 .map_err(|e| restore_error(e.to_string()))?;
             let existing = store.checkpoint_ids().map_err(|e| restore_error(e.to_string()))?;
             let next_id = existing.iter().copied().max().unwrap_or(0) + 1;
-            checkpointing = Some(Checkpointing { config, store, next_id, completed: Vec::new(), stats: Vec::new() });
+            checkpointing = Some(Checkpointing {
+                config,
+                store,
+                next_id,
+                completed: Vec::new(),
+                stats: Vec::new(),
+                restored: false,
+            });
         }
         let flags = new_flags();
         let supervisor_flags = flags.clone();
@@ -201,7 +208,7 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
         let next_id =
             existing.iter().copied().chain(start.iter().map(|s| s.manifest.checkpoint)).max().unwrap_or(0) + 1;
         let completed = start.iter().filter(|s| !s.manifest.savepoint).map(|s| s.manifest.checkpoint).collect();
-        checkpointing = Some(Checkpointing { config, store, next_id, completed, stats: Vec::new() });
+        checkpointing = Some(Checkpointing { config, store, next_id, completed, stats: Vec::new(), restored: false });
     }
     // A bad checkpoint to start from is an error now, not after the job has started.
     if let Some(loaded) = &start {

@@ -200,6 +200,7 @@ pub(crate) fn run(
         // Ids grow past the restored one (its commit is recorded under it).
         if let Some(cp) = checkpointing.as_deref_mut() {
             cp.next_id = cp.next_id.max(plan.checkpoint + 1);
+            cp.restored = true;
         }
     }
     let Built { work, barrier_senders, reports } = build(graph, restore.as_ref(), Some(network))?;
@@ -281,8 +282,9 @@ fn coordinate(
     }
     let schedule = schedule_of(checkpointing.as_deref());
     let next_id = checkpointing.as_ref().map_or(1, |cp| cp.next_id);
+    let since = crate::attempt::first_interval_from(checkpointing.as_deref(), Instant::now());
     let mut coordinator: CheckpointCoordinator<HeldPart> =
-        CheckpointCoordinator::new(schedule, total, global_sources, next_id, Instant::now());
+        CheckpointCoordinator::new(schedule, total, global_sources, next_id, since);
     let mut held = Held::default();
     let mut actions: Vec<Action<HeldPart>> = Vec::new();
     // Uploads in flight: checkpoint id -> (meta, processes still writing, entries so far).
