@@ -59,6 +59,9 @@ struct Args {
     /// R1: the worker killed is the one running this process index.
     #[arg(long, default_value_t = 1)]
     kill_process: usize,
+    /// R1: tell what happens as it happens (the README's demo).
+    #[arg(long)]
+    live: bool,
     /// r1-job: the schedule's start (milliseconds since the epoch).
     #[arg(long, value_name = "MS")]
     t0_ms: Option<i64>,

@@ -139,8 +139,17 @@ impl Output {
     }
 }
 
-/// One R1 run.
+/// Prints a line of the live account (`--live`, the README's demo) on stdout.
+fn say(live: bool, text: impl std::fmt::Display) {
+    if live {
+        println!("{text}");
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// One R1 run; with `args.live`, an account of it as it happens.
 pub fn run(args: &Args) -> Result<Measured, String> {
+    let live = args.live;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let sluice = exe.with_file_name("sluice");
     if !sluice.exists() {
@@ -177,6 +186,7 @@ pub fn run(args: &Args) -> Result<Measured, String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    say(live, "cluster up: a coordinator and 3 workers (1 slot each) on loopback");
     let coordinator = info["coordinator"].as_str().ok_or("no coordinator address")?.to_string();
     let http = info["http"].as_str().ok_or("no status address")?.to_string();
     let secret_file = cluster_dir.join("secret");
@@ -211,7 +221,17 @@ pub fn run(args: &Args) -> Result<Measured, String> {
         return Err(format!("submit failed: {}", String::from_utf8_lossy(&submitted.stderr)));
     }
 
+    say(
+        live,
+        format!(
+            "job submitted: {} events at {} per second by the wall clock, keyed 1 s windows at parallelism {}, \
+             exactly-once file sink, checkpoints every second",
+            args.n, args.rate, args.parallelism
+        ),
+    );
     let kill_at_ms = t0 + (args.kill_after_secs * 1000.0) as i64;
+    let mut next_report = t0 + 2000;
+    let mut told = (false, false, false);
     let mut output = Output::default();
     let mut lags: Vec<(i64, i64)> = Vec::new(); // (when, lag) at each new commit
     let mut killed: Option<(i64, u64)> = None; // (when, worker)
@@ -224,6 +244,19 @@ pub fn run(args: &Args) -> Result<Measured, String> {
         if output.scan(&out) {
             if let Some(newest) = output.newest_window {
                 lags.push((now, lag_now(newest, now)));
+            }
+            if now >= next_report {
+                next_report = now + 2000;
+                let (_, lag) = lags.last().copied().unwrap_or((now, 0));
+                say(
+                    live,
+                    format!(
+                        "  t={:>5.1}s  {:>9} results committed, output {:.2} s behind the events",
+                        (now - t0) as f64 / 1000.0,
+                        output.tally.count,
+                        lag as f64 / 1000.0
+                    ),
+                );
             }
             if let (Some(ran), None) = (running_at, first_output_at) {
                 if now >= ran {
@@ -239,6 +272,14 @@ pub fn run(args: &Args) -> Result<Measured, String> {
             let when = now_ms();
             Command::new("kill").args(["-KILL", &pid.to_string()]).status().map_err(|e| e.to_string())?;
             killed = Some((when, worker));
+            say(
+                live,
+                format!(
+                    "  t={:>5.1}s  kill -9 of worker {worker} (pid {pid}), which runs process {} of the job",
+                    (when - t0) as f64 / 1000.0,
+                    args.kill_process
+                ),
+            );
         }
         if let (Some((kill, _)), None) = (killed, caught_up_at) {
             if let (Some(_), Some(&(at, lag))) = (first_output_at, lags.last()) {
@@ -246,6 +287,27 @@ pub fn run(args: &Args) -> Result<Measured, String> {
                 if at >= first_output_at.unwrap_or(i64::MAX) && before.is_some_and(|b| lag <= b) {
                     caught_up_at = Some(at);
                 }
+            }
+        }
+        if let Some((kill, _)) = killed {
+            if !told.0 {
+                if let Some(line) = read_log().lines().find(|l| {
+                    (l.contains("attempt 1 failed") || l.contains("worker lost"))
+                        && log_time_ms(l).is_some_and(|t| t >= kill - 5)
+                }) {
+                    told.0 = true;
+                    let at = log_time_ms(line).unwrap_or(kill);
+                    let what = line.split_once("INFO ").or(line.split_once("WARN ")).map_or(line, |(_, w)| w);
+                    say(live, format!("  +{:>4} ms  detected: {what}", (at - kill).max(0)));
+                }
+            }
+            if let (false, Some(at)) = (told.1, running_at) {
+                told.1 = true;
+                say(live, format!("  +{:>4} ms  attempt 2 running on the workers that are left", at - kill));
+            }
+            if let (false, Some(at)) = (told.2, caught_up_at) {
+                told.2 = true;
+                say(live, format!("  +{:>4} ms  first output of attempt 2 committed: caught up", at - kill));
             }
         }
         if last_status.elapsed()
@@ -295,6 +357,19 @@ pub fn run(args: &Args) -> Result<Measured, String> {
         reference.count,
         finished["state"],
         events.join("\n  ")
+    );
+    say(
+        live,
+        format!(
+            "done: {} results committed, {} expected: {}",
+            output.tally.count,
+            reference.count,
+            if exactly_once {
+                "equal to the reference, record for record: nothing lost, nothing duplicated"
+            } else {
+                "NOT equal to the reference"
+            }
+        ),
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Measured {
