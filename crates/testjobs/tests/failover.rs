@@ -152,3 +152,81 @@ fn a_worker_stopped_with_sigstop_is_detected_by_its_heartbeat_and_writes_nothing
     // started.
     assert_committed_counts(&out, n, "SIGSTOP then SIGCONT of process 0's worker");
 }
+
+#[test]
+fn a_job_process_killed_alone_restarts_the_attempt_and_the_output_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), 3);
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 400_000;
+    submit_counts(&cluster, &out, &checkpoints, n, 100_000);
+    wait_for_attempt(&cluster, "job-1", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(700));
+    // The job process, not its worker: the worker reports the exit and stays.
+    let log = cluster.log();
+    let pid: u32 = log
+        .lines()
+        .filter(|l| l.contains("job process started job=job-1 process=1 "))
+        .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .last()
+        .unwrap_or_else(|| panic!("no start of process 1 in the log:\n{log}"));
+    let before = workers_of(&cluster, "job-1");
+    kill(pid, "-KILL");
+    let line = wait_for_attempt(&cluster, "job-1", 2, Duration::from_secs(30));
+    assert!(line.contains("failed (detector: process exit)"), "{line}");
+    let mut after = workers_of(&cluster, "job-1");
+    after.sort();
+    let mut before_sorted = before.clone();
+    before_sorted.sort();
+    assert_eq!(after, before_sorted, "no worker was lost, so the same workers run the job:\n{line}");
+    cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    assert_committed_counts(&out, n, "a job process killed alone");
+}
+
+#[test]
+fn the_kafka_copy_job_survives_a_worker_killed_with_sigkill_exactly_once() {
+    use sluice_kafka::testing::KafkaBroker;
+    let (seed, mut random) = seeded(29);
+    let broker = KafkaBroker::start().expect("a Kafka broker");
+    let input = sluice_testjobs::kafka_copy::setup(&broker, 20_000, &mut random);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), 3);
+    let checkpoints = dir.path().join("checkpoints");
+    let copy = env!("CARGO_BIN_EXE_kafka-copy");
+    let (ok, text) = cluster.client(
+        &[
+            "submit",
+            copy,
+            "-p",
+            "2",
+            "--",
+            "--bootstrap",
+            broker.bootstrap(),
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--prefix",
+            "copy",
+            "--pace-every",
+            "2",
+            "--checkpoint-dir",
+            checkpoints.to_str().unwrap(),
+            "--checkpoint-interval-ms",
+            "100",
+        ],
+        None,
+    );
+    assert!(ok, "seed {seed}: {text}");
+    wait_for_attempt(&cluster, "job-1", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(800 + random(800)));
+    let workers = workers_of(&cluster, "job-1");
+    let victim = workers[random(workers.len() as u64) as usize];
+    kill(cluster.worker_pid(victim), "-KILL");
+    let line = wait_for_attempt(&cluster, "job-1", 2, Duration::from_secs(30));
+    assert!(line.contains(&format!("worker {victim} lost")), "seed {seed}: {line}");
+    cluster.wait_for("job-1", "finished", Duration::from_secs(180));
+    // Read committed: every record once, and no transaction of the killed attempt left
+    // open to hold readers back.
+    sluice_testjobs::kafka_copy::assert_exact_output(&broker, &input, seed);
+}
