@@ -166,9 +166,9 @@ fn a_job_process_killed_alone_restarts_the_attempt_and_the_output_stays_exact() 
     let log = cluster.log();
     let pid: u32 = log
         .lines()
+        .rev()
         .filter(|l| l.contains("job process started job=job-1 process=1 "))
-        .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
-        .last()
+        .find_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no start of process 1 in the log:\n{log}"));
     let before = workers_of(&cluster, "job-1");
     kill(pid, "-KILL");
