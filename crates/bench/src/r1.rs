@@ -371,6 +371,9 @@ pub fn run(args: &Args) -> Result<Measured, String> {
             }
         ),
     );
+    // The cluster's log stays, for a look at where the time went.
+    let kept = std::env::temp_dir().join("sluice-r1-last-cluster.log");
+    let _ = std::fs::copy(&log_path, &kept);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Measured {
         detect_ms: since(detect_at),

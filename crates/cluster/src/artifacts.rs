@@ -98,7 +98,10 @@ impl ArtifactStore {
             ));
         }
         std::fs::create_dir_all(cache).map_err(|e| e.to_string())?;
-        let partial = cache.join(format!("{sha}.partial"));
+        // A name of its own: a prefetch and a start may fetch the same artifact at once.
+        static FETCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = FETCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let partial = cache.join(format!("{sha}.{n}.partial"));
         std::fs::write(&partial, &bytes).map_err(|e| e.to_string())?;
         #[cfg(unix)]
         {

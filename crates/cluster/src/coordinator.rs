@@ -367,6 +367,22 @@ impl CoordinatorService {
         Ok(chosen.len() as u32)
     }
 
+    /// Has `workers` fetch `artifacts` in the background (spare workers then start a
+    /// migrated process without fetching and hashing its binary first).
+    async fn prefetch(self, workers: Vec<String>, artifacts: Vec<String>) {
+        if artifacts.is_empty() {
+            return;
+        }
+        for address in workers {
+            let Ok(Ok(mut client)) = tokio::time::timeout(STOP_WITHIN, self.worker_client(&address)).await else {
+                continue;
+            };
+            for sha in &artifacts {
+                let _ = client.prefetch(PrefetchRequest { artifact_sha256: sha.clone() }).await;
+            }
+        }
+    }
+
     /// Starts the current attempt, placing it again (up to 3 times) when a chosen worker
     /// turns out to be unreachable.
     async fn start_placed(&self, job_id: &str) -> Result<u32, Status> {
@@ -558,6 +574,14 @@ impl Coordinator for CoordinatorService {
         state.next_worker += 1;
         let id = state.next_worker;
         tracing::info!(worker = id, address = %r.address, slots = r.slots, "worker registered");
+        // A worker that joins gets the binaries of the running jobs ahead of any failure.
+        let running: Vec<String> = state
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, "running" | "restarting"))
+            .map(|j| j.artifact.clone())
+            .collect();
+        tokio::spawn(self.clone().prefetch(vec![r.address.clone()], running));
         state.workers.insert(
             id,
             WorkerEntry { address: r.address, slots: r.slots, last_heartbeat: Instant::now(), rtt: Duration::ZERO },
@@ -616,6 +640,7 @@ impl Coordinator for CoordinatorService {
 
     async fn submit_job(&self, request: Request<SubmitJobRequest>) -> Result<Response<SubmitJobReply>, Status> {
         let r = request.into_inner();
+        let r_artifact = r.artifact_sha256.clone();
         if r.parallelism == 0 {
             return Err(Status::invalid_argument("the parallelism must be at least 1"));
         }
@@ -655,6 +680,8 @@ impl Coordinator for CoordinatorService {
         match self.start_placed(&job_id).await {
             Ok(processes) => {
                 tracing::info!(job = %job_id, processes, "job started");
+                let workers: Vec<String> = self.state().workers.values().map(|w| w.address.clone()).collect();
+                tokio::spawn(self.clone().prefetch(workers, vec![r_artifact]));
                 Ok(Response::new(SubmitJobReply { job_id, processes }))
             }
             Err(status) => {

@@ -62,6 +62,18 @@ impl WorkerService {
 
 #[tonic::async_trait]
 impl Worker for WorkerService {
+    async fn prefetch(&self, request: Request<PrefetchRequest>) -> Result<Response<PrefetchReply>, Status> {
+        let sha = request.into_inner().artifact_sha256;
+        let (store, cache) = (self.store.clone(), self.config.cache.clone());
+        tokio::spawn(async move {
+            match store.fetch(&sha, &cache).await {
+                Ok(_) => tracing::debug!(sha256 = %sha, "artifact prefetched"),
+                Err(e) => tracing::warn!(sha256 = %sha, error = %e, "could not prefetch an artifact"),
+            }
+        });
+        Ok(Response::new(PrefetchReply {}))
+    }
+
     async fn savepoint(&self, request: Request<SavepointRequest>) -> Result<Response<SavepointReply>, Status> {
         let r = request.into_inner();
         let key = (r.job_id.clone(), r.attempt, r.index);
