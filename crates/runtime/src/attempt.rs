@@ -197,17 +197,22 @@ pub(crate) struct Checkpointing {
     pub restored: bool,
 }
 
-/// How soon a restored attempt takes its first checkpoint (unless the interval is shorter).
+/// How long after its sources' first watermark a restored attempt takes its first
+/// checkpoint (unless the interval is shorter).
 const RESTORED_FIRST_CHECKPOINT: Duration = Duration::from_millis(200);
 
 /// The instant a new attempt's coordinator counts its first interval from. A restored
 /// attempt takes its first checkpoint soon rather than after a whole interval: with
 /// exactly-once sinks, what it produced since the restore becomes visible only when a
 /// checkpoint commits, so waiting an interval would add up to one to the recovery time.
-pub(crate) fn first_interval_from(checkpointing: Option<&Checkpointing>, now: Instant) -> Instant {
+/// "Soon" is one watermark interval and 200 ms: the backlog's windows fire on the first
+/// watermark, which the sources emit one interval after they start; a checkpoint before
+/// it would commit nothing of them.
+pub(crate) fn first_interval_from(graph: &JobGraph, checkpointing: Option<&Checkpointing>, now: Instant) -> Instant {
     match checkpointing {
         Some(cp) if cp.restored => {
-            let early = cp.config.interval.saturating_sub(RESTORED_FIRST_CHECKPOINT);
+            let first = graph.config.watermark_interval + RESTORED_FIRST_CHECKPOINT;
+            let early = cp.config.interval.saturating_sub(first);
             now.checked_sub(early).unwrap_or(now)
         }
         _ => now,
@@ -489,7 +494,7 @@ pub(crate) fn run_attempt(
     if let Some(cp) = checkpointing.as_deref_mut() {
         cp.restored = restore.is_some();
     }
-    let since = first_interval_from(checkpointing.as_deref(), Instant::now());
+    let since = first_interval_from(graph, checkpointing.as_deref(), Instant::now());
     let mut coordinator = CheckpointCoordinator::new(schedule, tasks, sources, next_id, since);
     let (uploads_tx, uploads) = channel::<(u64, Result<u64, String>)>();
     // Upload threads are joined before the attempt returns: no write outlives its attempt.

@@ -282,7 +282,7 @@ fn coordinate(
     }
     let schedule = schedule_of(checkpointing.as_deref());
     let next_id = checkpointing.as_ref().map_or(1, |cp| cp.next_id);
-    let since = crate::attempt::first_interval_from(checkpointing.as_deref(), Instant::now());
+    let since = crate::attempt::first_interval_from(graph, checkpointing.as_deref(), Instant::now());
     let mut coordinator: CheckpointCoordinator<HeldPart> =
         CheckpointCoordinator::new(schedule, total, global_sources, next_id, since);
     let mut held = Held::default();
