@@ -40,6 +40,35 @@ pub fn kafka_copy_transform(value: &str) -> String {
 
 /// The Kafka copy job's tests: the input they write and the check of its output.
 pub mod kafka_copy {
+    /// `sluice submit` of the Kafka copy job (the binary `copy`) at `parallelism`: topic
+    /// `in` to `out` on `bootstrap`, paced, checkpointing every 100 ms into `checkpoints`.
+    pub fn submit_args(copy: &str, parallelism: u32, bootstrap: &str, checkpoints: &std::path::Path) -> Vec<String> {
+        let checkpoints = checkpoints.to_str().expect("a UTF-8 path");
+        [
+            "submit",
+            copy,
+            "-p",
+            &parallelism.to_string(),
+            "--",
+            "--bootstrap",
+            bootstrap,
+            "--input",
+            "in",
+            "--output",
+            "out",
+            "--prefix",
+            "copy",
+            "--pace-every",
+            "2",
+            "--checkpoint-dir",
+            checkpoints,
+            "--checkpoint-interval-ms",
+            "100",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     use crate::harness::multiset;
     use crate::kafka_copy_transform;
     use sluice_kafka::testing::{

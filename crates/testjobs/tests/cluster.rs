@@ -199,30 +199,8 @@ fn the_kafka_copy_job_on_a_three_worker_cluster_commits_exactly_the_reference_an
     let cluster = start_cluster(dir.path(), 3);
     let checkpoints = dir.path().join("checkpoints");
     let copy = env!("CARGO_BIN_EXE_kafka-copy");
-    let (ok, text) = cluster.client(
-        &[
-            "submit",
-            copy,
-            "-p",
-            "3",
-            "--",
-            "--bootstrap",
-            broker.bootstrap(),
-            "--input",
-            "in",
-            "--output",
-            "out",
-            "--prefix",
-            "copy",
-            "--pace-every",
-            "2",
-            "--checkpoint-dir",
-            checkpoints.to_str().unwrap(),
-            "--checkpoint-interval-ms",
-            "100",
-        ],
-        None,
-    );
+    let submit = sluice_testjobs::kafka_copy::submit_args(copy, 3, broker.bootstrap(), &checkpoints);
+    let (ok, text) = cluster.client(&submit.iter().map(String::as_str).collect::<Vec<_>>(), None);
     assert!(ok, "seed {seed}: {text}");
     let line = cluster.wait_for("job-1", "finished", Duration::from_secs(180));
     for worker in ["0@worker-", "1@worker-", "2@worker-"] {

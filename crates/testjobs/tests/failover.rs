@@ -193,30 +193,8 @@ fn the_kafka_copy_job_survives_a_worker_killed_with_sigkill_exactly_once() {
     let cluster = start_cluster(dir.path(), 3);
     let checkpoints = dir.path().join("checkpoints");
     let copy = env!("CARGO_BIN_EXE_kafka-copy");
-    let (ok, text) = cluster.client(
-        &[
-            "submit",
-            copy,
-            "-p",
-            "2",
-            "--",
-            "--bootstrap",
-            broker.bootstrap(),
-            "--input",
-            "in",
-            "--output",
-            "out",
-            "--prefix",
-            "copy",
-            "--pace-every",
-            "2",
-            "--checkpoint-dir",
-            checkpoints.to_str().unwrap(),
-            "--checkpoint-interval-ms",
-            "100",
-        ],
-        None,
-    );
+    let submit = sluice_testjobs::kafka_copy::submit_args(copy, 2, broker.bootstrap(), &checkpoints);
+    let (ok, text) = cluster.client(&submit.iter().map(String::as_str).collect::<Vec<_>>(), None);
     assert!(ok, "seed {seed}: {text}");
     wait_for_attempt(&cluster, "job-1", 1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(800 + random(800)));
