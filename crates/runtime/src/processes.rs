@@ -12,9 +12,11 @@
 //! exchange sit on different processes and its records cross process boundaries. Each
 //! pair of processes shares one [`Connection`]: the higher index dials the lower.
 //!
-//! What is not here yet: checkpoints across processes (a job process refuses a job with
-//! checkpointing), restarts (a failure ends every process of the job) and the
-//! coordinator and workers that would start the processes (see docs/cluster-plan.md).
+//! Checkpoints across the processes are in `spread.rs`. A failure ends every process of
+//! the job; on a cluster the coordinator then starts the next attempt
+//! (`SLUICE_ATTEMPT` + 1), which resumes from the latest checkpoint. A job process also
+//! ends when its worker is gone or silent ([`exit_with_parent`], [`worker_lease`]), so an
+//! attempt the coordinator has replaced does not go on.
 
 use sluice_net::{Connection, Identity};
 use std::collections::HashMap;

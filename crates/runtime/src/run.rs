@@ -303,7 +303,7 @@ fn run_spread(
             checkpoints: checkpointing.map(|c| c.stats).unwrap_or_default(),
         }),
         Err(error) => {
-            tracing::error!("job '{job}' failed in process {process} (a spread job is not restarted yet): {error}");
+            tracing::error!("job '{job}' failed in process {process} (every process of its attempt stops; on a cluster the coordinator starts the next attempt): {error}");
             Err(JobError::Task { job, source: error })
         }
     }
