@@ -155,15 +155,12 @@ impl Worker for WorkerService {
         std::thread::Builder::new()
             .name(format!("sluice:job-{}", r.index))
             .spawn(move || {
-                // Forward the job process's log, keeping its last lines for a failure report.
-                let mut last = std::collections::VecDeque::new();
+                // Forward the job process's log, keeping its last line for a failure report.
+                let mut last: Option<String> = None;
                 if let Some(stderr) = stderr {
                     for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
                         eprintln!("{label} {line}");
-                        last.push_back(line);
-                        if last.len() > 5 {
-                            last.pop_front();
-                        }
+                        last = Some(line);
                     }
                 }
                 let status = loop {
@@ -182,7 +179,12 @@ impl Worker for WorkerService {
                 let success = status.is_some_and(|s| s.success());
                 let message = match status {
                     Some(s) if s.success() => String::new(),
-                    Some(s) => format!("{s}: {}", last.iter().cloned().collect::<Vec<_>>().join(" | ")),
+                    // The last line is the job's own account of its failure (with its
+                    // causes); the lines before it mostly repeat it from lower layers.
+                    Some(s) => match &last {
+                        Some(line) => format!("{s}: {line}"),
+                        None => format!("{s} (it wrote nothing to stderr)"),
+                    },
                     None => "lost track of the process".into(),
                 };
                 tracing::info!(job = %key.0, attempt, process = key.2, success, "job process exited");
