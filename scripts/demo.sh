@@ -3,7 +3,23 @@
 # exactly-once file sink; one worker is killed with SIGKILL mid-stream; the detection, the
 # migration and the recovery are printed as they happen, and the committed output is
 # checked against an independently computed reference at the end.
+#
+# Needs a Rust toolchain; installs a C toolchain from Debian if there is none (the bench
+# binary links librdkafka, built from the rdkafka crate's bundled sources).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust (https://rustup.rs) and run again" >&2
+  exit 1
+fi
+need=()
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v make >/dev/null 2>&1 || need+=(make)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing ${need[*]} (Debian packages)"
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}"
+fi
+echo "== building (release; a few minutes the first time)"
 cargo build --release -q -p sluice-cli -p sluice-bench
 exec target/release/sluice-bench r1 --live --n 3000000 --rate 200000 --kill-after-secs 8 --parallelism 2 "$@"
