@@ -97,9 +97,6 @@ struct ProcessEntry {
 
 #[derive(Debug, Clone)]
 struct JobEntry {
-    name: String,
-    artifact: String,
-    parallelism: u32,
     state: &'static str,
     message: String,
     processes: Vec<ProcessEntry>,
@@ -227,11 +224,11 @@ impl CoordinatorService {
             .iter()
             .map(|(id, j)| JobStatus {
                 job_id: id.clone(),
-                name: j.name.clone(),
+                name: j.request.name.clone(),
                 state: j.state.to_string(),
-                parallelism: j.parallelism,
+                parallelism: j.request.parallelism,
                 message: j.message.clone(),
-                artifact_sha256: j.artifact.clone(),
+                artifact_sha256: j.request.artifact_sha256.clone(),
                 attempt: j.attempt,
                 restarts: j.restarts,
                 events: j.events.clone(),
@@ -579,7 +576,7 @@ impl Coordinator for CoordinatorService {
             .jobs
             .values()
             .filter(|j| matches!(j.state, "running" | "restarting"))
-            .map(|j| j.artifact.clone())
+            .map(|j| j.request.artifact_sha256.clone())
             .collect();
         tokio::spawn(self.clone().prefetch(vec![r.address.clone()], running));
         state.workers.insert(
@@ -660,9 +657,6 @@ impl Coordinator for CoordinatorService {
             state.jobs.insert(
                 id.clone(),
                 JobEntry {
-                    name: r.name.clone(),
-                    artifact: r.artifact_sha256.clone(),
-                    parallelism: r.parallelism,
                     state: "running",
                     message: String::new(),
                     processes: Vec::new(),
@@ -810,7 +804,7 @@ impl Coordinator for CoordinatorService {
 pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
     let store = ArtifactStore::open(&config.store)?;
     let placement: Arc<dyn PlacementStrategy> =
-        Arc::from(crate::placement::strategy(&config.placement, sluice_dataflow_seed())?);
+        Arc::from(crate::placement::strategy(&config.placement, placement_seed())?);
     let service = CoordinatorService {
         state: Arc::default(),
         store,
@@ -833,7 +827,7 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
 }
 
 /// The random placement's seed: the time, printed so that a run can be repeated.
-fn sluice_dataflow_seed() -> u64 {
+fn placement_seed() -> u64 {
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
     tracing::debug!(seed, "placement seed");
     seed
