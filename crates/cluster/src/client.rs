@@ -41,8 +41,10 @@ impl Client {
         args: Vec<String>,
         parallelism: u32,
     ) -> Result<SubmitJobReply, String> {
+        let graph_fingerprint = describe(binary, &args, parallelism).await?;
         let sha = self.upload(binary).await?;
-        let request = SubmitJobRequest { name: name.to_string(), artifact_sha256: sha, args, parallelism };
+        let request =
+            SubmitJobRequest { name: name.to_string(), artifact_sha256: sha, args, parallelism, graph_fingerprint };
         Ok(self.inner.submit_job(request).await.map_err(status)?.into_inner())
     }
 
@@ -72,6 +74,74 @@ impl Client {
         let request = TakeSavepointRequest { job_id: job_id.to_string(), timeout_ms: timeout.as_millis() as u64 };
         Ok(self.inner.take_savepoint(request).await.map_err(status)?.into_inner().path)
     }
+}
+
+/// How long the job binary may take to build its graph at submission.
+const DESCRIBE_WITHIN: Duration = Duration::from_secs(60);
+
+/// Runs the job binary with its arguments and parallelism so that it builds its graph and
+/// describes it ([`sluice_runtime::processes::ENV_DESCRIBE`]) instead of running; returns
+/// the graph's fingerprint, which the coordinator plans with and every job process checks.
+/// A graph the binary refuses (invalid configuration) fails the submission here, with the
+/// binary's own message.
+pub async fn describe(binary: &std::path::Path, args: &[String], parallelism: u32) -> Result<String, String> {
+    use sluice_runtime::processes as p;
+    let out = std::env::temp_dir().join(format!("sluice-describe-{}-{}.json", std::process::id(), unique()));
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .args(args)
+        .args(["--parallelism", &parallelism.to_string()])
+        .env(p::ENV_DESCRIBE, &out)
+        .env_remove(p::ENV_PROCESS)
+        .env_remove(p::ENV_GRAPH_FINGERPRINT)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let child = command.spawn().map_err(|e| format!("running the job binary {} to plan it: {e}", binary.display()))?;
+    let finished = tokio::time::timeout(DESCRIBE_WITHIN, child.wait_with_output()).await;
+    let description = std::fs::read_to_string(&out);
+    let _ = std::fs::remove_file(&out);
+    let output = match finished {
+        Ok(output) => output.map_err(|e| format!("running the job binary {}: {e}", binary.display()))?,
+        Err(_) => {
+            return Err(format!(
+                "the job binary {} did not build its graph within {DESCRIBE_WITHIN:?} (it runs with \
+                 {}=FILE at submission and must reach `execute` without waiting on anything)",
+                binary.display(),
+                p::ENV_DESCRIBE
+            ))
+        }
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The first line says what is wrong (clap's "error: ..."); the last one may add a hint.
+    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let last = match lines.as_slice() {
+        [] => "it wrote nothing to stderr".to_string(),
+        [only] => only.to_string(),
+        [first, .., last] => format!("{first} ... {last}"),
+    };
+    if !output.status.success() {
+        return Err(format!("the job binary {} refused these arguments ({}): {last}", binary.display(), output.status));
+    }
+    let description = description.map_err(|_| {
+        format!(
+            "the job binary {} exited without describing its graph: is it a Sluice job that calls `execute` \
+             (built with this version of Sluice)? {last}",
+            binary.display()
+        )
+    })?;
+    let parsed: serde_json::Value = serde_json::from_str(&description)
+        .map_err(|e| format!("the job binary's description of its graph is not JSON ({e}): {description}"))?;
+    let fingerprint = parsed["fingerprint"]
+        .as_str()
+        .ok_or_else(|| format!("the job binary described its graph without a fingerprint: {description}"))?;
+    Ok(fingerprint.to_string())
+}
+
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn status(s: tonic::Status) -> String {

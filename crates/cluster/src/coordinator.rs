@@ -347,6 +347,7 @@ impl CoordinatorService {
                 peers: peers.clone(),
                 attempt,
                 parallelism: request.parallelism,
+                graph_fingerprint: request.graph_fingerprint.clone(),
             };
             async move {
                 let mut client = self.worker_client(address).await?;
@@ -641,6 +642,13 @@ impl Coordinator for CoordinatorService {
         if r.parallelism == 0 {
             return Err(Status::invalid_argument("the parallelism must be at least 1"));
         }
+        if r.graph_fingerprint.len() != 16 || !r.graph_fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(format!(
+                "the graph fingerprint {:?} is not 16 hex digits: submit with `sluice submit`, which builds the \
+                 job's graph to plan it",
+                r.graph_fingerprint
+            )));
+        }
         if !self.store.contains(&r.artifact_sha256).await {
             return Err(Status::failed_precondition(format!(
                 "no artifact {} in the store: upload the binary first (sluice submit does)",
@@ -771,6 +779,18 @@ impl Coordinator for CoordinatorService {
                 }
                 p.message = r.message.clone();
                 worker = p.worker;
+            }
+            if r.permanent && job.state == "running" {
+                // Restarting cannot help: the job fails now, and what is left of it stops.
+                job.state = "failed";
+                job.message = format!("process {} on worker {worker} cannot run: {}", r.index, r.message);
+                job.event(&r.job_id, format!("attempt {} failed and is not restarted: {}", job.attempt, job.message));
+                tracing::error!(job = %r.job_id, "{}; not restarted", job.message);
+                drop(state);
+                let coordinator = self.clone();
+                let job_id = r.job_id.clone();
+                tokio::spawn(async move { coordinator.stop_processes(&job_id, true).await });
+                return Ok(Response::new(ProcessExitedReply {}));
             }
             let restart = (!r.success && job.state == "running").then(|| {
                 format!(

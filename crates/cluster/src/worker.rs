@@ -140,6 +140,7 @@ impl Worker for WorkerService {
             .env(sluice_runtime::processes::ENV_EXIT_WITH_PARENT, std::process::id().to_string())
             .env(sluice_runtime::processes::ENV_CONTROL_DIR, &control)
             .env(sluice_runtime::processes::ENV_PULSE, "stdin")
+            .env(sluice_runtime::processes::ENV_GRAPH_FINGERPRINT, &r.graph_fingerprint)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -177,6 +178,7 @@ impl Worker for WorkerService {
                     std::thread::sleep(Duration::from_millis(20));
                 };
                 let success = status.is_some_and(|s| s.success());
+                let permanent = status.and_then(|s| s.code()) == Some(sluice_runtime::processes::EXIT_PERMANENT);
                 let message = match status {
                     Some(s) if s.success() => String::new(),
                     // The last line is the job's own account of its failure (with its
@@ -188,7 +190,8 @@ impl Worker for WorkerService {
                     None => "lost track of the process".into(),
                 };
                 tracing::info!(job = %key.0, attempt, process = key.2, success, "job process exited");
-                let report = ProcessExitedRequest { job_id: key.0.clone(), index: key.2, success, message, attempt };
+                let report =
+                    ProcessExitedRequest { job_id: key.0.clone(), index: key.2, success, message, attempt, permanent };
                 if let Err(e) = runtime.block_on(coordinator.process_exited(report)) {
                     tracing::warn!(job = %key.0, error = %e, "could not tell the coordinator that a process exited");
                 }

@@ -43,6 +43,59 @@ pub const ENV_EXIT_WITH_PARENT: &str = "SLUICE_EXIT_WITH_PARENT";
 /// [`sluice_checkpoint::SavepointBox`]); process 0 of a checkpointed job answers there.
 pub const ENV_CONTROL_DIR: &str = "SLUICE_CONTROL_DIR";
 
+/// Set by `sluice submit` to a file path: the job binary builds its graph, writes what it
+/// built there (its name, parallelism and [`fingerprint`]) and exits without running it,
+/// as Flink's client runs a job's `main` to compile its job graph.
+pub const ENV_DESCRIBE: &str = "SLUICE_DESCRIBE";
+/// The fingerprint (16 hex digits) of the graph planned at submission: a job process whose
+/// graph differs exits with [`EXIT_PERMANENT`] and is not restarted.
+pub const ENV_GRAPH_FINGERPRINT: &str = "SLUICE_GRAPH_FINGERPRINT";
+/// The exit code of a job process that cannot run however often it is restarted (its graph
+/// is not the one planned): `EX_CONFIG` of sysexits.h. A worker reports it as permanent
+/// and the coordinator fails the job instead of restarting it.
+pub const EXIT_PERMANENT: i32 = 78;
+
+/// With [`ENV_DESCRIBE`] set, writes the graph's description to the file it names and
+/// ends the process (status 0); otherwise does nothing.
+pub fn describe_if_asked(graph: &sluice_dataflow::JobGraph) {
+    let Ok(path) = std::env::var(ENV_DESCRIBE) else { return };
+    let description = format!(
+        "{{\"job\":{:?},\"fingerprint\":\"{:016x}\",\"nodes\":{},\"max_parallelism\":{}}}\n",
+        graph.name,
+        fingerprint(graph),
+        graph.nodes.len(),
+        graph.config.max_parallelism
+    );
+    match std::fs::write(&path, description) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("{ENV_DESCRIBE}={path}: writing the graph's description: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// With [`ENV_GRAPH_FINGERPRINT`] set, checks that `graph` is the graph planned at
+/// submission; a mismatch is explained and ends the process with [`EXIT_PERMANENT`].
+pub fn check_planned_graph(graph: &sluice_dataflow::JobGraph) {
+    let Ok(planned) = std::env::var(ENV_GRAPH_FINGERPRINT) else { return };
+    if planned.trim().is_empty() {
+        return;
+    }
+    let built = format!("{:016x}", fingerprint(graph));
+    if planned.trim() != built {
+        eprintln!(
+            "job '{}': this process built a graph (fingerprint {built}) that is not the one planned at submission \
+             ({}): the binary or its arguments behave differently here (an environment variable, a file or the \
+             host it reads while building the graph?). Make the graph depend only on the binary and its \
+             arguments, then submit again; restarting cannot help, so the job is not restarted",
+            graph.name,
+            planned.trim()
+        );
+        std::process::exit(EXIT_PERMANENT);
+    }
+}
+
 /// Set to `stdin` by a worker that writes a byte to the job process's stdin every 50 ms
 /// (its pulse): the process stops itself when the pulse stops for [`PULSE_TIMEOUT`].
 pub const ENV_PULSE: &str = "SLUICE_PULSE";

@@ -165,10 +165,12 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
     crate::report::init();
     graph.validate()?;
     graph.validate_connectors()?;
+    crate::processes::describe_if_asked(&graph);
     let job = graph.name.clone();
     let restore_error = |message: String| JobError::Restore { job: job.clone(), message };
     let placement = Placement::from_env(&graph).map_err(|message| JobError::Spread { job: job.clone(), message })?;
     if let Some(placement) = placement {
+        crate::processes::check_planned_graph(&graph);
         crate::processes::exit_with_parent();
         let mut checkpointing = None;
         if let Some(config) = graph.config.checkpointing.clone() {

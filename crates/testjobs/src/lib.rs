@@ -183,6 +183,17 @@ pub mod cluster {
 
         /// Runs a client command; returns (success, stdout + stderr).
         pub fn client(&self, args: &[&str], secret_file: Option<&Path>) -> (bool, String) {
+            self.client_with_env(args, secret_file, &[])
+        }
+
+        /// [`Cluster::client`] with extra environment variables for the command (and so for
+        /// the job binary that `sluice submit` runs to plan the job).
+        pub fn client_with_env(
+            &self,
+            args: &[&str],
+            secret_file: Option<&Path>,
+            env: &[(&str, &str)],
+        ) -> (bool, String) {
             let default = self.dir.join("c/secret");
             // The subcommand, then where the coordinator is, then the rest (which may end in
             // `-- job args`).
@@ -196,6 +207,7 @@ pub mod cluster {
                 ])
                 .args(&args[1..])
                 .env_remove("SLUICE_SECRET")
+                .envs(env.iter().copied())
                 .output()
                 .unwrap();
             let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);

@@ -97,6 +97,38 @@ fn an_unbounded_job_is_cancelled_and_a_wrong_secret_is_refused() {
 }
 
 #[test]
+fn a_job_whose_graph_differs_from_the_planned_one_fails_without_restarts_and_bad_arguments_fail_the_submission() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), 2);
+    let out = dir.path().join("out");
+    let counts = env!("CARGO_BIN_EXE_counts");
+    let args = ["submit", counts, "-p", "2", "--", "--out", out.to_str().unwrap(), "--n", "1000"];
+    // The submitting machine's environment changes the graph (a uid); the workers' does not.
+    let (ok, text) = cluster.client_with_env(&args, None, &[("COUNTS_PASS_UID", "pass-here")]);
+    assert!(ok, "the submission itself is fine: {text}");
+    let line = cluster.wait_for("job-1", "failed", Duration::from_secs(60));
+    assert!(line.contains("attempt 1 "), "failed in its first attempt, not restarted: {line}");
+    assert!(line.contains("not the one planned at submission"), "says why: {line}");
+    let log = cluster.log();
+    assert!(log.contains("not restarted"), "the refusal is logged:\n{log}");
+    assert!(!out.exists() || sluice::connectors::committed_lines(&out).unwrap().is_empty(), "nothing committed");
+
+    // An invalid job configuration fails the submission, with the job's own message.
+    let (ok, text) = cluster.client(&["submit", counts, "-p", "0", "--", "--out", out.to_str().unwrap()], None);
+    assert!(!ok, "{text}");
+    let (ok, text) = cluster.client(&["submit", counts, "--", "--out", out.to_str().unwrap(), "--no-such-flag"], None);
+    assert!(!ok && text.contains("refused these arguments") && text.contains("--no-such-flag"), "{text}");
+    // A binary that is not a Sluice job.
+    let (ok, text) = cluster.client(&["submit", "/bin/true"], None);
+    assert!(!ok && text.contains("without describing its graph"), "{text}");
+    // The same job with the workers' environment runs.
+    let (ok, text) = cluster.client(&args, None);
+    assert!(ok, "{text}");
+    cluster.wait_for("job-2", "finished", Duration::from_secs(120));
+    sluice_testjobs::assert_committed_counts(&out, 1000, "the second submission");
+}
+
+#[test]
 fn a_cluster_job_takes_a_savepoint_stops_with_one_and_resumes_from_it_at_another_parallelism_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_cluster(dir.path(), 3);

@@ -27,6 +27,11 @@ struct Cli {
     /// restart reported).
     #[arg(long, value_name = "N")]
     fail_once_at: Option<u64>,
+    /// The uid of the pass-through stage. Read from the environment too, as a job might
+    /// read its set-up where it runs: a graph that differs between the machine that submits
+    /// it and the workers is refused (the cluster tests show it).
+    #[arg(long, env = "COUNTS_PASS_UID", default_value = "pass")]
+    pass_uid: String,
     #[command(flatten)]
     job: sluice::JobArgs,
 }
@@ -52,7 +57,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
             i
         })
-        .uid("pass")
+        .uid(&cli.pass_uid)
         .key_by(|i| key_of(*i))
         .window(Tumbling::event_time(Duration::from_millis(WINDOW_MS as u64)))
         .aggregate_with(Count, |k, w, c| format!("{k},{},{c}", w.start))
