@@ -2,7 +2,7 @@
 //! coordinator and N workers on this machine, for demos and tests), and the client
 //! commands `submit`, `list` and `cancel`.
 
-use sluice_cluster::auth::Secret;
+use sluice_cluster::auth::{Ca, ClusterTls, Secret};
 use sluice_cluster::client::Client;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,41 @@ pub struct Connection {
     /// A file holding the cluster secret (else SLUICE_SECRET or SLUICE_SECRET_FILE).
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// With TLS: the CA certificate (PEM) that the coordinator's and workers' certificates
+    /// are checked against; calls then go over TLS.
+    #[arg(long, env = "SLUICE_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl Connection {
+    /// Connects to the coordinator with the secret (and TLS, with a CA).
+    async fn client(&self) -> Result<Client, String> {
+        let secret = Secret::load(self.secret_file.as_deref())?;
+        let ca = self.tls_ca.as_deref().map(Ca::read).transpose()?;
+        Client::connect(&self.coordinator, &secret, ca.as_ref()).await
+    }
+}
+
+/// A server's TLS certificate and key (PEM); with them (and a CA), the role's server and
+/// calls, and its job processes' data connections, use TLS 1.3.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ServerTls {
+    /// The certificate chain (PEM) this role presents; it must name the address the role
+    /// listens on (an IP address or a host name in its subject alternative names).
+    #[arg(long, env = "SLUICE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "SLUICE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ServerTls {
+    /// The TLS material with `ca`, loaded and checked; all three or none.
+    fn load(&self, ca: Option<&Path>) -> Result<Option<ClusterTls>, String> {
+        let files =
+            sluice_net::TlsFiles::from_parts(self.tls_cert.clone(), self.tls_key.clone(), ca.map(Path::to_path_buf))?;
+        files.map(ClusterTls::load).transpose()
+    }
 }
 
 fn block_on<T>(future: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
@@ -89,9 +124,11 @@ pub fn coordinator(
     http: Option<SocketAddr>,
     store: &Path,
     secret_file: Option<&Path>,
+    tls: (&ServerTls, Option<&Path>),
     failover: &Failover,
 ) -> Result<String, String> {
     let detection = failover.check()?;
+    let tls = tls.0.load(tls.1)?;
     sluice_runtime::init_logging(tracing::Level::INFO);
     sluice_runtime::processes::exit_with_parent();
     let secret = Secret::load(secret_file)?;
@@ -100,6 +137,7 @@ pub fn coordinator(
         http,
         store: store.to_string_lossy().into_owned(),
         secret,
+        tls,
         detection,
         placement: failover.placement.clone(),
         max_restarts: failover.max_restarts,
@@ -108,7 +146,14 @@ pub fn coordinator(
 }
 
 /// `sluice worker`.
-pub fn worker(connection: &Connection, listen: SocketAddr, slots: u32, cache: Option<&Path>) -> Result<String, String> {
+pub fn worker(
+    connection: &Connection,
+    tls: &ServerTls,
+    listen: SocketAddr,
+    slots: u32,
+    cache: Option<&Path>,
+) -> Result<String, String> {
+    let tls = tls.load(connection.tls_ca.as_deref())?;
     sluice_runtime::init_logging(tracing::Level::INFO);
     sluice_runtime::processes::exit_with_parent();
     let secret = Secret::load(connection.secret_file.as_deref())?;
@@ -122,6 +167,7 @@ pub fn worker(connection: &Connection, listen: SocketAddr, slots: u32, cache: Op
         slots,
         cache,
         secret,
+        tls,
     };
     block_on(sluice_cluster::worker::run(config)).map(|()| String::new())
 }
@@ -134,12 +180,11 @@ pub fn submit(
     parallelism: u32,
     args: Vec<String>,
 ) -> Result<String, String> {
-    let secret = Secret::load(connection.secret_file.as_deref())?;
     let name = name.map(str::to_string).unwrap_or_else(|| {
         binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "job".into())
     });
     block_on(async {
-        let mut client = Client::connect(&connection.coordinator, &secret).await?;
+        let mut client = connection.client().await?;
         let reply = client.submit(binary, &name, args, parallelism).await?;
         Ok(format!(
             "{} submitted: '{name}' at parallelism {parallelism} over {} processes",
@@ -150,9 +195,8 @@ pub fn submit(
 
 /// `sluice list`.
 pub fn list(connection: &Connection) -> Result<String, String> {
-    let secret = Secret::load(connection.secret_file.as_deref())?;
     block_on(async {
-        let jobs = Client::connect(&connection.coordinator, &secret).await?.list().await?;
+        let jobs = connection.client().await?.list().await?;
         if jobs.is_empty() {
             return Ok("no jobs".into());
         }
@@ -179,9 +223,8 @@ pub fn list(connection: &Connection) -> Result<String, String> {
 
 /// `sluice cancel [--savepoint]`: with a savepoint, waits up to `savepoint` for it.
 pub fn cancel(connection: &Connection, job: &str, savepoint: Option<Duration>) -> Result<String, String> {
-    let secret = Secret::load(connection.secret_file.as_deref())?;
     block_on(async {
-        let (state, path) = Client::connect(&connection.coordinator, &secret).await?.cancel(job, savepoint).await?;
+        let (state, path) = connection.client().await?.cancel(job, savepoint).await?;
         Ok(match path {
             Some(path) => format!("{job}: {state}, stopped with savepoint {path}"),
             None => format!("{job}: {state}"),
@@ -191,8 +234,7 @@ pub fn cancel(connection: &Connection, job: &str, savepoint: Option<Duration>) -
 
 /// `sluice savepoint JOB_ID`.
 pub fn savepoint(connection: &Connection, job: &str, timeout: Duration) -> Result<String, String> {
-    let secret = Secret::load(connection.secret_file.as_deref())?;
-    block_on(async { Client::connect(&connection.coordinator, &secret).await?.savepoint(job, timeout).await })
+    block_on(async { connection.client().await?.savepoint(job, timeout).await })
 }
 
 /// Kills the cluster's processes when `sluice cluster` ends, however it ends.
@@ -214,8 +256,9 @@ fn free_address() -> Result<SocketAddr, String> {
 
 /// `sluice cluster`: a coordinator and `workers` workers on loopback, as child processes
 /// of this one, with a fresh secret written to `dir/secret`; runs until Ctrl-C or until
-/// a role exits.
-pub fn cluster(workers: u32, slots: u32, dir: &Path, failover: &Failover) -> Result<String, String> {
+/// the coordinator exits. With `tls`, a fresh CA and a certificate it signs for 127.0.0.1
+/// are written to `dir/tls`, and every role and job process uses them.
+pub fn cluster(workers: u32, slots: u32, dir: &Path, tls: bool, failover: &Failover) -> Result<String, String> {
     failover.check()?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut random = [0u8; 24];
@@ -228,6 +271,10 @@ pub fn cluster(workers: u32, slots: u32, dir: &Path, failover: &Failover) -> Res
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
     }
+    let tls = match tls {
+        true => Some(sluice_net::tls::generate(&["127.0.0.1", "localhost"])?.write_to(&dir.join("tls"))?),
+        false => None,
+    };
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let (grpc, http) = (free_address()?, free_address()?);
     let mut roles = Roles(Vec::new());
@@ -237,6 +284,7 @@ pub fn cluster(workers: u32, slots: u32, dir: &Path, failover: &Failover) -> Res
             .env_remove("SLUICE_SECRET")
             .env("SLUICE_SECRET_FILE", &secret_file)
             .env(sluice_runtime::processes::ENV_EXIT_WITH_PARENT, std::process::id().to_string())
+            .envs(tls.iter().flat_map(|t| t.env()))
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| format!("starting a cluster role: {e}"))
@@ -264,16 +312,22 @@ pub fn cluster(workers: u32, slots: u32, dir: &Path, failover: &Failover) -> Res
             dir.join(format!("worker-{i}")).to_string_lossy().into_owned(),
         ])?);
     }
-    let pids: Vec<String> = roles.0[1..].iter().map(|c| c.id().to_string()).collect();
-    let info = format!(
-        "{{\"coordinator\":\"{grpc}\",\"http\":\"{http}\",\"secret_file\":\"{}\",\"workers\":{workers},\
-         \"worker_pids\":[{}]}}",
-        secret_file.display(),
-        pids.join(",")
-    );
-    std::fs::write(dir.join("cluster.json"), &info).map_err(|e| e.to_string())?;
-    println!("coordinator at {grpc} (status: http://{http}/jobs), {workers} workers; in another shell:");
-    println!("  export SLUICE_COORDINATOR={grpc} SLUICE_SECRET_FILE={}", secret_file.display());
+    let pids: Vec<u32> = roles.0[1..].iter().map(|c| c.id()).collect();
+    let ca = tls.as_ref().map(|t| t.ca.display().to_string());
+    let info = serde_json::json!({
+        "coordinator": grpc.to_string(), "http": http.to_string(), "secret_file": secret_file,
+        "workers": workers, "worker_pids": pids, "tls_ca": ca,
+    });
+    std::fs::write(dir.join("cluster.json"), info.to_string()).map_err(|e| e.to_string())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("coordinator at {grpc} (status: {scheme}://{http}/jobs), {workers} workers; in another shell:");
+    match &ca {
+        None => println!("  export SLUICE_COORDINATOR={grpc} SLUICE_SECRET_FILE={}", secret_file.display()),
+        Some(ca) => println!(
+            "  export SLUICE_COORDINATOR={grpc} SLUICE_SECRET_FILE={} SLUICE_TLS_CA={ca}",
+            secret_file.display()
+        ),
+    }
     // Ctrl-C reaches the whole foreground process group; SIGTERM reaches only this
     // process: then the roles are stopped here (and a SIGKILL leaves them to notice that
     // this process is gone).

@@ -52,6 +52,11 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         secret_file: Option<std::path::PathBuf>,
         #[command(flatten)]
+        tls: cluster::ServerTls,
+        /// With TLS: the CA certificate (PEM) the workers' certificates are checked against.
+        #[arg(long, env = "SLUICE_TLS_CA", value_name = "FILE")]
+        tls_ca: Option<std::path::PathBuf>,
+        #[command(flatten)]
         failover: cluster::Failover,
     },
     /// Runs a worker: it registers with the coordinator and runs the job processes it is
@@ -59,6 +64,8 @@ enum Command {
     Worker {
         #[command(flatten)]
         connection: cluster::Connection,
+        #[command(flatten)]
+        tls: cluster::ServerTls,
         /// The gRPC address to listen on; port 0 picks a free one.
         #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
@@ -78,6 +85,10 @@ enum Command {
         /// Slots per worker.
         #[arg(long, value_name = "S", default_value_t = 4)]
         slots: u32,
+        /// Make a CA and a certificate for 127.0.0.1 (in DIR/tls) and run every call and
+        /// data connection over TLS 1.3.
+        #[arg(long)]
+        tls: bool,
         /// The folder for the secret, the artifact store and the workers' caches.
         #[arg(long, value_name = "DIR", default_value = ".sluice-cluster")]
         dir: std::path::PathBuf,
@@ -131,6 +142,10 @@ enum Command {
         /// A file holding the cluster secret (else SLUICE_SECRET or SLUICE_SECRET_FILE).
         #[arg(long, value_name = "FILE")]
         secret_file: Option<std::path::PathBuf>,
+        /// With TLS: the CA certificate (PEM) the coordinator's certificate is checked
+        /// against.
+        #[arg(long, env = "SLUICE_TLS_CA", value_name = "FILE")]
+        tls_ca: Option<std::path::PathBuf>,
         /// A local job: the folder it writes its checkpoints to (its --checkpoint-dir).
         #[arg(long, value_name = "DIR", requires = "job")]
         checkpoint_dir: Option<String>,
@@ -201,12 +216,15 @@ fn list(store: &CheckpointStore) -> Result<String, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Savepoint { job_id, coordinator, secret_file, checkpoint_dir, job, timeout_secs } => {
+        Command::Savepoint { job_id, coordinator, secret_file, tls_ca, checkpoint_dir, job, timeout_secs } => {
             let timeout = Duration::from_secs(*timeout_secs);
             match (job_id, coordinator, checkpoint_dir, job) {
                 (Some(job_id), Some(coordinator), _, _) => {
-                    let connection =
-                        cluster::Connection { coordinator: coordinator.clone(), secret_file: secret_file.clone() };
+                    let connection = cluster::Connection {
+                        coordinator: coordinator.clone(),
+                        secret_file: secret_file.clone(),
+                        tls_ca: tls_ca.clone(),
+                    };
                     cluster::savepoint(&connection, job_id, timeout)
                 }
                 (Some(_), None, _, _) => Err("a cluster job's savepoint needs the coordinator: give --coordinator \
@@ -222,13 +240,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Checkpoints { location } => open(location).and_then(|store| list(&store)),
-        Command::Coordinator { listen, http, store, secret_file, failover } => {
-            cluster::coordinator(*listen, *http, store, secret_file.as_deref(), failover)
+        Command::Coordinator { listen, http, store, secret_file, tls, tls_ca, failover } => {
+            cluster::coordinator(*listen, *http, store, secret_file.as_deref(), (tls, tls_ca.as_deref()), failover)
         }
-        Command::Worker { connection, listen, slots, cache } => {
-            cluster::worker(connection, *listen, *slots, cache.as_deref())
+        Command::Worker { connection, tls, listen, slots, cache } => {
+            cluster::worker(connection, tls, *listen, *slots, cache.as_deref())
         }
-        Command::Cluster { workers, slots, dir, failover } => cluster::cluster(*workers, *slots, dir, failover),
+        Command::Cluster { workers, slots, dir, tls, failover } => {
+            cluster::cluster(*workers, *slots, dir, *tls, failover)
+        }
         Command::Submit { connection, binary, parallelism, name, args } => {
             cluster::submit(connection, binary, name.as_deref(), *parallelism, args.clone())
         }

@@ -1,8 +1,9 @@
 //! The cluster secret: where it comes from, and the check every call passes. Clients send
 //! it as a bearer token (`authorization: Bearer <secret>`); the servers compare it in
 //! constant time and refuse, with a log line, any call without it or with another one.
-//! Without TLS (not built yet) the token travels in clear: run a cluster on loopback or a
-//! trusted network only.
+//! With certificates configured ([`ClusterTls`]) every call travels over TLS 1.3 and the
+//! caller checks the server's certificate against the cluster's CA; without them the token
+//! travels in clear, so run such a cluster on loopback or a trusted network only.
 
 use std::sync::Arc;
 use tonic::{Request, Status};
@@ -119,23 +120,93 @@ impl tonic::service::Interceptor for Attach {
     }
 }
 
+/// A server's TLS material (the coordinator's, a worker's), loaded and checked at start.
+#[derive(Clone, Debug)]
+pub struct ClusterTls {
+    files: sluice_net::TlsFiles,
+    pem: sluice_net::tls::TlsPem,
+    /// The same material for the blocking servers (the HTTP status endpoint).
+    blocking: sluice_net::Tls,
+}
+
+impl ClusterTls {
+    /// Reads the three files and checks that they make a valid configuration (the key
+    /// matches the certificate, the CA is a certificate), so that a mistake stops the
+    /// process at start, named.
+    pub fn load(files: sluice_net::TlsFiles) -> Result<ClusterTls, String> {
+        let pem = files.read()?;
+        let blocking = sluice_net::Tls::new(&pem)?;
+        Ok(ClusterTls { files, pem, blocking })
+    }
+
+    /// Where the material is (for the environment of job processes).
+    pub fn files(&self) -> &sluice_net::TlsFiles {
+        &self.files
+    }
+
+    /// The CA certificate that the servers called are checked against.
+    pub fn ca(&self) -> Ca {
+        Ca(Arc::from(self.pem.ca.as_slice()))
+    }
+
+    /// The gRPC server's TLS settings.
+    pub fn server(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&self.pem.cert, &self.pem.key))
+    }
+
+    /// The settings for a blocking server on a plain socket (`sluice_net::tls::TlsStream`).
+    pub fn blocking(&self) -> &sluice_net::Tls {
+        &self.blocking
+    }
+}
+
+/// The CA certificate (PEM) a caller checks servers against: with it, calls use TLS.
+#[derive(Clone, Debug)]
+pub struct Ca(Arc<[u8]>);
+
+impl Ca {
+    /// Reads the CA certificate from `path`.
+    pub fn read(path: &std::path::Path) -> Result<Ca, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("reading the TLS CA {}: {e}", path.display()))?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(format!("the TLS CA {} holds no PEM certificate", path.display()));
+        }
+        Ok(Ca(Arc::from(pem)))
+    }
+}
+
 /// A gRPC client channel with the secret attached to every call.
 pub type AuthedChannel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Attach>;
 
 /// Connects to `address` (host:port, or a URL), trying again until `within` has passed
-/// (the other end may still be starting).
-pub async fn connect(address: &str, within: std::time::Duration) -> Result<tonic::transport::Channel, String> {
-    let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-    let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+/// (the other end may still be starting). With `ca`, over TLS, the server's certificate
+/// checked against it and the address's host.
+pub async fn connect(
+    address: &str,
+    ca: Option<&Ca>,
+    within: std::time::Duration,
+) -> Result<tonic::transport::Channel, String> {
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let url = match address.split_once("://") {
+        Some((_, rest)) => format!("{scheme}://{rest}"),
+        None => format!("{scheme}://{address}"),
+    };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|e| format!("'{address}' is not an address: {e}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(60));
+    if let Some(Ca(pem)) = ca {
+        let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem));
+        endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS to {address}: {e}"))?;
+    }
     let deadline = tokio::time::Instant::now() + within;
     loop {
         match endpoint.connect().await {
             Ok(channel) => return Ok(channel),
             Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(format!("cannot reach {address} within {within:?}: {e}"))
+                let cause = std::error::Error::source(&e).map(|c| format!(" ({c})")).unwrap_or_default();
+                return Err(format!("cannot reach {address} within {within:?}: {e}{cause}"));
             }
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }

@@ -1,7 +1,7 @@
 //! What the command line asks the coordinator: submit a job binary (uploaded first, in
 //! chunks), list jobs, cancel one. Each call carries the cluster secret.
 
-use crate::auth::{AuthedChannel, Secret};
+use crate::auth::{AuthedChannel, Ca, Secret};
 use crate::proto::coordinator_client::CoordinatorClient;
 use crate::proto::*;
 use std::time::Duration;
@@ -15,9 +15,10 @@ pub struct Client {
 const CHUNK: usize = 1 << 20;
 
 impl Client {
-    /// Connects to the coordinator at `address`.
-    pub async fn connect(address: &str, secret: &Secret) -> Result<Client, String> {
-        let channel = crate::auth::connect(address, Duration::from_secs(10)).await?;
+    /// Connects to the coordinator at `address`; over TLS with `ca`, against which the
+    /// coordinator's certificate is checked.
+    pub async fn connect(address: &str, secret: &Secret, ca: Option<&Ca>) -> Result<Client, String> {
+        let channel = crate::auth::connect(address, ca, Duration::from_secs(10)).await?;
         Ok(Client { inner: CoordinatorClient::with_interceptor(channel, secret.attach()) })
     }
 

@@ -17,7 +17,7 @@
 //! the secret as bearer token), for scripts and dashboards.
 
 use crate::artifacts::ArtifactStore;
-use crate::auth::{AuthedChannel, Secret};
+use crate::auth::{AuthedChannel, ClusterTls, Secret};
 use crate::placement::{Candidate, PlacementStrategy};
 use crate::proto::coordinator_server::{Coordinator, CoordinatorServer};
 use crate::proto::worker_client::WorkerClient;
@@ -52,6 +52,8 @@ pub struct CoordinatorConfig {
     pub store: String,
     /// The cluster secret.
     pub secret: Secret,
+    /// TLS for its servers and for its calls to the workers, if configured.
+    pub tls: Option<ClusterTls>,
     /// How failures are detected.
     pub detection: Detection,
     /// Where attempts are placed: a name from [`crate::placement::STRATEGIES`].
@@ -136,6 +138,8 @@ pub struct CoordinatorService {
     state: Arc<Mutex<State>>,
     store: ArtifactStore,
     secret: Secret,
+    /// With TLS, what the workers' certificates are checked against.
+    ca: Option<crate::auth::Ca>,
     detection: Detection,
     placement: Arc<dyn PlacementStrategy>,
     max_restarts: u32,
@@ -147,7 +151,9 @@ impl CoordinatorService {
     }
 
     async fn worker_client(&self, address: &str) -> Result<WorkerClient<AuthedChannel>, Status> {
-        let channel = crate::auth::connect(address, Duration::from_secs(5)).await.map_err(Status::unavailable)?;
+        let channel = crate::auth::connect(address, self.ca.as_ref(), Duration::from_secs(5))
+            .await
+            .map_err(Status::unavailable)?;
         Ok(WorkerClient::with_interceptor(channel, self.secret.attach()))
     }
 
@@ -829,17 +835,22 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
         state: Arc::default(),
         store,
         secret: config.secret.clone(),
+        ca: config.tls.as_ref().map(ClusterTls::ca),
         detection: config.detection,
         placement,
         max_restarts: config.max_restarts,
     };
     tokio::spawn(service.clone().watch_heartbeats());
     if let Some(http) = config.http {
-        serve_http(http, service.clone())?;
+        serve_http(http, service.clone(), config.tls.as_ref().map(|t| t.blocking().clone()))?;
     }
-    tracing::info!(address = %config.listen, "coordinator listening");
+    tracing::info!(address = %config.listen, tls = config.tls.is_some(), "coordinator listening");
     let server = CoordinatorServer::with_interceptor(service, config.secret.check());
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server()).map_err(|e| format!("the coordinator's TLS settings: {e}"))?;
+    }
+    builder
         .add_service(server)
         .serve(config.listen)
         .await
@@ -853,24 +864,36 @@ fn placement_seed() -> u64 {
     seed
 }
 
-/// Serves `GET /jobs` (the jobs as JSON) on `address`, on a thread of its own.
-fn serve_http(address: SocketAddr, service: CoordinatorService) -> Result<(), String> {
+/// Serves `GET /jobs` (the jobs as JSON) on `address`, on a thread of its own; HTTPS with
+/// `tls`.
+fn serve_http(address: SocketAddr, service: CoordinatorService, tls: Option<sluice_net::Tls>) -> Result<(), String> {
     let listener = std::net::TcpListener::bind(address).map_err(|e| format!("HTTP status on {address}: {e}"))?;
     std::thread::Builder::new()
         .name("sluice:http".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                let _ = answer_http(stream, &service);
+                let peer = stream.peer_addr().ok();
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = match &tls {
+                    None => answer_http(stream, peer, &service),
+                    Some(tls) => tls
+                        .server()
+                        .and_then(|session| sluice_net::tls::TlsStream::handshake(session, stream))
+                        .and_then(|stream| answer_http(stream, peer, &service)),
+                };
             }
         })
         .map_err(|e| e.to_string())?;
     Ok(())
 }
 
-fn answer_http(mut stream: std::net::TcpStream, service: &CoordinatorService) -> std::io::Result<()> {
-    use std::io::{BufRead, Write};
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+fn answer_http(
+    stream: impl std::io::Read + std::io::Write,
+    peer: Option<SocketAddr>,
+    service: &CoordinatorService,
+) -> std::io::Result<()> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(stream);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut authorized = false;
@@ -886,7 +909,7 @@ fn answer_http(mut stream: std::net::TcpStream, service: &CoordinatorService) ->
         }
     }
     let (status, body) = if !authorized {
-        tracing::warn!(peer = ?stream.peer_addr().ok(), "refused an HTTP status request without the cluster secret");
+        tracing::warn!(?peer, "refused an HTTP status request without the cluster secret");
         ("401 Unauthorized", "{\"error\":\"send the cluster secret as Authorization: Bearer <secret>\"}".to_string())
     } else if request_line.starts_with("GET /jobs ") {
         let jobs: Vec<serde_json::Value> = service
@@ -908,9 +931,11 @@ fn answer_http(mut stream: std::net::TcpStream, service: &CoordinatorService) ->
     } else {
         ("404 Not Found", "{\"error\":\"GET /jobs\"}".to_string())
     };
+    let stream = reader.get_mut();
     write!(
         stream,
         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
-    )
+    )?;
+    stream.flush()
 }

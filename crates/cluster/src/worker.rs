@@ -7,7 +7,7 @@
 //! the process exits, the worker tells the coordinator how.
 
 use crate::artifacts::ArtifactStore;
-use crate::auth::{AuthedChannel, Secret};
+use crate::auth::{AuthedChannel, ClusterTls, Secret};
 use crate::proto::coordinator_client::CoordinatorClient;
 use crate::proto::worker_server::{Worker, WorkerServer};
 use crate::proto::*;
@@ -33,6 +33,9 @@ pub struct WorkerConfig {
     pub cache: PathBuf,
     /// The cluster secret.
     pub secret: Secret,
+    /// TLS for its server, its calls to the coordinator and its job processes' data
+    /// connections, if configured.
+    pub tls: Option<ClusterTls>,
 }
 
 /// The job processes this worker runs, by (job, attempt, process index).
@@ -141,6 +144,7 @@ impl Worker for WorkerService {
             .env(sluice_runtime::processes::ENV_CONTROL_DIR, &control)
             .env(sluice_runtime::processes::ENV_PULSE, "stdin")
             .env(sluice_runtime::processes::ENV_GRAPH_FINGERPRINT, &r.graph_fingerprint)
+            .envs(self.config.tls.iter().flat_map(|t| t.files().env()))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -250,7 +254,8 @@ async fn register(
 pub async fn run(config: WorkerConfig) -> Result<(), String> {
     // Control folders of processes an earlier run of this worker started.
     let _ = std::fs::remove_dir_all(config.cache.join("control"));
-    let channel = crate::auth::connect(&config.coordinator, Duration::from_secs(30)).await?;
+    let ca = config.tls.as_ref().map(ClusterTls::ca);
+    let channel = crate::auth::connect(&config.coordinator, ca.as_ref(), Duration::from_secs(30)).await?;
     let mut coordinator = CoordinatorClient::with_interceptor(channel, config.secret.attach());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -319,7 +324,11 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
         }
     });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server()).map_err(|e| format!("the worker's TLS settings: {e}"))?;
+    }
+    builder
         .add_service(WorkerServer::with_interceptor(service, config.secret.check()))
         .serve_with_incoming(incoming)
         .await

@@ -15,9 +15,10 @@
 
 use crate::frame::{ChannelId, Frame};
 use crate::handshake::{self, HandshakeError, Identity};
+use crate::tls::{Tls, TlsStream};
 use sluice_dataflow::{Credit, CreditReturn, Envelope, Message, RemoteChannel, TaskError, TaskResult};
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
@@ -46,8 +47,10 @@ struct Routes {
 /// A connection to one peer process.
 pub struct Connection {
     peer: u32,
-    writer: Mutex<BufWriter<TcpStream>>,
-    reader: Mutex<Option<TcpStream>>,
+    writer: Mutex<BufWriter<Box<dyn Write + Send>>>,
+    reader: Mutex<Option<Box<dyn Read + Send>>>,
+    /// The socket under both, to close the sending direction.
+    socket: TcpStream,
     routes: Mutex<Routes>,
     failed: Mutex<Option<String>>,
 }
@@ -85,35 +88,97 @@ pub enum ConnectError {
     },
 }
 
+/// A socket after its handshakes, plain or TLS.
+enum Opened {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+impl Read for Opened {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Opened::Plain(s) => s.read(buf),
+            Opened::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Opened {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Opened::Plain(s) => s.write(buf),
+            Opened::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Opened::Plain(s) => s.flush(),
+            Opened::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Opened {
+    /// Opens TLS on `socket` when it is configured: `server` for the accepting end.
+    fn open(socket: TcpStream, tls: Option<&Tls>, server: bool) -> std::io::Result<Opened> {
+        Ok(match tls {
+            None => Opened::Plain(socket),
+            Some(tls) => {
+                let session = if server { tls.server()? } else { tls.client(socket.peer_addr()?.ip())? };
+                Opened::Tls(Box::new(TlsStream::handshake(session, socket)?))
+            }
+        })
+    }
+
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Opened::Plain(s) => s,
+            Opened::Tls(s) => s.socket(),
+        }
+    }
+}
+
 impl Connection {
-    fn new(peer: u32, stream: TcpStream) -> std::io::Result<Arc<Self>> {
-        stream.set_nodelay(true)?;
-        let reader = stream.try_clone()?;
+    fn new(peer: u32, opened: Opened) -> std::io::Result<Arc<Self>> {
+        let socket = opened.socket().try_clone()?;
+        socket.set_nodelay(true)?;
+        socket.set_read_timeout(None)?;
+        let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match opened {
+            Opened::Plain(stream) => (Box::new(stream.try_clone()?), Box::new(stream)),
+            Opened::Tls(stream) => {
+                let (reader, writer) = crate::tls::split(*stream)?;
+                (Box::new(reader), Box::new(writer))
+            }
+        };
         Ok(Arc::new(Connection {
             peer,
-            writer: Mutex::new(BufWriter::with_capacity(64 << 10, stream)),
+            writer: Mutex::new(BufWriter::with_capacity(64 << 10, writer)),
             reader: Mutex::new(Some(reader)),
+            socket,
             routes: Mutex::new(Routes::default()),
             failed: Mutex::new(None),
         }))
     }
 
     /// Dials `peer` at `addr` until it answers or `within` passes (the peer may still be
-    /// starting), then authenticates.
-    pub fn dial(me: &Identity, peer: u32, addr: SocketAddr, within: Duration) -> Result<Arc<Self>, ConnectError> {
+    /// starting), then opens TLS if it is configured and authenticates.
+    pub fn dial(
+        me: &Identity,
+        tls: Option<&Tls>,
+        peer: u32,
+        addr: SocketAddr,
+        within: Duration,
+    ) -> Result<Arc<Self>, ConnectError> {
         let deadline = Instant::now() + within;
         let mut last = String::from("not tried");
         while Instant::now() < deadline {
             match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-                Ok(mut stream) => {
+                Ok(stream) => {
+                    let failed = |source| ConnectError::Handshake { peer, addr, source };
                     let _ = stream.set_read_timeout(Some(within));
-                    handshake::dial(&mut stream, me).map_err(|source| ConnectError::Handshake {
-                        peer,
-                        addr,
-                        source,
-                    })?;
-                    let _ = stream.set_read_timeout(None);
-                    return Connection::new(peer, stream).map_err(|e| ConnectError::Handshake {
+                    let mut opened = Opened::open(stream, tls, false).map_err(|e| failed(HandshakeError::Io(e)))?;
+                    handshake::dial(&mut opened, me).map_err(failed)?;
+                    return Connection::new(peer, opened).map_err(|e| ConnectError::Handshake {
                         peer,
                         addr,
                         source: HandshakeError::Io(e),
@@ -134,6 +199,7 @@ impl Connection {
     pub fn accept_all(
         listener: &TcpListener,
         me: &Identity,
+        tls: Option<&Tls>,
         peers: &[u32],
         within: Duration,
     ) -> Result<HashMap<u32, Arc<Self>>, String> {
@@ -146,13 +212,19 @@ impl Connection {
                 return Err(format!("processes {missing:?} did not connect within {within:?}"));
             }
             match listener.accept() {
-                Ok((mut stream, from)) => {
+                Ok((stream, from)) => {
                     stream.set_nonblocking(false).map_err(|e| e.to_string())?;
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                    match handshake::accept(&mut stream, me) {
+                    let mut opened = match Opened::open(stream, tls, true) {
+                        Ok(opened) => opened,
+                        Err(e) => {
+                            tracing::warn!(%from, error = %e, "refused a data connection");
+                            continue;
+                        }
+                    };
+                    match handshake::accept(&mut opened, me) {
                         Ok(peer) if peers.contains(&peer) && !connections.contains_key(&peer) => {
-                            let _ = stream.set_read_timeout(None);
-                            connections.insert(peer, Connection::new(peer, stream).map_err(|e| e.to_string())?);
+                            connections.insert(peer, Connection::new(peer, opened).map_err(|e| e.to_string())?);
                         }
                         Ok(peer) => tracing::warn!(%from, peer, "refused a data connection from an unexpected process"),
                         Err(e) => tracing::warn!(%from, error = %e, "refused a data connection"),
@@ -240,7 +312,7 @@ impl Connection {
         })
     }
 
-    fn read_loop(&self, stream: TcpStream) -> Result<(), String> {
+    fn read_loop(&self, stream: Box<dyn Read + Send>) -> Result<(), String> {
         let mut input = BufReader::with_capacity(64 << 10, stream);
         // Routes may be added while reading (a job process connects before it builds its
         // tasks), so each frame looks its route up; no data frame comes before the job's
@@ -296,7 +368,8 @@ impl Connection {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let _ = Frame::Goodbye.write(ChannelId { node: 0, subtask: 0, channel: 0 }, &mut *writer);
         let _ = writer.flush();
-        let _ = writer.get_ref().shutdown(std::net::Shutdown::Write);
+        drop(writer);
+        let _ = self.socket.shutdown(std::net::Shutdown::Write);
     }
 }
 

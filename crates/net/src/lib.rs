@@ -9,6 +9,9 @@
 //! so a slow consumer holds back exactly its own producers and no buffer grows anywhere,
 //! also not while a channel is held during barrier alignment.
 //!
+//! With certificates configured ([`tls`]), every connection is TLS 1.3, opened before the
+//! handshake above, which then runs inside it.
+//!
 //! A task cannot tell a remote channel from a local one: the producer's
 //! [`Target`](sluice_dataflow::Target) has a [`Path::Remote`](sluice_dataflow::Path)
 //! instead of an inbox, and the consumer's inbox is fed by the connection's reader.
@@ -16,7 +19,9 @@
 pub mod connection;
 pub mod frame;
 pub mod handshake;
+pub mod tls;
 
 pub use connection::{ConnectError, Connection, Decoder};
 pub use frame::ChannelId;
 pub use handshake::{HandshakeError, Identity};
+pub use tls::{Tls, TlsFiles};

@@ -1,11 +1,12 @@
 //! Two ends of a real TCP connection on loopback, in one test process: batches and control
 //! messages arrive in order, decoded, on the right channel of the consumer's inbox; credits
 //! bound what a producer sends ahead of a slow consumer; handshakes without the secret or
-//! of another attempt are refused.
+//! of another attempt are refused. Each runs plain and over TLS (a CA and a certificate for
+//! 127.0.0.1 made for the test), where a dialer that trusts another CA is refused too.
 
 use sluice_dataflow::snapshot::Barrier;
 use sluice_dataflow::{ChannelCredits, Credit, Ending, Envelope, Message};
-use sluice_net::{ChannelId, Connection, Decoder, HandshakeError, Identity};
+use sluice_net::{ChannelId, Connection, Decoder, HandshakeError, Identity, Tls};
 use sluice_types::Record;
 use std::net::TcpListener;
 use std::sync::mpsc::sync_channel;
@@ -23,13 +24,19 @@ fn decoder() -> Decoder {
     }
 }
 
+fn tls() -> Tls {
+    Tls::new(&sluice_net::tls::generate(&["127.0.0.1"]).unwrap()).unwrap()
+}
+
 /// Process 0 accepts, process 1 dials: returns (acceptor's end, dialer's end).
-fn pair(acceptor: Identity, dialer: Identity) -> (Arc<Connection>, Arc<Connection>) {
+fn pair(acceptor: Identity, dialer: Identity, tls: Option<&Tls>) -> (Arc<Connection>, Arc<Connection>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let accepting =
-        std::thread::spawn(move || Connection::accept_all(&listener, &acceptor, &[1], Duration::from_secs(10)));
-    let dialed = Connection::dial(&dialer, 0, addr, Duration::from_secs(10)).unwrap();
+    let server_tls = tls.cloned();
+    let accepting = std::thread::spawn(move || {
+        Connection::accept_all(&listener, &acceptor, server_tls.as_ref(), &[1], Duration::from_secs(10))
+    });
+    let dialed = Connection::dial(&dialer, tls, 0, addr, Duration::from_secs(10)).unwrap();
     let mut accepted = accepting.join().unwrap().unwrap();
     (accepted.remove(&1).unwrap(), dialed)
 }
@@ -46,7 +53,12 @@ fn values(envelope: Envelope) -> (u32, Vec<u64>) {
 
 #[test]
 fn batches_and_control_messages_arrive_in_order_on_their_channels() {
-    let (consumer_end, producer_end) = pair(identity("s3cret", 1, 0), identity("s3cret", 1, 1));
+    batches_and_control_messages_arrive_in_order_on_their_channels_over(None);
+    batches_and_control_messages_arrive_in_order_on_their_channels_over(Some(&tls()));
+}
+
+fn batches_and_control_messages_arrive_in_order_on_their_channels_over(tls: Option<&Tls>) {
+    let (consumer_end, producer_end) = pair(identity("s3cret", 1, 0), identity("s3cret", 1, 1), tls);
     let (inbox, received) = sync_channel(16);
     let (a, b) = (ChannelId { node: 3, subtask: 0, channel: 0 }, ChannelId { node: 3, subtask: 0, channel: 1 });
     consumer_end.expect_inbound(a, inbox.clone(), 0, decoder());
@@ -93,7 +105,12 @@ fn batches_and_control_messages_arrive_in_order_on_their_channels() {
 
 #[test]
 fn a_slow_consumer_stops_its_producer_after_its_credits() {
-    let (consumer_end, producer_end) = pair(identity("k", 2, 0), identity("k", 2, 1));
+    a_slow_consumer_stops_its_producer_after_its_credits_over(None);
+    a_slow_consumer_stops_its_producer_after_its_credits_over(Some(&tls()));
+}
+
+fn a_slow_consumer_stops_its_producer_after_its_credits_over(tls: Option<&Tls>) {
+    let (consumer_end, producer_end) = pair(identity("k", 2, 0), identity("k", 2, 1), tls);
     let (inbox, received) = sync_channel(64);
     let id = ChannelId { node: 1, subtask: 0, channel: 0 };
     consumer_end.expect_inbound(id, inbox, 0, decoder());
@@ -130,28 +147,43 @@ fn a_slow_consumer_stops_its_producer_after_its_credits() {
 }
 
 #[test]
-fn a_wrong_secret_an_older_attempt_or_another_graph_is_refused() {
+fn a_wrong_secret_an_older_attempt_another_graph_or_another_tls_authority_is_refused() {
     let other_graph = Identity { graph: 8, ..identity("right", 3, 1) };
-    for (dialer, expect) in [
-        (identity("wrong", 3, 1), "secret"),
-        (identity("right", 2, 1), "attempt 2"),
-        (other_graph, "another job graph"),
-    ] {
+    let (tls, foreign) = (tls(), tls());
+    // (dialer, what the refusal says, the acceptor's TLS, the dialer's TLS)
+    let refusals = [
+        (identity("wrong", 3, 1), "secret", None, None),
+        (identity("right", 2, 1), "attempt 2", None, None),
+        (other_graph.clone(), "another job graph", None, None),
+        (identity("wrong", 3, 1), "secret", Some(&tls), Some(&tls)),
+        (other_graph, "another job graph", Some(&tls), Some(&tls)),
+        // A dialer that trusts another authority, and one that does not speak TLS.
+        (identity("right", 3, 1), "TLS handshake refused", Some(&tls), Some(&foreign)),
+        (identity("right", 3, 1), "handshake", Some(&tls), None),
+    ];
+    for (dialer, expect, server_tls, client_tls) in refusals {
+        // Sluice's own handshake refuses when both ends agree on TLS; otherwise TLS or the
+        // connection does.
+        let ours = server_tls.is_some() == client_tls.is_some() && !expect.contains("TLS");
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = identity("right", 3, 0);
-        let accepting =
-            std::thread::spawn(move || Connection::accept_all(&listener, &acceptor, &[1], Duration::from_millis(1500)));
-        let error = Connection::dial(&dialer, 0, addr, Duration::from_secs(5)).unwrap_err();
+        let server_tls = server_tls.cloned();
+        let accepting = std::thread::spawn(move || {
+            Connection::accept_all(&listener, &acceptor, server_tls.as_ref(), &[1], Duration::from_millis(1500))
+        });
+        let error = Connection::dial(&dialer, client_tls, 0, addr, Duration::from_secs(5)).unwrap_err();
         let message = error.to_string();
         assert!(message.contains(expect), "{message}");
-        assert!(matches!(
-            error,
-            sluice_net::ConnectError::Handshake {
-                source: HandshakeError::WrongSecret(_) | HandshakeError::Refused(_),
-                ..
-            }
-        ));
+        if ours {
+            assert!(matches!(
+                error,
+                sluice_net::ConnectError::Handshake {
+                    source: HandshakeError::WrongSecret(_) | HandshakeError::Refused(_),
+                    ..
+                }
+            ));
+        }
         // The refused dialer does not count as connected.
         let accepted = accepting.join().unwrap();
         assert!(accepted.unwrap_err().contains("did not connect"));
@@ -160,7 +192,12 @@ fn a_wrong_secret_an_older_attempt_or_another_graph_is_refused() {
 
 #[test]
 fn a_vanished_peer_fails_the_connection_and_the_producers_waiting_for_credit() {
-    let (consumer_end, producer_end) = pair(identity("x", 1, 0), identity("x", 1, 1));
+    a_vanished_peer_fails_the_connection_and_the_producers_waiting_for_credit_over(None);
+    a_vanished_peer_fails_the_connection_and_the_producers_waiting_for_credit_over(Some(&tls()));
+}
+
+fn a_vanished_peer_fails_the_connection_and_the_producers_waiting_for_credit_over(tls: Option<&Tls>) {
+    let (consumer_end, producer_end) = pair(identity("x", 1, 0), identity("x", 1, 1), tls);
     let id = ChannelId { node: 1, subtask: 0, channel: 0 };
     let credit = Credit::new(1);
     let _channel = producer_end.remote_channel(id, credit.clone());

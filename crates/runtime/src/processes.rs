@@ -6,7 +6,9 @@
 //! - `SLUICE_PROCESS`: this process's index, `0..N`;
 //! - `SLUICE_PEERS`: the data addresses of all N processes, comma-separated, by index;
 //! - `SLUICE_SECRET` or `SLUICE_SECRET_FILE`: the cluster secret (required);
-//! - `SLUICE_ATTEMPT` (optional, default 1): the attempt, for fencing.
+//! - `SLUICE_ATTEMPT` (optional, default 1): the attempt, for fencing;
+//! - `SLUICE_TLS_CERT`, `SLUICE_TLS_KEY`, `SLUICE_TLS_CA` (optional, all or none): TLS on
+//!   the data connections.
 //!
 //! Subtask `s` of every operator runs on process `s mod N`, so the subtasks of a keyed
 //! exchange sit on different processes and its records cross process boundaries. Each
@@ -174,6 +176,9 @@ pub struct Placement {
     pub peers: Vec<SocketAddr>,
     /// Who this process is to its peers, with the secret.
     pub identity: Identity,
+    /// TLS for the data connections, when `SLUICE_TLS_CERT`, `SLUICE_TLS_KEY` and
+    /// `SLUICE_TLS_CA` are set ([`sluice_net::tls`]).
+    pub tls: Option<sluice_net::Tls>,
 }
 
 impl Placement {
@@ -212,7 +217,8 @@ impl Placement {
         };
         let identity =
             Identity { secret: Arc::from(secret), job: job.to_string(), attempt, process, graph: fingerprint(graph) };
-        Ok(Some(Placement { process, peers, identity }))
+        let tls = sluice_net::Tls::from_env()?;
+        Ok(Some(Placement { process, peers, identity, tls }))
     }
 
     /// The number of processes.
@@ -274,21 +280,27 @@ impl Network {
         let address = placement.peers[me as usize];
         let listener = TcpListener::bind(address).map_err(|e| format!("listening on {address}: {e}"))?;
         let higher: Vec<u32> = (me + 1..placement.processes() as u32).collect();
-        let identity = placement.identity.clone();
+        let (identity, tls) = (placement.identity.clone(), placement.tls.clone());
         let accepting = std::thread::Builder::new()
             .name("sluice:net-accept".into())
-            .spawn(move || Connection::accept_all(&listener, &identity, &higher, CONNECT_WITHIN))
+            .spawn(move || Connection::accept_all(&listener, &identity, tls.as_ref(), &higher, CONNECT_WITHIN))
             .map_err(|e| e.to_string())?;
         let mut connections = HashMap::new();
         for peer in 0..me {
-            let connection =
-                Connection::dial(&placement.identity, peer, placement.peers[peer as usize], CONNECT_WITHIN)
-                    .map_err(|e| e.to_string())?;
+            let connection = Connection::dial(
+                &placement.identity,
+                placement.tls.as_ref(),
+                peer,
+                placement.peers[peer as usize],
+                CONNECT_WITHIN,
+            )
+            .map_err(|e| e.to_string())?;
             connections.insert(peer, connection);
         }
         let accepted = accepting.join().map_err(|_| "the accepting thread panicked".to_string())??;
         connections.extend(accepted);
-        tracing::info!(process = me, peers = connections.len(), "connected to the job's other processes");
+        let tls = placement.tls.is_some();
+        tracing::info!(process = me, peers = connections.len(), tls, "connected to the job's other processes");
         Ok(Network { placement, connections, readers: Vec::new() })
     }
 

@@ -138,6 +138,10 @@ pub mod cluster {
         dir: PathBuf,
         /// The coordinator's gRPC address.
         pub coordinator: String,
+        /// The coordinator's HTTP status address.
+        pub http: String,
+        /// With `--tls`: the CA certificate the clients check the cluster against.
+        pub tls_ca: Option<String>,
         sluice: PathBuf,
     }
 
@@ -153,19 +157,41 @@ pub mod cluster {
         /// Starts `sluice cluster --workers N` (the `sluice` binary at `sluice`, with `extra`
         /// flags) in `dir`, and waits until every worker has registered.
         pub fn start(sluice: &Path, dir: &Path, workers: usize, extra: &[&str]) -> Cluster {
+            Self::start_with_env(sluice, dir, workers, extra, &[])
+        }
+
+        /// [`Cluster::start`] with extra environment variables for every role (and so for
+        /// the job processes), such as `RUST_LOG`.
+        pub fn start_with_env(
+            sluice: &Path,
+            dir: &Path,
+            workers: usize,
+            extra: &[&str],
+            env: &[(&str, &str)],
+        ) -> Cluster {
             let log = std::fs::File::create(dir.join("cluster.log")).unwrap();
             let child = Command::new(sluice)
                 .args(["cluster", "--workers", &workers.to_string(), "--dir", dir.join("c").to_str().unwrap()])
                 .args(extra)
                 .env_remove("SLUICE_SECRET")
                 .env_remove("SLUICE_SECRET_FILE")
+                .env_remove("SLUICE_TLS_CERT")
+                .env_remove("SLUICE_TLS_KEY")
+                .env_remove("SLUICE_TLS_CA")
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .process_group(0)
                 .spawn()
                 .unwrap();
-            let mut cluster =
-                Cluster { child, dir: dir.to_path_buf(), coordinator: String::new(), sluice: sluice.to_path_buf() };
+            let mut cluster = Cluster {
+                child,
+                dir: dir.to_path_buf(),
+                coordinator: String::new(),
+                http: String::new(),
+                tls_ca: None,
+                sluice: sluice.to_path_buf(),
+            };
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 let log = std::fs::read_to_string(dir.join("cluster.log")).unwrap_or_default();
@@ -173,6 +199,8 @@ pub mod cluster {
                 if log.matches("registered with the coordinator").count() == workers && !info.is_empty() {
                     let value: serde_json::Value = serde_json::from_str(&info).unwrap();
                     cluster.coordinator = value["coordinator"].as_str().unwrap().to_string();
+                    cluster.http = value["http"].as_str().unwrap().to_string();
+                    cluster.tls_ca = value["tls_ca"].as_str().map(str::to_string);
                     return cluster;
                 }
                 assert!(cluster.child.try_wait().unwrap().is_none(), "the cluster exited:\n{log}");
@@ -205,8 +233,10 @@ pub mod cluster {
                     "--secret-file",
                     secret_file.unwrap_or(&default).to_str().unwrap(),
                 ])
+                .args(self.tls_ca.iter().flat_map(|ca| ["--tls-ca", ca.as_str()]))
                 .args(&args[1..])
                 .env_remove("SLUICE_SECRET")
+                .env_remove("SLUICE_TLS_CA")
                 .envs(env.iter().copied())
                 .output()
                 .unwrap();

@@ -97,6 +97,85 @@ fn an_unbounded_job_is_cancelled_and_a_wrong_secret_is_refused() {
 }
 
 #[test]
+fn a_cluster_with_tls_runs_a_spread_job_exactly_and_refuses_clients_without_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    // RUST_LOG=info, so that the job processes say how they connected.
+    let cluster = Cluster::start_with_env(&sluice_binary(), dir.path(), 3, &["--tls"], &[("RUST_LOG", "info")]);
+    let ca = cluster.tls_ca.clone().expect("sluice cluster --tls names its CA in cluster.json");
+    let out = dir.path().join("out");
+    let n = 30_000;
+    let counts = env!("CARGO_BIN_EXE_counts");
+    let (ok, text) = cluster.client(
+        &[
+            "submit",
+            counts,
+            "-p",
+            "3",
+            "--",
+            "--out",
+            out.to_str().unwrap(),
+            "--n",
+            &n.to_string(),
+            "--rate",
+            "1000000",
+        ],
+        None,
+    );
+    assert!(ok, "{text}");
+    cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    assert_committed_counts(&out, n, "the run over TLS");
+    let log = cluster.log();
+    assert!(log.contains("coordinator listening") && log.contains("tls=true"), "{log}");
+    for process in 0..3 {
+        let line = format!("[job-1 'counts' process {process}]");
+        assert!(
+            log.lines().any(|l| l.contains(&line)
+                && l.contains("connected to the job's other processes")
+                && l.contains("tls=true")),
+            "process {process}'s data connections use TLS:\n{log}"
+        );
+    }
+
+    // The status endpoint answers over TLS, with the secret.
+    let secret = std::fs::read_to_string(dir.path().join("c/secret")).unwrap();
+    let pem = sluice_net::tls::TlsPem {
+        cert: std::fs::read(dir.path().join("c/tls/cert.pem")).unwrap(),
+        key: std::fs::read(dir.path().join("c/tls/key.pem")).unwrap(),
+        ca: std::fs::read(&ca).unwrap(),
+    };
+    let tls = sluice_net::Tls::new(&pem).unwrap();
+    let socket = std::net::TcpStream::connect(&cluster.http).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let session = tls.client(socket.peer_addr().unwrap().ip()).unwrap();
+    let mut stream = sluice_net::tls::TlsStream::handshake(session, socket).unwrap();
+    use std::io::{Read, Write};
+    write!(stream, "GET /jobs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n", secret.trim()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("\"state\":\"finished\""), "{answer}");
+
+    // A client that does not use TLS, or trusts another CA, gets nowhere.
+    let output = Command::new(sluice_binary())
+        .args(["list", "--coordinator", &cluster.coordinator, "--secret-file"])
+        .arg(dir.path().join("c/secret"))
+        .env_remove("SLUICE_TLS_CA")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a plain client is refused");
+    let other = dir.path().join("other-ca");
+    sluice_net::tls::generate(&["127.0.0.1"]).unwrap().write_to(&other).unwrap();
+    let output = Command::new(sluice_binary())
+        .args(["list", "--coordinator", &cluster.coordinator, "--tls-ca"])
+        .arg(other.join("ca.pem"))
+        .arg("--secret-file")
+        .arg(dir.path().join("c/secret"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && text.contains("cannot reach"), "{text}");
+}
+
+#[test]
 fn a_job_whose_graph_differs_from_the_planned_one_fails_without_restarts_and_bad_arguments_fail_the_submission() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_cluster(dir.path(), 2);
