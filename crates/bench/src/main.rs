@@ -50,6 +50,10 @@ struct Args {
     /// crosses process boundaries). The time includes starting the processes.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     cluster: Option<u64>,
+    /// With --cluster: the processes' data connections use TLS 1.3 (a CA and a certificate
+    /// for 127.0.0.1 made for the run), to measure what encryption costs.
+    #[arg(long, requires = "cluster")]
+    tls: bool,
     /// R1: events per second of the wall-clock schedule.
     #[arg(long, default_value_t = 200_000.0)]
     rate: f64,
@@ -524,7 +528,8 @@ fn main() -> ExitCode {
     };
     match wrong {
         None => {
-            let cluster = args.cluster.map_or(String::new(), |n| format!(" cluster={n}"));
+            let tls = if args.tls { " tls=true" } else { "" };
+            let cluster = args.cluster.map_or(String::new(), |n| format!(" cluster={n}{tls}"));
             println!(
                 "RESULT workload={} n={} p={} secs={:.3} rate={:.0}{cluster}",
                 args.workload,
@@ -561,6 +566,11 @@ fn cluster(args: &Args) -> Result<(u64, Option<Tally>), String> {
         .collect::<Result<_, _>>()?;
     drop(listeners);
     let secret = format!("bench-{}-{:?}", std::process::id(), Instant::now());
+    let tls_dir = std::env::temp_dir().join(format!("sluice-bench-tls-{}", std::process::id()));
+    let tls = match args.tls {
+        true => Some(sluice_net::tls::generate(&["127.0.0.1"])?.write_to(&tls_dir)?),
+        false => None,
+    };
     let mut children = Vec::new();
     for process in 0..processes {
         let child = std::process::Command::new(&exe)
@@ -569,6 +579,7 @@ fn cluster(args: &Args) -> Result<(u64, Option<Tally>), String> {
             .env("SLUICE_PROCESS", process.to_string())
             .env("SLUICE_PEERS", peers.join(","))
             .env("SLUICE_SECRET", &secret)
+            .envs(tls.iter().flat_map(|t| t.env()))
             .stdout(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting process {process}: {e}"))?;
@@ -594,6 +605,7 @@ fn cluster(args: &Args) -> Result<(u64, Option<Tally>), String> {
         total.count += field("count=");
         total.checksum = total.checksum.wrapping_add(field("checksum="));
     }
+    let _ = std::fs::remove_dir_all(&tls_dir);
     // W1's timed sink counts only (as in one process); its count is checked.
     Ok((total.count, (args.workload == "w2").then_some(total)))
 }

@@ -160,35 +160,62 @@ impl CoordinatorService {
     /// Asks process 0 of a running job, through its worker, for a savepoint (`stop`: and to
     /// stop with it); waits up to `timeout` for the path.
     async fn savepoint_of(&self, job_id: &str, stop: bool, timeout: Duration) -> Result<String, Status> {
-        let address = {
-            let state = self.state();
-            let job = state.jobs.get(job_id).ok_or_else(|| Status::not_found(format!("no job {job_id}")))?;
-            if !matches!(job.state, "running" | "cancelling") {
-                return Err(Status::failed_precondition(format!(
-                    "{job_id} is {}: only a running job takes a savepoint",
-                    job.state
+        // A job between attempts (a failure, a lost worker) takes its savepoint in the next
+        // attempt: the request waits for it, within its timeout, instead of failing.
+        let deadline = Instant::now() + timeout;
+        loop {
+            let target = {
+                let state = self.state();
+                let job = state.jobs.get(job_id).ok_or_else(|| Status::not_found(format!("no job {job_id}")))?;
+                if !matches!(job.state, "running" | "cancelling" | "restarting") {
+                    return Err(Status::failed_precondition(format!(
+                        "{job_id} is {}: only a running job takes a savepoint",
+                        job.state
+                    )));
+                }
+                let worker = job.processes.first().and_then(|first| state.workers.get(&first.worker));
+                match worker {
+                    Some(worker) if job.state != "restarting" && !job.starting => {
+                        Some((worker.address.clone(), job.attempt))
+                    }
+                    _ => None,
+                }
+            };
+            if let Some((address, attempt)) = target {
+                let request = SavepointRequest {
+                    job_id: job_id.to_string(),
+                    index: 0,
+                    stop,
+                    timeout_ms: deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
+                    attempt,
+                };
+                let answer = async { self.worker_client(&address).await?.savepoint(request).await };
+                match answer.await {
+                    Ok(reply) => {
+                        let path = reply.into_inner().path;
+                        tracing::info!(job = job_id, stop, attempt, path = %path, "savepoint taken");
+                        return Ok(path);
+                    }
+                    Err(status) => {
+                        let replaced = self.state().jobs.get(job_id).is_none_or(|j| j.attempt != attempt);
+                        if !replaced && status.code() != tonic::Code::NotFound {
+                            return Err(status);
+                        }
+                        tracing::info!(
+                            job = job_id,
+                            attempt,
+                            "savepoint: the attempt ended meanwhile; asking the next one"
+                        );
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "{job_id} was between attempts for all of {timeout:?}: no savepoint was taken"
                 )));
             }
-            let first = job.processes.first().ok_or_else(|| Status::internal("a job without processes"))?;
-            let address = state
-                .workers
-                .get(&first.worker)
-                .map(|w| w.address.clone())
-                .ok_or_else(|| Status::unavailable(format!("the worker of {job_id}'s process 0 is gone")))?;
-            (address, job.attempt)
-        };
-        let (address, attempt) = address;
-        let request = SavepointRequest {
-            job_id: job_id.to_string(),
-            index: 0,
-            stop,
-            timeout_ms: timeout.as_millis() as u64,
-            attempt,
-        };
-        let mut client = self.worker_client(&address).await?;
-        let path = client.savepoint(request).await?.into_inner().path;
-        tracing::info!(job = job_id, stop, path = %path, "savepoint taken");
-        Ok(path)
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Stops every process of `job` that still runs (Ctrl-C, or a kill).
