@@ -2,8 +2,10 @@
 # Runs every test of the workspace on a fresh machine: formatting and lint checks, unit
 # tests, integration tests and doc examples. Needs a Rust toolchain (1.88 or newer) and
 # crates.io; for the Kafka tests it installs what is missing (a C toolchain for
-# librdkafka, Java 17 and Maven from Debian, the Kafka 4.4 jars from Maven Central). Each
-# Kafka test starts its own broker and kills it when it ends.
+# librdkafka, Java 17 and Maven from Debian, the Kafka 4.4 jars from Maven Central), and
+# for the S3 tests s3s-fs (an S3 server over a folder) from crates.io. Each Kafka or S3 test
+# starts its own server and kills it when it ends. The workspace is checked and tested with
+# the `s3` feature on, so that the S3 code is linted and tested too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,17 +31,23 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 echo "== Kafka jars"
 bash scripts/kafka.sh install
+echo "== s3s-fs"
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+  # 0.14.1: the newest release that builds with Rust 1.95 (0.17 needs 1.96).
+  cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+features=(--features sluice-testjobs/s3,sluice-cli/s3)
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
 echo "== cargo doc (broken links are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q "${features[@]}"
 echo "== cargo test"
 # The integration tests run several multi-threaded jobs each; two test threads keep a
 # 2-core machine responsive without serialising everything.
-cargo test --workspace --locked -- --test-threads=2
+cargo test --workspace --locked "${features[@]}" -- --test-threads=2
 echo "== time arithmetic at the ends of i64, in release mode (overflow wraps silently there)"
 cargo test --release --locked -p sluice --test time_limits
 echo "all tests passed"

@@ -2,10 +2,16 @@
 //! (`<job>/chk-<id>/`), one state file per operator subtask with its CRC-32 in the
 //! manifest, and `_manifest.json` written last. `object_store` writes each object through a
 //! temporary file and a rename, so a manifest is either whole or absent.
+//!
+//! A location is a local folder (a path or `file://`), or with the `s3` feature an
+//! S3-compatible bucket (`s3://bucket/prefix`, configured by the usual `AWS_*` environment
+//! variables: `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+//! `AWS_ALLOW_HTTP`). An S3 PUT is atomic, so a manifest is whole or absent there too.
+//! Calls to a remote store run inside a tokio runtime of this crate ([`block_on`]), from
+//! any thread.
 
 use crate::manifest::{Manifest, StateEntry, StateKind, FORMAT};
 use crate::recovery::pick_restorable;
-use futures::executor::block_on;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -92,29 +98,89 @@ fn sanitize(job: &str) -> String {
     job.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
 }
 
-fn open_local(location: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    if location.contains("://") && !location.starts_with("file://") {
-        return Err(StoreError::Location {
-            location: location.into(),
-            message: "only local folders (a path or file://) are supported in this build; object stores such as \
-                      s3:// need the object_store backend enabled (see docs/checkpoints.md)"
+/// Runs a store call to its end on this thread. Remote stores' HTTP clients need a tokio
+/// runtime: one of two threads, made at the first remote call, is entered around the call
+/// (entering nests, so this works on a runtime's own threads too); a local folder needs
+/// none.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    #[cfg(feature = "s3")]
+    let _runtime = remote_runtime().enter();
+    futures::executor::block_on(future)
+}
+
+#[cfg(feature = "s3")]
+fn remote_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sluice:store")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the object store")
+    })
+}
+
+/// Whether `location` is a remote object store rather than a local folder.
+pub fn is_remote(location: &str) -> bool {
+    location.contains("://") && !location.starts_with("file://")
+}
+
+/// Opens the object store at `location`: a local folder (created if missing), or with the
+/// `s3` feature `s3://bucket/prefix`.
+pub fn open_store(location: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let failed = |message: String| StoreError::Location { location: location.into(), message };
+    if let Some(rest) = location.strip_prefix("s3://") {
+        return open_s3(rest).map_err(failed);
+    }
+    if is_remote(location) {
+        return Err(failed(
+            "not a location Sluice can use: give a folder (a path or file://) or, in a build with the `s3` feature, \
+             s3://bucket/prefix"
                 .into(),
-        });
+        ));
     }
     let path = location.trim_start_matches("file://");
-    std::fs::create_dir_all(path).map_err(|e| StoreError::Location {
-        location: location.into(),
-        message: format!("cannot create the folder: {e}"),
-    })?;
-    let fs = LocalFileSystem::new_with_prefix(path)
-        .map_err(|e| StoreError::Location { location: location.into(), message: e.to_string() })?;
+    std::fs::create_dir_all(path).map_err(|e| failed(format!("cannot create the folder: {e}")))?;
+    let fs = LocalFileSystem::new_with_prefix(path).map_err(|e| failed(e.to_string()))?;
     Ok(Arc::new(fs))
+}
+
+#[cfg(feature = "s3")]
+fn open_s3(bucket_and_prefix: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    let (bucket, prefix) = bucket_and_prefix.split_once('/').unwrap_or((bucket_and_prefix, ""));
+    if bucket.is_empty() {
+        return Err("no bucket: give s3://bucket/prefix".into());
+    }
+    // A few quick retries: a checkpoint has a timeout of its own, and a store that stays
+    // unreachable should fail it (and be reported) within seconds, not after object_store's
+    // default of three minutes.
+    let retry = object_store::RetryConfig {
+        max_retries: 4,
+        retry_timeout: std::time::Duration::from_secs(10),
+        ..Default::default()
+    };
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_retry(retry)
+        .build()
+        .map_err(|e| format!("{e} (set AWS_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION)"))?;
+    let prefix = prefix.trim_matches('/');
+    Ok(match prefix {
+        "" => Arc::new(s3),
+        prefix => Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)),
+    })
+}
+
+#[cfg(not(feature = "s3"))]
+fn open_s3(_: &str) -> Result<Arc<dyn ObjectStore>, String> {
+    Err("this build has no S3 support: build Sluice with the `s3` feature (cargo build --features sluice/s3)".into())
 }
 
 impl CheckpointStore {
     /// The checkpoints of `job` under `location` (a folder, created if missing).
     pub fn open(location: &str, job: &str) -> Result<Self, StoreError> {
-        Ok(CheckpointStore { store: open_local(location)?, location: location.into(), job: sanitize(job) })
+        Ok(CheckpointStore { store: open_store(location)?, location: location.into(), job: sanitize(job) })
     }
 
     /// Opens the store for a job that will write checkpoints: also proves that the location
@@ -403,13 +469,15 @@ impl CheckpointStore {
 
     /// Reads the checkpoint or savepoint in folder `path` (as given by a user).
     pub fn load_path(path: &str) -> Result<LoadedCheckpoint, StoreError> {
-        let meta = std::fs::metadata(path.trim_start_matches("file://"));
-        if meta.map(|m| !m.is_dir()).unwrap_or(true) {
-            return Err(StoreError::Invalid(format!(
-                "'{path}' is not a checkpoint: no such folder; give the folder of a checkpoint or savepoint (it holds {MANIFEST})"
-            )));
+        if !is_remote(path) {
+            let meta = std::fs::metadata(path.trim_start_matches("file://"));
+            if meta.map(|m| !m.is_dir()).unwrap_or(true) {
+                return Err(StoreError::Invalid(format!(
+                    "'{path}' is not a checkpoint: no such folder; give the folder of a checkpoint or savepoint (it holds {MANIFEST})"
+                )));
+            }
         }
-        let store = CheckpointStore { store: open_local(path)?, location: path.into(), job: String::new() };
+        let store = CheckpointStore { store: open_store(path)?, location: path.into(), job: String::new() };
         let bytes = store.get(MANIFEST).map_err(|_| {
             StoreError::Invalid(format!(
                 "'{path}' is not a checkpoint: it has no {MANIFEST} (incomplete or not a checkpoint)"
@@ -436,8 +504,16 @@ impl CheckpointStore {
         Ok(self.path_of(id, true))
     }
 
-    /// Where the command line leaves savepoint requests for the running job.
+    /// Where the command line leaves savepoint requests for the running job: beside its
+    /// checkpoints in a local folder; for a remote store, in a folder of this machine's
+    /// temporary directory named after the location (so `sluice savepoint
+    /// --checkpoint-dir s3://...` reaches a local job on the same machine; a cluster job is
+    /// asked through its worker instead).
     pub fn savepoint_box(&self) -> SavepointBox {
+        if is_remote(&self.location) {
+            let name = sanitize(&self.location);
+            return SavepointBox::at(std::env::temp_dir().join("sluice-savepoints").join(name).join(&self.job));
+        }
         SavepointBox::at(format!("{}/{}", self.location.trim_start_matches("file://"), self.job))
     }
 
@@ -471,8 +547,10 @@ impl CheckpointStore {
         })
         .map_err(|source| StoreError::Io { path: prefix.to_string(), source })?;
         // object_store removes files, not folders: remove the empty folder of a local store.
-        let local = format!("{}/{}", self.location.trim_start_matches("file://"), self.folder(id, false));
-        let _ = std::fs::remove_dir_all(local);
+        if !is_remote(&self.location) {
+            let local = format!("{}/{}", self.location.trim_start_matches("file://"), self.folder(id, false));
+            let _ = std::fs::remove_dir_all(local);
+        }
         Ok(())
     }
 }

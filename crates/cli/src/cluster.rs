@@ -122,7 +122,7 @@ impl Failover {
 pub fn coordinator(
     listen: SocketAddr,
     http: Option<SocketAddr>,
-    store: &Path,
+    store: &str,
     secret_file: Option<&Path>,
     tls: (&ServerTls, Option<&Path>),
     failover: &Failover,
@@ -135,7 +135,7 @@ pub fn coordinator(
     let config = sluice_cluster::coordinator::CoordinatorConfig {
         listen,
         http,
-        store: store.to_string_lossy().into_owned(),
+        store: store.to_string(),
         secret,
         tls,
         detection,
@@ -258,7 +258,14 @@ fn free_address() -> Result<SocketAddr, String> {
 /// of this one, with a fresh secret written to `dir/secret`; runs until Ctrl-C or until
 /// the coordinator exits. With `tls`, a fresh CA and a certificate it signs for 127.0.0.1
 /// are written to `dir/tls`, and every role and job process uses them.
-pub fn cluster(workers: u32, slots: u32, dir: &Path, tls: bool, failover: &Failover) -> Result<String, String> {
+pub fn cluster(
+    workers: u32,
+    slots: u32,
+    dir: &Path,
+    tls: bool,
+    store: Option<&str>,
+    failover: &Failover,
+) -> Result<String, String> {
     failover.check()?;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut random = [0u8; 24];
@@ -289,7 +296,7 @@ pub fn cluster(workers: u32, slots: u32, dir: &Path, tls: bool, failover: &Failo
             .spawn()
             .map_err(|e| format!("starting a cluster role: {e}"))
     };
-    let store = dir.join("store");
+    let store = store.map_or_else(|| dir.join("store").to_string_lossy().into_owned(), str::to_string);
     let mut coordinator = vec![
         "coordinator".into(),
         "--listen".into(),
@@ -297,7 +304,7 @@ pub fn cluster(workers: u32, slots: u32, dir: &Path, tls: bool, failover: &Failo
         "--http".into(),
         http.to_string(),
         "--store".into(),
-        store.to_string_lossy().into_owned(),
+        store,
     ];
     coordinator.extend(failover.as_args());
     roles.0.push(spawn(coordinator)?);

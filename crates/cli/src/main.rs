@@ -45,9 +45,10 @@ enum Command {
         /// Also serve job status as JSON at http://ADDR/jobs (bearer: the secret).
         #[arg(long, value_name = "HOST:PORT")]
         http: Option<std::net::SocketAddr>,
-        /// The folder job binaries (artifacts) are stored in.
-        #[arg(long, value_name = "DIR")]
-        store: std::path::PathBuf,
+        /// Where job binaries (artifacts) are stored: a folder or, in a build with the `s3`
+        /// feature, s3://bucket/prefix (configured by AWS_ENDPOINT, AWS_ACCESS_KEY_ID, ...).
+        #[arg(long, value_name = "LOCATION")]
+        store: String,
         /// A file holding the cluster secret (else SLUICE_SECRET or SLUICE_SECRET_FILE).
         #[arg(long, value_name = "FILE")]
         secret_file: Option<std::path::PathBuf>,
@@ -89,6 +90,10 @@ enum Command {
         /// data connection over TLS 1.3.
         #[arg(long)]
         tls: bool,
+        /// Where job binaries are stored: a folder or, in a build with the `s3` feature,
+        /// s3://bucket/prefix (DIR/store if not given).
+        #[arg(long, value_name = "LOCATION")]
+        store: Option<String>,
         /// The folder for the secret, the artifact store and the workers' caches.
         #[arg(long, value_name = "DIR", default_value = ".sluice-cluster")]
         dir: std::path::PathBuf,
@@ -246,8 +251,8 @@ fn main() -> ExitCode {
         Command::Worker { connection, tls, listen, slots, cache } => {
             cluster::worker(connection, tls, *listen, *slots, cache.as_deref())
         }
-        Command::Cluster { workers, slots, dir, tls, failover } => {
-            cluster::cluster(*workers, *slots, dir, *tls, failover)
+        Command::Cluster { workers, slots, dir, tls, store, failover } => {
+            cluster::cluster(*workers, *slots, dir, *tls, store.as_deref(), failover)
         }
         Command::Submit { connection, binary, parallelism, name, args } => {
             cluster::submit(connection, binary, name.as_deref(), *parallelism, args.clone())

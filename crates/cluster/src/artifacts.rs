@@ -1,9 +1,9 @@
 //! Job binaries as artifacts: stored under `artifacts/<sha256>` in the cluster's store
-//! through `object_store` (a local folder here; the same code path serves remote stores),
+//! through `object_store` (a local folder, or with the `s3` feature `s3://bucket/prefix`,
+//! opened as checkpoint locations are),
 //! fetched by a worker into its cache, checked against the hash it was asked to run, and
 //! made executable. A binary whose bytes do not hash to what was submitted never runs.
 
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use sha2::{Digest, Sha256};
@@ -15,20 +15,24 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The artifact store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ArtifactStore {
-    store: Arc<LocalFileSystem>,
+    store: Arc<dyn ObjectStore>,
     root: String,
 }
 
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArtifactStore").field("root", &self.root).finish()
+    }
+}
+
 impl ArtifactStore {
-    /// Opens (creating) the store in folder `root`.
+    /// Opens the store at `root`: a folder (created if missing) or a remote location.
     pub fn open(root: &str) -> Result<ArtifactStore, String> {
-        let dir = root.trim_start_matches("file://");
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating the artifact store {dir}: {e}"))?;
         let store =
-            LocalFileSystem::new_with_prefix(dir).map_err(|e| format!("opening the artifact store {dir}: {e}"))?;
-        Ok(ArtifactStore { store: Arc::new(store), root: root.to_string() })
+            sluice_checkpoint::storage::open_store(root).map_err(|e| format!("opening the artifact store: {e}"))?;
+        Ok(ArtifactStore { store, root: root.to_string() })
     }
 
     /// Where the store is (what a worker opens).
