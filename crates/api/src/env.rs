@@ -94,6 +94,22 @@ impl StreamEnv {
         self
     }
 
+    /// How long a task may stay inside one piece of work before it counts as stalled and
+    /// the process exits to be restarted (default 60 s; `None`: never). See
+    /// [`JobConfig::stall_timeout`](sluice_dataflow::JobConfig::stall_timeout).
+    pub fn set_stall_timeout(&self, timeout: Option<Duration>) -> &Self {
+        self.state.borrow_mut().config.stall_timeout = timeout;
+        self
+    }
+
+    /// How long a source may read records without its watermark advancing before it is
+    /// reported (default 60 s; `None`: never). See
+    /// [`JobConfig::watermark_stall_timeout`](sluice_dataflow::JobConfig::watermark_stall_timeout).
+    pub fn set_watermark_stall_timeout(&self, timeout: Option<Duration>) -> &Self {
+        self.state.borrow_mut().config.watermark_stall_timeout = timeout;
+        self
+    }
+
     /// Keeps every operator in a task of its own.
     pub fn disable_operator_chaining(&self) -> &Self {
         self.state.borrow_mut().config.chaining = false;

@@ -12,6 +12,9 @@
 //! `k1-count` serve `scripts/flink-k1.sh`).
 //! `r1` measures recovery after a lost worker on a local cluster ([`r1`]; `r1-job` is the
 //! job it submits, this same binary).
+//! `keygroups` prints, for 128 key groups, the fraction of groups that change owner when
+//! the parallelism goes from p to p-1 and back, under Sluice's assignment and Flink's
+//! contiguous ranges, beside the least any balanced assignment can move.
 //! Every run checks its own output count and fails if it is wrong.
 
 mod r1;
@@ -454,6 +457,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    if args.workload == "keygroups" {
+        key_groups_moved();
+        return ExitCode::SUCCESS;
+    }
     if args.workload == "r1" {
         return match r1::run(&args) {
             Ok(m) => {
@@ -608,6 +615,24 @@ fn cluster(args: &Args) -> Result<(u64, Option<Tally>), String> {
     let _ = std::fs::remove_dir_all(&tls_dir);
     // W1's timed sink counts only (as in one process); its count is checked.
     Ok((total.count, (args.workload == "w2").then_some(total)))
+}
+
+/// The `keygroups` table: one RESULT line per change of parallelism.
+fn key_groups_moved() {
+    use sluice::types::{contiguous_subtask_for_key_group, fraction_moved, subtask_for_key_group};
+    let groups = sluice::types::DEFAULT_MAX_PARALLELISM;
+    for p in 2..=16usize {
+        for (from, to) in [(p, p - 1), (p - 1, p)] {
+            // A balanced assignment must move at least the groups of the subtasks that go
+            // away (or that arrive): their share.
+            let least = (groups / p + usize::from(p - 1 < groups % p)) as f64 / groups as f64;
+            println!(
+                "RESULT workload=keygroups groups={groups} from={from} to={to} sluice={:.3} flink_contiguous={:.3} least={least:.3}",
+                fraction_moved(groups, from, to, subtask_for_key_group),
+                fraction_moved(groups, from, to, contiguous_subtask_for_key_group),
+            );
+        }
+    }
 }
 
 /// Kills a child process that is dropped before it was waited for (a failed run).

@@ -211,10 +211,12 @@ mod tests {
             Restored::Keyed(chunks) => chunks.iter().map(|c| c.0).collect::<Vec<_>>(),
             other => panic!("{other:?}"),
         };
-        // Subtask i of 3 owns [ceil(8i/3), ceil(8(i+1)/3)).
+        // The owners of sluice_types::subtask_for_key_group for 8 groups: at 2 subtasks
+        // {0..4} and {4..8}; at 3, each of those keeps its first 3 (in the order it got
+        // them) and the new subtask takes the rest, {3} and {4}.
         assert_eq!(groups_of(0), vec![0, 1, 2]);
-        assert_eq!(groups_of(1), vec![3, 4, 5]);
-        assert_eq!(groups_of(2), vec![6, 7]);
+        assert_eq!(groups_of(1), vec![5, 6, 7]);
+        assert_eq!(groups_of(2), vec![3, 4]);
         // And back from 3 subtasks to 2.
         let states = vec![keyed("win", 0, &[0, 1, 2]), keyed("win", 1, &[3, 4, 5]), keyed("win", 2, &[6, 7])];
         let shapes = [OperatorShape { state_id: "win".into(), parallelism: 2 }];

@@ -462,7 +462,7 @@ impl CheckpointStore {
             .collect();
         let (found, problems) = pick_restorable(candidates, |m| self.read_states(&self.folder(m.checkpoint, false), m));
         for problem in &problems {
-            tracing::warn!(location = %self.location, "skipping {problem}");
+            tracing::warn!(location = %self.location, "skipping {problem} (detector: corrupted state)");
         }
         Ok((found.map(|(manifest, states)| LoadedCheckpoint { manifest, states }), problems))
     }
@@ -641,8 +641,18 @@ mod tests {
         assert!(err.contains("no such folder"), "{err}");
         let err = CheckpointStore::load_path(dir.path().to_str().unwrap()).unwrap_err().to_string();
         assert!(err.contains("has no _manifest.json"), "{err}");
-        let err = CheckpointStore::open("s3://bucket/x", "j").err().unwrap().to_string();
-        assert!(err.contains("only local folders"), "{err}");
+        let err = CheckpointStore::open("gs://bucket/x", "j").err().unwrap().to_string();
+        assert!(err.contains("not a location Sluice can use") && err.contains("s3://bucket/prefix"), "{err}");
+        #[cfg(not(feature = "s3"))]
+        {
+            let err = CheckpointStore::open("s3://bucket/x", "j").err().unwrap().to_string();
+            assert!(err.contains("build Sluice with the `s3` feature"), "{err}");
+        }
+        #[cfg(feature = "s3")]
+        {
+            let err = CheckpointStore::open("s3://", "j").err().unwrap().to_string();
+            assert!(err.contains("no bucket"), "{err}");
+        }
     }
 
     /// The ways a disk or an operator damages a checkpoint folder.

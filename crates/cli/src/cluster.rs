@@ -77,6 +77,11 @@ pub struct Failover {
     /// Restarts of a job before it is failed for good.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_restarts: u32,
+    /// A checkpointed job running on fewer processes than its parallelism allows (after a
+    /// lost worker) moves back onto more once workers with room have been there this long
+    /// (ms); 0: never.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub scale_up_after_ms: u64,
 }
 
 impl Failover {
@@ -114,6 +119,8 @@ impl Failover {
             self.placement.clone(),
             "--max-restarts".into(),
             self.max_restarts.to_string(),
+            "--scale-up-after-ms".into(),
+            self.scale_up_after_ms.to_string(),
         ]
     }
 }
@@ -141,6 +148,7 @@ pub fn coordinator(
         detection,
         placement: failover.placement.clone(),
         max_restarts: failover.max_restarts,
+        scale_up_after: (failover.scale_up_after_ms > 0).then(|| Duration::from_millis(failover.scale_up_after_ms)),
     };
     block_on(sluice_cluster::coordinator::run(config)).map(|()| String::new())
 }

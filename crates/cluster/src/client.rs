@@ -42,10 +42,16 @@ impl Client {
         args: Vec<String>,
         parallelism: u32,
     ) -> Result<SubmitJobReply, String> {
-        let graph_fingerprint = describe(binary, &args, parallelism).await?;
+        let graph = describe(binary, &args, parallelism).await?;
         let sha = self.upload(binary).await?;
-        let request =
-            SubmitJobRequest { name: name.to_string(), artifact_sha256: sha, args, parallelism, graph_fingerprint };
+        let request = SubmitJobRequest {
+            name: name.to_string(),
+            artifact_sha256: sha,
+            args,
+            parallelism,
+            graph_fingerprint: graph.fingerprint,
+            checkpointed: graph.checkpointing,
+        };
         Ok(self.inner.submit_job(request).await.map_err(status)?.into_inner())
     }
 
@@ -82,10 +88,10 @@ const DESCRIBE_WITHIN: Duration = Duration::from_secs(60);
 
 /// Runs the job binary with its arguments and parallelism so that it builds its graph and
 /// describes it ([`sluice_runtime::processes::ENV_DESCRIBE`]) instead of running; returns
-/// the graph's fingerprint, which the coordinator plans with and every job process checks.
-/// A graph the binary refuses (invalid configuration) fails the submission here, with the
-/// binary's own message.
-pub async fn describe(binary: &std::path::Path, args: &[String], parallelism: u32) -> Result<String, String> {
+/// the graph's fingerprint, which the coordinator plans with and every job process checks,
+/// and whether it checkpoints. A graph the binary refuses (invalid configuration) fails the
+/// submission here, with the binary's own message.
+pub async fn describe(binary: &std::path::Path, args: &[String], parallelism: u32) -> Result<Described, String> {
     use sluice_runtime::processes as p;
     let out = std::env::temp_dir().join(format!("sluice-describe-{}-{}.json", std::process::id(), unique()));
     let mut command = tokio::process::Command::new(binary);
@@ -137,7 +143,19 @@ pub async fn describe(binary: &std::path::Path, args: &[String], parallelism: u3
     let fingerprint = parsed["fingerprint"]
         .as_str()
         .ok_or_else(|| format!("the job binary described its graph without a fingerprint: {description}"))?;
-    Ok(fingerprint.to_string())
+    Ok(Described {
+        fingerprint: fingerprint.to_string(),
+        checkpointing: parsed["checkpointing"].as_bool() == Some(true),
+    })
+}
+
+/// What a job binary said of its graph at submission.
+#[derive(Clone, Debug)]
+pub struct Described {
+    /// The graph's fingerprint (16 hex digits).
+    pub fingerprint: String,
+    /// Whether the job checkpoints.
+    pub checkpointing: bool,
 }
 
 fn unique() -> u64 {

@@ -60,6 +60,10 @@ pub struct CoordinatorConfig {
     pub placement: String,
     /// Restarts of a job before it is failed for good.
     pub max_restarts: u32,
+    /// How long more workers must have had room for a job running on fewer processes than
+    /// its parallelism allows before it is moved back onto more (reactive scale-up); `None`
+    /// never.
+    pub scale_up_after: Option<Duration>,
 }
 
 /// The time detector's settings.
@@ -113,6 +117,10 @@ struct JobEntry {
     submitted: Instant,
     /// The job's history, oldest first.
     events: Vec<String>,
+    /// Since when more processes than it runs could be placed (for the scale-up).
+    room_since: Option<Instant>,
+    /// Attempts started to run on more processes (not failures).
+    rescales: u32,
 }
 
 impl JobEntry {
@@ -264,6 +272,7 @@ impl CoordinatorService {
                 artifact_sha256: j.request.artifact_sha256.clone(),
                 attempt: j.attempt,
                 restarts: j.restarts,
+                rescales: j.rescales,
                 events: j.events.clone(),
                 processes: j
                     .processes
@@ -438,15 +447,30 @@ impl CoordinatorService {
     /// attempt on the workers there are, unless the job has restarted too often. Runs as a
     /// task of its own; a job already restarting, cancelled or ended is left alone.
     async fn restart(self, job_id: String, cause: String) {
+        self.replace_attempt(job_id, cause, false).await
+    }
+
+    /// Ends the job's attempt and starts the next one from the latest checkpoint: after a
+    /// failure (`cause`), or with `rescale` to run on more processes (not a failure: it is
+    /// not counted against the restarts and waits for no back-off).
+    async fn replace_attempt(self, job_id: String, cause: String, rescale: bool) {
         let restart = {
             let mut state = self.state();
             let Some(job) = state.jobs.get_mut(&job_id) else { return };
-            if job.state != "running" {
+            if job.state != "running" || (rescale && job.starting) {
                 return;
             }
-            job.event(&job_id, format!("attempt {} failed: {cause}", job.attempt));
-            tracing::warn!(job = %job_id, attempt = job.attempt, "attempt failed: {cause}");
-            if job.restarts >= self.max_restarts {
+            if rescale {
+                job.event(&job_id, format!("attempt {} ends to rescale: {cause}", job.attempt));
+            } else {
+                job.event(&job_id, format!("attempt {} failed: {cause}", job.attempt));
+                tracing::warn!(job = %job_id, attempt = job.attempt, "attempt failed: {cause}");
+            }
+            job.room_since = None;
+            if rescale {
+                job.state = "restarting";
+                Some((job.attempt, Duration::ZERO))
+            } else if job.restarts >= self.max_restarts {
                 job.state = "failed";
                 job.message = format!("failed after {} restarts: {cause}", job.restarts);
                 job.event(&job_id, format!("no restart left (max {}): the job failed", self.max_restarts));
@@ -498,10 +522,15 @@ impl CoordinatorService {
                 return; // cancelled meanwhile
             }
             job.attempt += 1;
-            job.restarts += 1;
-            job.restarted_at.push(Instant::now());
             job.state = "running";
-            job.message = format!("restarted after: {cause}");
+            if rescale {
+                job.rescales += 1;
+                job.message = format!("rescaled: {cause}");
+            } else {
+                job.restarts += 1;
+                job.restarted_at.push(Instant::now());
+                job.message = format!("restarted after: {cause}");
+            }
         }
         match self.start_placed(&job_id).await {
             Ok(processes) => tracing::info!(job = %job_id, processes, "attempt started"),
@@ -513,6 +542,45 @@ impl CoordinatorService {
                     job.event(&job_id, text);
                 }
                 self.stop_processes(&job_id, true).await;
+            }
+        }
+    }
+
+    /// Reactive scale-up: a checkpointed job that runs on fewer processes than its
+    /// parallelism allows (it lost a worker and went on with fewer) moves back onto more
+    /// once workers with room have been there for `after` (so that a worker that comes and
+    /// goes does not make the job restart each time). The next attempt resumes from the
+    /// latest checkpoint, as after a failure, exactly once.
+    async fn watch_scale_up(self, after: Duration) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200).min(after.max(Duration::from_millis(10))));
+        loop {
+            tick.tick().await;
+            let mut due = Vec::new();
+            {
+                let mut state = self.state();
+                let free: Vec<u64> = Self::candidates(&state).iter().map(|c| c.worker).collect();
+                for (job_id, job) in state.jobs.iter_mut() {
+                    let running = job.processes.iter().filter(|p| p.state == "running").count();
+                    let settled = job.state == "running" && !job.starting && running == job.processes.len();
+                    let own: std::collections::BTreeSet<u64> = job.processes.iter().map(|p| p.worker).collect();
+                    let could = own.len() + free.iter().filter(|w| !own.contains(w)).count();
+                    let wanted = (job.request.parallelism as usize).min(could);
+                    if !(settled && job.request.checkpointed && wanted > job.processes.len()) {
+                        job.room_since = None;
+                        continue;
+                    }
+                    let since = *job.room_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= after {
+                        due.push((job_id.clone(), job.processes.len(), wanted));
+                    }
+                }
+            }
+            for (job_id, from, to) in due {
+                let cause = format!(
+                    "workers with room for {to} processes have been there for {} ms; it ran on {from}",
+                    after.as_millis()
+                );
+                tokio::spawn(self.clone().replace_attempt(job_id, cause, true));
             }
         }
     }
@@ -708,6 +776,8 @@ impl Coordinator for CoordinatorService {
                     restarted_at: Vec::new(),
                     submitted: Instant::now(),
                     events: Vec::new(),
+                    room_since: None,
+                    rescales: 0,
                 },
             );
             id
@@ -868,6 +938,9 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
         max_restarts: config.max_restarts,
     };
     tokio::spawn(service.clone().watch_heartbeats());
+    if let Some(after) = config.scale_up_after {
+        tokio::spawn(service.clone().watch_scale_up(after));
+    }
     if let Some(http) = config.http {
         serve_http(http, service.clone(), config.tls.as_ref().map(|t| t.blocking().clone()))?;
     }
@@ -946,7 +1019,7 @@ fn answer_http(
                 serde_json::json!({
                     "job_id": j.job_id, "name": j.name, "state": j.state, "parallelism": j.parallelism,
                     "message": j.message, "artifact_sha256": j.artifact_sha256,
-                    "attempt": j.attempt, "restarts": j.restarts, "events": j.events,
+                    "attempt": j.attempt, "restarts": j.restarts, "rescales": j.rescales, "events": j.events,
                     "processes": j.processes.iter().map(|p| serde_json::json!({
                         "index": p.index, "worker_id": p.worker_id, "data_address": p.data_address,
                         "state": p.state, "message": p.message,

@@ -112,6 +112,8 @@ impl Credit {
                 return Ok(());
             }
             state.waiting = true;
+            // Backpressure, not a stall of this task: the detector does not count it.
+            let _waiting = crate::progress::waiting_for_credit();
             state = self.returned.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }

@@ -387,6 +387,19 @@ pub struct JobConfig {
     pub checkpointing: Option<CheckpointConfig>,
     /// What happens when a task fails.
     pub restart: RestartStrategy,
+    /// A task inside one piece of work (a batch, a timer, a source's poll; waiting for
+    /// credit from a slow consumer does not count) for this long is stalled: the process
+    /// reports it on stderr and exits with status 70, because a thread stuck in user code
+    /// cannot be stopped from outside (a cluster then restarts the job elsewhere from its
+    /// latest checkpoint; run alone, the next start resumes from it). Default 60 s: far
+    /// above any batch's work, so only a hang (a deadlock, an endless loop, a call without
+    /// a timeout) trips it. `None`: never.
+    pub stall_timeout: Option<Duration>,
+    /// A source that reads records while its watermark does not advance for this long is
+    /// reported on stderr, once per period (detector: stuck watermark): event time stops
+    /// and windows stop firing, which a restart would not mend (timestamps that stopped
+    /// moving, or a split that holds the others back). Default 60 s. `None`: never.
+    pub watermark_stall_timeout: Option<Duration>,
 }
 
 /// How barriers are aligned at tasks with several input channels.
@@ -536,6 +549,8 @@ impl Default for JobConfig {
             chaining: true,
             checkpointing: None,
             restart: RestartStrategy::None,
+            stall_timeout: Some(Duration::from_secs(60)),
+            watermark_stall_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -593,6 +608,16 @@ impl JobGraph {
         }
         if c.batch_size == 0 || c.channel_capacity == 0 || c.max_batch_bytes == 0 {
             return Err(GraphError("batch size and channel capacity must be at least 1".into()));
+        }
+        for (name, timeout) in
+            [("stall timeout", c.stall_timeout), ("watermark stall timeout", c.watermark_stall_timeout)]
+        {
+            if timeout.is_some_and(|t| t < Duration::from_millis(100)) {
+                return Err(GraphError(format!(
+                    "the {name} {:?} is too short (a busy machine would trip it); use at least 100 ms, or none",
+                    timeout.unwrap_or_default()
+                )));
+            }
         }
         if let Some(cp) = &c.checkpointing {
             if cp.interval < Duration::from_millis(10) {

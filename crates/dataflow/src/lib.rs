@@ -18,6 +18,7 @@ mod graph;
 mod message;
 mod operator;
 pub mod operators;
+pub mod progress;
 mod sink;
 pub mod snapshot;
 mod source;

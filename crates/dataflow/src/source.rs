@@ -352,6 +352,9 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
         let mut last_record = Instant::now();
         let mut idle = false;
 
+        if self.strategy.kind != WatermarkKind::None {
+            crate::progress::emits_watermarks();
+        }
         let mut split_marks =
             SplitWatermarks { kind: self.strategy.kind, splits: HashMap::new(), runs: Vec::new(), events: Vec::new() };
         let mut per_split = false;
@@ -365,6 +368,8 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
             if let Some(barrier) = control.barriers.as_ref().and_then(|b| b.try_recv().ok()) {
                 self.inject(barrier, control)?;
             }
+            // Everything up to the wait below is this source's work, for the stall detector.
+            let work = crate::progress::busy();
             let batch_size = self.limit.records();
             let mut batch = Vec::with_capacity(batch_size);
             // The reader is the user's (or a connector's) code: a panic in it fails the
@@ -388,6 +393,7 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 per_split = true;
                 split_marks.apply_events(now);
             }
+            crate::progress::source_read(batch.len());
             match poll {
                 Poll::Ready => {
                     self.limit.observe(&batch);
@@ -441,6 +447,7 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                             self.output.idle(true)?;
                         }
                     }
+                    drop(work);
                     std::thread::sleep(wait.min(self.tick));
                 }
                 Poll::Finished => {
@@ -464,6 +471,7 @@ impl<T: Send + 'static> SourceTask for SourceRunner<T> {
                 };
                 if watermark > emitted_watermark {
                     emitted_watermark = watermark;
+                    crate::progress::watermark_advanced();
                     self.output.watermark(watermark)?;
                 }
             }

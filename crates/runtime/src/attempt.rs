@@ -623,13 +623,27 @@ pub(crate) fn start_tasks(
     let exactly_once =
         graph.config.checkpointing.as_ref().map(|c| c.mode == CheckpointMode::ExactlyOnce).unwrap_or(true);
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut progress = Vec::new();
     for (name, job) in work {
         let (task_flags, errors) = (flags.clone(), errors.clone());
         let tick = graph.config.tick;
         let thread_name = format!("sluice:{}#{}", name.operator, name.subtask);
+        let task_progress = sluice_dataflow::progress::TaskProgress::new(
+            format!("'{}' subtask {}", name.operator, name.subtask),
+            matches!(job, Work::Source(..)),
+        );
+        progress.push(task_progress.clone());
         let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
             let flags = task_flags;
             sluice_dataflow::counters::enter(flags.counters.clone());
+            sluice_dataflow::progress::enter(task_progress.clone());
+            struct Ended(Arc<sluice_dataflow::progress::TaskProgress>);
+            impl Drop for Ended {
+                fn drop(&mut self) {
+                    self.0.end();
+                }
+            }
+            let _ended = Ended(task_progress);
             // User code is guarded where it is called, naming its operator; this is the net
             // under everything else, so that no panic can end a task without failing the
             // attempt (the coordinator would otherwise wait for its report forever).
@@ -668,6 +682,7 @@ pub(crate) fn start_tasks(
             }
         }
     }
+    crate::watchdog::watch(progress, crate::watchdog::Settings::of(&graph.config));
     Ok((threads, errors))
 }
 

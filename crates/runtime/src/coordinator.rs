@@ -378,10 +378,11 @@ impl<P: Part> CheckpointCoordinator<P> {
 
     fn failed(&mut self, id: u64, savepoint: bool, reason: String, out: &mut Vec<Action<P>>) {
         self.failed_in_a_row += 1;
-        out.push(Action::Failed { id, savepoint, reason });
+        out.push(Action::Failed { id, savepoint, reason: reason.clone() });
         if self.failed_in_a_row > self.schedule.tolerable_failures {
             out.push(Action::FailJob(format!(
-                "{} checkpoint(s) failed in a row, more than the {} tolerated",
+                "{} checkpoint(s) failed in a row, more than the {} tolerated (detector: checkpoint failures; the \
+                 last: {reason})",
                 self.failed_in_a_row, self.schedule.tolerable_failures
             )));
         }

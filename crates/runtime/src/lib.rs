@@ -12,6 +12,9 @@
 //! A job can also run spread over several processes of its binary ([`processes`]): each
 //! builds the whole graph, runs the subtasks placed on it and reaches the others' through
 //! `sluice-net` connections, the channels' credits included.
+//!
+//! While an attempt runs, the data detectors ([`watchdog`]) watch for a task stalled in
+//! its work and for a source whose watermark stands still.
 
 mod attempt;
 mod coordinator;
@@ -22,6 +25,7 @@ pub mod restart;
 mod run;
 mod spread;
 mod task;
+pub mod watchdog;
 
 pub use plan::{plan, Plan, PlannedChain};
 pub use processes::Placement;

@@ -62,11 +62,12 @@ pub const EXIT_PERMANENT: i32 = 78;
 pub fn describe_if_asked(graph: &sluice_dataflow::JobGraph) {
     let Ok(path) = std::env::var(ENV_DESCRIBE) else { return };
     let description = format!(
-        "{{\"job\":{:?},\"fingerprint\":\"{:016x}\",\"nodes\":{},\"max_parallelism\":{}}}\n",
+        "{{\"job\":{:?},\"fingerprint\":\"{:016x}\",\"nodes\":{},\"max_parallelism\":{},\"checkpointing\":{}}}\n",
         graph.name,
         fingerprint(graph),
         graph.nodes.len(),
-        graph.config.max_parallelism
+        graph.config.max_parallelism,
+        graph.config.checkpointing.is_some()
     );
     match std::fs::write(&path, description) {
         Ok(()) => std::process::exit(0),

@@ -152,7 +152,9 @@ pub(crate) fn run_inbox_task(
                 Ok(envelope) => Some(envelope),
                 Err(TryRecvError::Empty) => {
                     // Nothing waiting: pass on what is buffered rather than hold it back.
+                    let work = sluice_dataflow::progress::busy();
                     head.flush()?;
+                    drop(work);
                     match inbox.recv_timeout(tick) {
                         Ok(envelope) => Some(envelope),
                         Err(RecvTimeoutError::Timeout) => None,
@@ -162,6 +164,9 @@ pub(crate) fn run_inbox_task(
                 Err(TryRecvError::Disconnected) => return Err(TaskError::Disconnected),
             }
         };
+        // What follows, up to the next wait for input, is this task's work (for the stall
+        // detector; waiting for credit inside it does not count).
+        let _work = sluice_dataflow::progress::busy();
         if let Some(envelope) = envelope {
             let channel = envelope.channel as usize;
             if barriers.holds(channel) {

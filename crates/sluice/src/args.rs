@@ -56,6 +56,14 @@ pub struct JobArgs {
     /// (readers see it twice). Without it such a job refuses to start.
     #[arg(long, requires = "checkpoint_dir")]
     pub allow_duplicates: bool,
+    /// A task inside one piece of work this long is stalled and the process exits to be
+    /// restarted from the latest checkpoint (ms; 0: never; default 60 000).
+    #[arg(long, value_name = "MS")]
+    pub stall_timeout_ms: Option<u64>,
+    /// A source reading records while its watermark stands still this long is reported
+    /// (ms; 0: never; default 60 000).
+    #[arg(long, value_name = "MS")]
+    pub watermark_stall_timeout_ms: Option<u64>,
 }
 
 impl JobArgs {
@@ -63,6 +71,13 @@ impl JobArgs {
     pub fn apply<'a>(&self, env: &'a StreamEnv) -> &'a StreamEnv {
         if let Some(p) = self.parallelism {
             env.set_parallelism(p as usize);
+        }
+        let timeout = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        if let Some(ms) = self.stall_timeout_ms {
+            env.set_stall_timeout(timeout(ms));
+        }
+        if let Some(ms) = self.watermark_stall_timeout_ms {
+            env.set_watermark_stall_timeout(timeout(ms));
         }
         if let Some(dir) = &self.checkpoint_dir {
             env.enable_checkpointing(Duration::from_millis(self.checkpoint_interval_ms), dir);

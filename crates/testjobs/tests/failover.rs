@@ -208,3 +208,80 @@ fn the_kafka_copy_job_survives_a_worker_killed_with_sigkill_exactly_once() {
     // open to hold readers back.
     sluice_testjobs::kafka_copy::assert_exact_output(&broker, &input, seed);
 }
+
+#[test]
+fn a_job_left_on_fewer_processes_moves_back_onto_more_when_a_worker_joins_and_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = sluice_beside(Path::new(env!("CARGO_BIN_EXE_counts")));
+    let cluster = Cluster::start(&sluice, dir.path(), 2, &["--slots", "1", "--scale-up-after-ms", "1000"]);
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 800_000;
+    submit_counts(&cluster, &out, &checkpoints, n, 100_000);
+    wait_for_attempt(&cluster, "job-1", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(700));
+    // One of the two workers is killed: the job goes on at parallelism 2 in one process.
+    let victim = workers_of(&cluster, "job-1")[1];
+    kill(cluster.worker_pid(victim), "-KILL");
+    let line = wait_for_attempt(&cluster, "job-1", 2, Duration::from_secs(30));
+    assert_eq!(workers_of(&cluster, "job-1").len(), 1, "on the one worker left:\n{line}");
+    // A worker joins: after the stabilization time (1 s here) the job moves back onto two
+    // processes, resuming from its latest checkpoint.
+    let joined = Instant::now();
+    let worker = std::process::Command::new(&sluice)
+        .args(["worker", "--coordinator", &cluster.coordinator, "--slots", "1", "--secret-file"])
+        .arg(dir.path().join("c/secret"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _worker = sluice_testjobs::harness::KillOnDrop(worker);
+    let line = wait_for_attempt(&cluster, "job-1", 3, Duration::from_secs(30));
+    assert!(joined.elapsed() >= Duration::from_secs(1), "not before the stabilization time: {:?}", joined.elapsed());
+    assert_eq!(workers_of(&cluster, "job-1").len(), 2, "on two workers again:\n{line}");
+    assert!(line.contains("ends to rescale: workers with room for 2 processes"), "{line}");
+    let line = cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    assert!(line.contains("attempt 3"), "no further attempt: {line}");
+    assert_committed_counts(&out, n, "lost a worker, then scaled back up");
+}
+
+#[test]
+fn a_job_process_with_a_stalled_task_exits_and_the_job_restarts_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), 3);
+    let (out, checkpoints, marker) = (dir.path().join("out"), dir.path().join("checkpoints"), dir.path().join("hung"));
+    let n = 400_000u64;
+    let counts = env!("CARGO_BIN_EXE_counts");
+    let n_text = n.to_string();
+    let (ok, text) = cluster.client(
+        &[
+            "submit",
+            counts,
+            "-p",
+            "2",
+            "--",
+            "--out",
+            out.to_str().unwrap(),
+            "--n",
+            &n_text,
+            "--rate",
+            "100000",
+            "--checkpoint-dir",
+            checkpoints.to_str().unwrap(),
+            "--checkpoint-interval-ms",
+            "100",
+            "--stall-timeout-ms",
+            "1000",
+            "--hang-once-at",
+            "50000",
+            "--hang-marker",
+            marker.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{text}");
+    let line = wait_for_attempt(&cluster, "job-1", 2, Duration::from_secs(60));
+    assert!(line.contains("(detector: stalled subtask)") && line.contains("'pass' subtask"), "{line}");
+    assert!(line.contains("exit status: 70"), "{line}");
+    cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    assert_committed_counts(&out, n, "a stalled task on a cluster");
+}

@@ -134,3 +134,36 @@ fn job_flags_are_parsed_strictly_with_messages_that_name_the_flag() {
     assert!(!ok && stderr.starts_with("counts: job 'counts' cannot start: checkpoint location"), "{stderr}");
     assert!(!stderr.contains("Restore {") && !stderr.contains("message:"), "no Debug dump: {stderr}");
 }
+
+#[test]
+fn a_task_that_hangs_is_detected_as_stalled_the_process_exits_and_the_next_run_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints, marker) = (dir.path().join("out"), dir.path().join("checkpoints"), dir.path().join("hung"));
+    let n = 300_000;
+    let run = |hang: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_counts"));
+        command
+            .args(["--out", out.to_str().unwrap(), "--checkpoint-dir", checkpoints.to_str().unwrap()])
+            .args(["--checkpoint-interval-ms", "100", "--n", &n.to_string(), "--rate", "100000"])
+            .args(["--stall-timeout-ms", "1000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if hang {
+            command.args(["--hang-once-at", "100000", "--hang-marker", marker.to_str().unwrap()]);
+        }
+        KillOnDrop(command.spawn().expect("the counts binary starts"))
+    };
+    let (status, stderr) = run(true).wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(sluice::runtime::watchdog::EXIT_STALLED), "{stderr}");
+    assert!(stderr.contains("hanging, as asked"), "{stderr}");
+    assert!(
+        stderr.contains("'pass' subtask")
+            && stderr.contains("stalled")
+            && stderr.contains("(detector: stalled subtask)"),
+        "the detection names the task and the detector:\n{stderr}"
+    );
+    let (status, stderr) = run(true).wait(Duration::from_secs(120));
+    assert!(status.success(), "the next run does not hang (the marker exists): {stderr}");
+    assert!(stderr.contains("restored from checkpoint"), "it resumed:\n{stderr}");
+    assert_committed_counts(&out, n, "a stalled task, then a restart");
+}

@@ -12,7 +12,8 @@ mod time;
 
 pub use hash::{stable_hash, Bytes, MapHasher, StableHash, StableHasher};
 pub use keygroup::{
-    key_group_of, key_group_range, subtask_for_key_group, KeyGroup, KeyGroupRange, DEFAULT_MAX_PARALLELISM,
+    contiguous_subtask_for_key_group, fraction_moved, key_group_of, key_group_owners, key_group_range,
+    subtask_for_key_group, KeyGroup, KeyGroupRange, DEFAULT_MAX_PARALLELISM,
 };
 pub use time::{
     Record, TimeWindow, Timestamp, MAX_TIMESTAMP, MAX_WATERMARK, MIN_TIMESTAMP, MIN_WATERMARK, NO_TIMESTAMP,

@@ -27,6 +27,14 @@ struct Cli {
     /// restart reported).
     #[arg(long, value_name = "N")]
     fail_once_at: Option<u64>,
+    /// Hangs forever in the pass-through stage after this many events, once: only if the
+    /// file `--hang-marker` does not exist yet (it is created first), so that the restarted
+    /// job does not hang again (to see the stalled-subtask detector at work).
+    #[arg(long, value_name = "N", requires = "hang_marker")]
+    hang_once_at: Option<u64>,
+    /// See `--hang-once-at`.
+    #[arg(long, value_name = "FILE")]
+    hang_marker: Option<std::path::PathBuf>,
     /// The uid of the pass-through stage. Read from the environment too, as a job might
     /// read its set-up where it runs: a graph that differs between the machine that submits
     /// it and the workers is refused (the cluster tests show it).
@@ -49,11 +57,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     cli.job.apply(&env);
     let numbers = if cli.n == 0 { SequenceSource::unbounded(0) } else { SequenceSource::new(0..cli.n) };
     let fail_at = cli.fail_once_at;
+    let hang_at = cli.hang_once_at;
+    let marker = cli.hang_marker.clone();
     env.source(numbers.with_rate_limit(cli.rate), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
         .uid("events")
         .map(move |i| {
-            if fail_at == Some(SEEN.fetch_add(1, Ordering::Relaxed)) {
+            let seen = SEEN.fetch_add(1, Ordering::Relaxed);
+            if fail_at == Some(seen) {
                 panic!("failing once, as asked (--fail-once-at)");
+            }
+            if hang_at == Some(seen) {
+                let marker = marker.as_ref().expect("clap requires it");
+                if std::fs::OpenOptions::new().write(true).create_new(true).open(marker).is_ok() {
+                    eprintln!("hanging, as asked (--hang-once-at)");
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                }
             }
             i
         })
