@@ -535,13 +535,12 @@ impl CoordinatorService {
         match self.start_placed(&job_id).await {
             Ok(processes) => tracing::info!(job = %job_id, processes, "attempt started"),
             Err(status) => {
-                if let Some(job) = self.state().jobs.get_mut(&job_id) {
-                    job.state = "failed";
-                    job.message = format!("could not start attempt {}: {}", job.attempt, status.message());
-                    let text = job.message.clone();
-                    job.event(&job_id, text);
-                }
-                self.stop_processes(&job_id, true).await;
+                // The workers changed under the start (one lost, one still holding a slot):
+                // the attempt failed like any other, and the next one is placed on what is
+                // there then, with the back-off and within the restarts allowed.
+                let attempt = self.state().jobs.get(&job_id).map_or(0, |j| j.attempt);
+                let cause = format!("could not start attempt {attempt}: {}", status.message());
+                Box::pin(self.clone().replace_attempt(job_id, cause, false)).await;
             }
         }
     }

@@ -116,6 +116,24 @@ impl Worker for WorkerService {
         request: Request<StartProcessRequest>,
     ) -> Result<Response<StartProcessReply>, Status> {
         let r = request.into_inner();
+        {
+            // Fencing here too: a process of an older attempt of this job (one whose stop
+            // never reached this worker, as when it was declared lost and joined again)
+            // gives its slot to the newer attempt.
+            let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+            let stale: Vec<_> = processes
+                .keys()
+                .filter(|(job, attempt, _)| *job == r.job_id && *attempt < r.attempt)
+                .cloned()
+                .collect();
+            for key in stale {
+                if let Some(mut child) = processes.remove(&key) {
+                    tracing::warn!(job = %key.0, attempt = key.1, process = key.2, "stopping a process of a replaced attempt");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
         if self.processes.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.config.slots as usize {
             return Err(Status::resource_exhausted(format!(
                 "all {} slots of this worker are taken",

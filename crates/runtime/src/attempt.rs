@@ -236,6 +236,8 @@ pub(crate) struct TaskName {
     operator: String,
     subtask: usize,
     parallelism: usize,
+    /// Every operator of the task's chain, head first, quoted and joined by arrows.
+    chain: String,
 }
 
 impl std::fmt::Display for TaskName {
@@ -376,8 +378,13 @@ pub(crate) fn build(graph: &JobGraph, restore: Option<&RestorePlan>, network: Op
                 }
             }
             let head_node = chain.nodes[0];
-            let name =
-                TaskName { operator: graph.nodes[head_node.0].name.clone(), subtask, parallelism: chain.parallelism };
+            let names: Vec<String> = chain.nodes.iter().map(|n| format!("'{}'", graph.nodes[n.0].name)).collect();
+            let name = TaskName {
+                operator: graph.nodes[head_node.0].name.clone(),
+                subtask,
+                parallelism: chain.parallelism,
+                chain: names.join(" -> "),
+            };
             let job = match source {
                 Some(task_impl) => {
                     let (tx, rx) = channel();
@@ -629,7 +636,10 @@ pub(crate) fn start_tasks(
         let tick = graph.config.tick;
         let thread_name = format!("sluice:{}#{}", name.operator, name.subtask);
         let task_progress = sluice_dataflow::progress::TaskProgress::new(
-            format!("'{}' subtask {}", name.operator, name.subtask),
+            match name.chain.contains(" -> ") {
+                true => format!("the task of {} (subtask {})", name.chain, name.subtask),
+                false => format!("{} (subtask {})", name.chain, name.subtask),
+            },
             matches!(job, Work::Source(..)),
         );
         progress.push(task_progress.clone());

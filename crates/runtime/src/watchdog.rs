@@ -51,7 +51,7 @@ impl std::fmt::Display for Detection {
                 f,
                 "{task} stalled: inside one piece of work for {:.1} s (detector: stalled subtask); a thread stuck in \
                  user code cannot be stopped, so this process exits to be restarted from the latest checkpoint \
-                 (a deadlock, an endless loop or a call without a timeout in this operator?)",
+                 (a deadlock, an endless loop or a call without a timeout in its code?)",
                 *for_ms as f64 / 1000.0
             ),
             Detection::StuckWatermark { task, for_ms, records } => write!(

@@ -280,7 +280,7 @@ fn a_job_process_with_a_stalled_task_exits_and_the_job_restarts_exactly() {
     );
     assert!(ok, "{text}");
     let line = wait_for_attempt(&cluster, "job-1", 2, Duration::from_secs(60));
-    assert!(line.contains("(detector: stalled subtask)") && line.contains("'pass' subtask"), "{line}");
+    assert!(line.contains("(detector: stalled subtask)") && line.contains("'sequence' -> 'map' (subtask"), "{line}");
     assert!(line.contains("exit status: 70"), "{line}");
     cluster.wait_for("job-1", "finished", Duration::from_secs(120));
     assert_committed_counts(&out, n, "a stalled task on a cluster");

@@ -157,7 +157,7 @@ fn a_task_that_hangs_is_detected_as_stalled_the_process_exits_and_the_next_run_r
     assert_eq!(status.code(), Some(sluice::runtime::watchdog::EXIT_STALLED), "{stderr}");
     assert!(stderr.contains("hanging, as asked"), "{stderr}");
     assert!(
-        stderr.contains("'pass' subtask")
+        stderr.contains("'sequence' -> 'map' (subtask")
             && stderr.contains("stalled")
             && stderr.contains("(detector: stalled subtask)"),
         "the detection names the task and the detector:\n{stderr}"
