@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 #[command(name = "sluice-bench")]
 struct Args {
     /// The workload: w1, w2, w3, w1-baseline, w2-baseline, k1, k1-baseline, k1-fill,
-    /// k1-topic, k1-count, r1 (or r1-job, the job r1 submits).
-    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count", "r1", "r1-job"])]
+    /// k1-topic, k1-count, r1 (or r1-job, the job r1 submits), keygroups.
+    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count", "r1", "r1-job", "keygroups"])]
     workload: String,
     /// Records (events) to process; a multiple of the parallelism.
     #[arg(long, default_value_t = 10_000_000, value_parser = parse_count)]
