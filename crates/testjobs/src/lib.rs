@@ -153,7 +153,36 @@ pub mod cluster {
         }
     }
 
+    /// `sluice submit` of the counting job (the binary `counts`) at `parallelism`: `n`
+    /// events at `rate` per second into `out`, checkpointing every 100 ms into
+    /// `checkpoints` if given, then `extra` job flags.
+    pub fn submit_counts_args(
+        counts: &str,
+        parallelism: u32,
+        out: &Path,
+        n: u64,
+        rate: u64,
+        checkpoints: Option<&Path>,
+        extra: &[&str],
+    ) -> Vec<String> {
+        let mut args: Vec<String> =
+            vec!["submit".into(), counts.into(), "-p".into(), parallelism.to_string(), "--".into()];
+        args.extend(["--out".into(), out.display().to_string(), "--n".into(), n.to_string()]);
+        args.extend(["--rate".into(), rate.to_string()]);
+        if let Some(checkpoints) = checkpoints {
+            args.extend(["--checkpoint-dir".into(), checkpoints.display().to_string()]);
+            args.extend(["--checkpoint-interval-ms".into(), "100".into()]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+
     impl Cluster {
+        /// [`Cluster::client`] with owned arguments.
+        pub fn client_owned(&self, args: &[String]) -> (bool, String) {
+            self.client(&args.iter().map(String::as_str).collect::<Vec<_>>(), None)
+        }
+
         /// Starts `sluice cluster --workers N` (the `sluice` binary at `sluice`, with `extra`
         /// flags) in `dir`, and waits until every worker has registered.
         pub fn start(sluice: &Path, dir: &Path, workers: usize, extra: &[&str]) -> Cluster {

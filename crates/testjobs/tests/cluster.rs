@@ -5,7 +5,7 @@
 //! The cluster runs in a process group of its own, killed (SIGKILL) when the test ends.
 
 use sluice_testjobs::assert_committed_counts;
-use sluice_testjobs::cluster::Cluster;
+use sluice_testjobs::cluster::{submit_counts_args, Cluster};
 use sluice_testjobs::harness::multiset;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,22 +28,7 @@ fn a_job_submitted_to_a_three_worker_cluster_commits_exactly_the_reference() {
     let out = dir.path().join("out");
     let n = 90_000;
     let counts = env!("CARGO_BIN_EXE_counts");
-    let (ok, text) = cluster.client(
-        &[
-            "submit",
-            counts,
-            "-p",
-            "3",
-            "--",
-            "--out",
-            out.to_str().unwrap(),
-            "--n",
-            &n.to_string(),
-            "--rate",
-            "1000000",
-        ],
-        None,
-    );
+    let (ok, text) = cluster.client_owned(&submit_counts_args(counts, 3, &out, n, 1_000_000, None, &[]));
     assert!(ok, "{text}");
     assert!(text.contains("job-1 submitted") && text.contains("over 3 processes"), "{text}");
     let line = cluster.wait_for("job-1", "finished", Duration::from_secs(120));
@@ -105,22 +90,7 @@ fn a_cluster_with_tls_runs_a_spread_job_exactly_and_refuses_clients_without_its_
     let out = dir.path().join("out");
     let n = 30_000;
     let counts = env!("CARGO_BIN_EXE_counts");
-    let (ok, text) = cluster.client(
-        &[
-            "submit",
-            counts,
-            "-p",
-            "3",
-            "--",
-            "--out",
-            out.to_str().unwrap(),
-            "--n",
-            &n.to_string(),
-            "--rate",
-            "1000000",
-        ],
-        None,
-    );
+    let (ok, text) = cluster.client_owned(&submit_counts_args(counts, 3, &out, n, 1_000_000, None, &[]));
     assert!(ok, "{text}");
     cluster.wait_for("job-1", "finished", Duration::from_secs(120));
     assert_committed_counts(&out, n, "the run over TLS");
@@ -255,28 +225,12 @@ fn a_cluster_killed_with_sigkill_and_started_again_resumes_a_resubmitted_job_exa
     let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
     let n = 300_000;
     let counts = env!("CARGO_BIN_EXE_counts");
-    let args = [
-        "submit",
-        counts,
-        "-p",
-        "3",
-        "--",
-        "--out",
-        out.to_str().unwrap(),
-        "--n",
-        &n.to_string(),
-        "--rate",
-        "100000",
-        "--checkpoint-dir",
-        checkpoints.to_str().unwrap(),
-        "--checkpoint-interval-ms",
-        "100",
-    ];
+    let args = submit_counts_args(counts, 3, &out, n, 100_000, Some(&checkpoints), &[]);
     {
         let first = dir.path().join("first");
         std::fs::create_dir_all(&first).unwrap();
         let cluster = start_cluster(&first, 3);
-        let (ok, text) = cluster.client(&args, None);
+        let (ok, text) = cluster.client_owned(&args);
         assert!(ok, "{text}");
         cluster.wait_for("job-1", "running", Duration::from_secs(60));
         // Pacing, not a condition: the kill lands at a seeded moment of the 3 s run.
@@ -289,7 +243,7 @@ fn a_cluster_killed_with_sigkill_and_started_again_resumes_a_resubmitted_job_exa
     let second = dir.path().join("second");
     std::fs::create_dir_all(&second).unwrap();
     let cluster = start_cluster(&second, 3);
-    let (ok, text) = cluster.client(&args, None);
+    let (ok, text) = cluster.client_owned(&args);
     assert!(ok, "{text}");
     cluster.wait_for("job-1", "finished", Duration::from_secs(120));
     let log = std::fs::read_to_string(second.join("cluster.log")).unwrap();

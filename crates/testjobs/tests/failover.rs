@@ -7,7 +7,7 @@
 //! placement.
 
 use sluice_testjobs::assert_committed_counts;
-use sluice_testjobs::cluster::{sluice_beside, Cluster};
+use sluice_testjobs::cluster::{sluice_beside, submit_counts_args, Cluster};
 use sluice_testjobs::harness::seeded;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,28 +21,13 @@ fn start_cluster(dir: &Path, workers: usize) -> Cluster {
 /// Submits the counting job (`n` events at `rate`/s, checkpoints every 100 ms) at
 /// parallelism 2.
 fn submit_counts(cluster: &Cluster, out: &Path, checkpoints: &Path, n: u64, rate: u64) {
+    submit_counts_with(cluster, out, checkpoints, n, rate, &[]);
+}
+
+/// [`submit_counts`] with `extra` job flags.
+fn submit_counts_with(cluster: &Cluster, out: &Path, checkpoints: &Path, n: u64, rate: u64, extra: &[&str]) {
     let counts = env!("CARGO_BIN_EXE_counts");
-    let (n, rate) = (n.to_string(), rate.to_string());
-    let (ok, text) = cluster.client(
-        &[
-            "submit",
-            counts,
-            "-p",
-            "2",
-            "--",
-            "--out",
-            out.to_str().unwrap(),
-            "--n",
-            &n,
-            "--rate",
-            &rate,
-            "--checkpoint-dir",
-            checkpoints.to_str().unwrap(),
-            "--checkpoint-interval-ms",
-            "100",
-        ],
-        None,
-    );
+    let (ok, text) = cluster.client_owned(&submit_counts_args(counts, 2, out, n, rate, Some(checkpoints), extra));
     assert!(ok, "{text}");
 }
 
@@ -250,35 +235,8 @@ fn a_job_process_with_a_stalled_task_exits_and_the_job_restarts_exactly() {
     let cluster = start_cluster(dir.path(), 3);
     let (out, checkpoints, marker) = (dir.path().join("out"), dir.path().join("checkpoints"), dir.path().join("hung"));
     let n = 400_000u64;
-    let counts = env!("CARGO_BIN_EXE_counts");
-    let n_text = n.to_string();
-    let (ok, text) = cluster.client(
-        &[
-            "submit",
-            counts,
-            "-p",
-            "2",
-            "--",
-            "--out",
-            out.to_str().unwrap(),
-            "--n",
-            &n_text,
-            "--rate",
-            "100000",
-            "--checkpoint-dir",
-            checkpoints.to_str().unwrap(),
-            "--checkpoint-interval-ms",
-            "100",
-            "--stall-timeout-ms",
-            "1000",
-            "--hang-once-at",
-            "50000",
-            "--hang-marker",
-            marker.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(ok, "{text}");
+    let hang = ["--stall-timeout-ms", "1000", "--hang-once-at", "50000", "--hang-marker", marker.to_str().unwrap()];
+    submit_counts_with(&cluster, &out, &checkpoints, n, 100_000, &hang);
     let line = wait_for_attempt(&cluster, "job-1", 2, Duration::from_secs(60));
     assert!(line.contains("(detector: stalled subtask)") && line.contains("'sequence' -> 'map' (subtask"), "{line}");
     assert!(line.contains("exit status: 70"), "{line}");
