@@ -129,7 +129,7 @@ impl Failover {
 pub fn coordinator(
     listen: SocketAddr,
     http: Option<SocketAddr>,
-    store: &str,
+    (store, meta_dir): (&str, Option<&Path>),
     secret_file: Option<&Path>,
     tls: (&ServerTls, Option<&Path>),
     failover: &Failover,
@@ -139,7 +139,18 @@ pub fn coordinator(
     sluice_runtime::init_logging(tracing::Level::INFO);
     sluice_runtime::processes::exit_with_parent();
     let secret = Secret::load(secret_file)?;
+    let meta_dir = match meta_dir {
+        Some(dir) => Some(dir.to_path_buf()),
+        None if !sluice_checkpoint::storage::is_remote(store) => {
+            Some(Path::new(store.trim_start_matches("file://")).join("_coordinator"))
+        }
+        None => {
+            tracing::warn!("the job table is kept in memory only: give --meta-dir to keep it across restarts");
+            None
+        }
+    };
     let config = sluice_cluster::coordinator::CoordinatorConfig {
+        meta_dir,
         listen,
         http,
         store: store.to_string(),

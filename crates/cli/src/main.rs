@@ -49,6 +49,11 @@ enum Command {
         /// feature, s3://bucket/prefix (configured by AWS_ENDPOINT, AWS_ACCESS_KEY_ID, ...).
         #[arg(long, value_name = "LOCATION")]
         store: String,
+        /// The folder the job table is kept in, so that a coordinator started again knows
+        /// its jobs and resumes them (default: STORE/_coordinator for a folder store; a
+        /// remote store keeps the table in memory unless this is given).
+        #[arg(long, value_name = "DIR")]
+        meta_dir: Option<std::path::PathBuf>,
         /// A file holding the cluster secret (else SLUICE_SECRET or SLUICE_SECRET_FILE).
         #[arg(long, value_name = "FILE")]
         secret_file: Option<std::path::PathBuf>,
@@ -245,8 +250,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Checkpoints { location } => open(location).and_then(|store| list(&store)),
-        Command::Coordinator { listen, http, store, secret_file, tls, tls_ca, failover } => {
-            cluster::coordinator(*listen, *http, store, secret_file.as_deref(), (tls, tls_ca.as_deref()), failover)
+        Command::Coordinator { listen, http, store, meta_dir, secret_file, tls, tls_ca, failover } => {
+            let stores = (store.as_str(), meta_dir.as_deref());
+            cluster::coordinator(*listen, *http, stores, secret_file.as_deref(), (tls, tls_ca.as_deref()), failover)
         }
         Command::Worker { connection, tls, listen, slots, cache } => {
             cluster::worker(connection, tls, *listen, *slots, cache.as_deref())

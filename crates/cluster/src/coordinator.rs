@@ -60,6 +60,9 @@ pub struct CoordinatorConfig {
     pub placement: String,
     /// Restarts of a job before it is failed for good.
     pub max_restarts: u32,
+    /// Where the job table is kept across restarts of the coordinator (a local folder);
+    /// `None`: in memory only.
+    pub meta_dir: Option<std::path::PathBuf>,
     /// How long more workers must have had room for a job running on fewer processes than
     /// its parallelism allows before it is moved back onto more (reactive scale-up); `None`
     /// never.
@@ -151,11 +154,147 @@ pub struct CoordinatorService {
     detection: Detection,
     placement: Arc<dyn PlacementStrategy>,
     max_restarts: u32,
+    table: Option<crate::jobtable::JobTable>,
+}
+
+/// The one `&'static str` of the job and process states a loaded table names.
+fn known_state(text: &str) -> &'static str {
+    const STATES: [&str; 8] =
+        ["starting", "running", "restarting", "cancelling", "finished", "failed", "cancelled", "lost"];
+    STATES.into_iter().find(|s| *s == text).unwrap_or("failed")
+}
+
+impl State {
+    /// What the job table keeps of this state.
+    fn to_table(&self) -> serde_json::Value {
+        let jobs: serde_json::Map<String, serde_json::Value> = self
+            .jobs
+            .iter()
+            .map(|(id, j)| {
+                let r = &j.request;
+                let job = serde_json::json!({
+                    "state": j.state, "message": j.message, "attempt": j.attempt, "restarts": j.restarts,
+                    "rescales": j.rescales, "events": j.events, "age_ms": j.submitted.elapsed().as_millis() as u64,
+                    "request": {
+                        "name": r.name, "artifact_sha256": r.artifact_sha256, "args": r.args,
+                        "parallelism": r.parallelism, "graph_fingerprint": r.graph_fingerprint,
+                        "checkpointed": r.checkpointed,
+                    },
+                });
+                (id.clone(), job)
+            })
+            .collect();
+        serde_json::json!({ "format": 1, "next_job": self.next_job, "next_worker": self.next_worker, "jobs": jobs })
+    }
+
+    /// The state a table describes, with no workers (they register again) and no
+    /// processes (those of the old coordinator's attempts are stopped by their workers).
+    fn from_table(table: &serde_json::Value) -> Result<State, String> {
+        let number = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let mut state = State {
+            next_job: number(&table["next_job"]),
+            next_worker: number(&table["next_worker"]),
+            ..State::default()
+        };
+        let jobs = table["jobs"].as_object().ok_or("the job table has no jobs object")?;
+        for (id, j) in jobs {
+            let r = &j["request"];
+            let request = SubmitJobRequest {
+                name: text(&r["name"]),
+                artifact_sha256: text(&r["artifact_sha256"]),
+                args: r["args"].as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default(),
+                parallelism: number(&r["parallelism"]) as u32,
+                graph_fingerprint: text(&r["graph_fingerprint"]),
+                checkpointed: r["checkpointed"].as_bool().unwrap_or(false),
+            };
+            let age = Duration::from_millis(number(&j["age_ms"]));
+            let entry = JobEntry {
+                state: known_state(j["state"].as_str().unwrap_or_default()),
+                message: text(&j["message"]),
+                processes: Vec::new(),
+                request,
+                attempt: number(&j["attempt"]).max(1),
+                starting: false,
+                restarts: number(&j["restarts"]) as u32,
+                restarted_at: Vec::new(),
+                submitted: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                events: j["events"].as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default(),
+                room_since: None,
+                rescales: number(&j["rescales"]) as u32,
+            };
+            state.jobs.insert(id.clone(), entry);
+        }
+        Ok(state)
+    }
 }
 
 impl CoordinatorService {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the job table now (after a submission or a registration, before answering).
+    fn persist(&self) {
+        if let Some(table) = &self.table {
+            let snapshot = self.state().to_table();
+            if let Err(e) = table.save(&snapshot) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Writes the job table whenever it changed, every 100 ms.
+    async fn keep_table(self) {
+        let Some(table) = self.table.clone() else { return };
+        let mut last = String::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut snapshot = self.state().to_table();
+            // The age changes all the time; it alone is no reason to write.
+            if let Some(jobs) = snapshot["jobs"].as_object_mut() {
+                jobs.values_mut().for_each(|j| j["age_ms"] = serde_json::Value::Null);
+            }
+            let text = snapshot.to_string();
+            if text != last {
+                last = text;
+                if let Err(e) = table.save(&self.state().to_table()) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
+    }
+
+    /// After a restart of the coordinator: the jobs its table had running resume from
+    /// their latest checkpoints as a new attempt, once workers have registered again.
+    async fn resume_jobs(self, jobs: Vec<String>) {
+        while self.state().workers.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The other workers register within a heartbeat or two of the first.
+        tokio::time::sleep(self.detection.heartbeat_interval * 3).await;
+        for job_id in jobs {
+            {
+                let mut state = self.state();
+                let Some(job) = state.jobs.get_mut(&job_id) else { continue };
+                if job.state != "restarting" {
+                    continue; // cancelled meanwhile
+                }
+                job.attempt += 1;
+                job.state = "running";
+                job.message = "resumed after a restart of the coordinator".into();
+                let text =
+                    format!("the coordinator restarted: attempt {} resumes from the latest checkpoint", job.attempt);
+                job.event(&job_id, text);
+            }
+            match self.start_placed(&job_id).await {
+                Ok(processes) => tracing::info!(job = %job_id, processes, "attempt started"),
+                Err(status) => {
+                    let cause = format!("could not start after the coordinator's restart: {}", status.message());
+                    tokio::spawn(self.clone().replace_attempt(job_id, cause, false));
+                }
+            }
+        }
     }
 
     async fn worker_client(&self, address: &str) -> Result<WorkerClient<AuthedChannel>, Status> {
@@ -684,6 +823,9 @@ impl Coordinator for CoordinatorService {
             id,
             WorkerEntry { address: r.address, slots: r.slots, last_heartbeat: Instant::now(), rtt: Duration::ZERO },
         );
+        drop(state);
+        // Before the answer: a coordinator restarted later must not give this id again.
+        self.persist();
         Ok(Response::new(RegisterWorkerReply {
             worker_id: id,
             artifact_store: self.store.location().to_string(),
@@ -781,6 +923,7 @@ impl Coordinator for CoordinatorService {
             );
             id
         };
+        self.persist();
         match self.start_placed(&job_id).await {
             Ok(processes) => {
                 tracing::info!(job = %job_id, processes, "job started");
@@ -927,8 +1070,29 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
     let store = ArtifactStore::open(&config.store)?;
     let placement: Arc<dyn PlacementStrategy> =
         Arc::from(crate::placement::strategy(&config.placement, placement_seed())?);
+    let table = config.meta_dir.as_deref().map(crate::jobtable::JobTable::open).transpose()?;
+    let mut state = State::default();
+    let mut resume = Vec::new();
+    if let Some(saved) = table.as_ref().map(|t| t.load()).transpose()?.flatten() {
+        state = State::from_table(&saved)?;
+        for (id, job) in state.jobs.iter_mut() {
+            match job.state {
+                "running" | "restarting" | "starting" => {
+                    job.state = "restarting";
+                    resume.push(id.clone());
+                }
+                "cancelling" => {
+                    job.state = "cancelled";
+                    job.event(id, "the coordinator restarted while the job was being cancelled: cancelled".into());
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(jobs = state.jobs.len(), resuming = resume.len(), "job table loaded");
+    }
     let service = CoordinatorService {
-        state: Arc::default(),
+        state: Arc::new(Mutex::new(state)),
+        table,
         store,
         secret: config.secret.clone(),
         ca: config.tls.as_ref().map(ClusterTls::ca),
@@ -937,6 +1101,10 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
         max_restarts: config.max_restarts,
     };
     tokio::spawn(service.clone().watch_heartbeats());
+    tokio::spawn(service.clone().keep_table());
+    if !resume.is_empty() {
+        tokio::spawn(service.clone().resume_jobs(resume));
+    }
     if let Some(after) = config.scale_up_after {
         tokio::spawn(service.clone().watch_scale_up(after));
     }

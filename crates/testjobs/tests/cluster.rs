@@ -289,3 +289,98 @@ fn the_kafka_copy_job_on_a_three_worker_cluster_commits_exactly_the_reference_an
         ids.len()
     );
 }
+
+#[test]
+fn a_coordinator_killed_with_sigkill_and_started_again_resumes_its_jobs_from_their_table_exactly() {
+    use sluice_testjobs::harness::KillOnDrop;
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = sluice_binary();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-test-secret").unwrap();
+    let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let store = dir.path().join("store");
+    let coordinator = || {
+        let child = Command::new(&sluice)
+            .args(["coordinator", "--listen", &address, "--store", store.to_str().unwrap(), "--secret-file"])
+            .arg(&secret)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(format!("coordinator-{}.log", rand_suffix()))).unwrap())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    };
+    let client = |args: &[&str]| {
+        let output = Command::new(&sluice)
+            .arg(args[0])
+            .args(["--coordinator", &address, "--secret-file", secret.to_str().unwrap()])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let mut first = coordinator();
+    let _workers: Vec<KillOnDrop> = (0..2)
+        .map(|i| {
+            let child = Command::new(&sluice)
+                .args(["worker", "--coordinator", &address, "--slots", "2", "--secret-file", secret.to_str().unwrap()])
+                .arg("--cache")
+                .arg(dir.path().join(format!("worker-{i}")))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            KillOnDrop(child)
+        })
+        .collect();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 600_000;
+    let counts = env!("CARGO_BIN_EXE_counts");
+    let submit = submit_counts_args(counts, 2, &out, n, 100_000, Some(&checkpoints), &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // The workers may not have registered yet.
+        let (ok, text) = client(&submit.iter().map(String::as_str).collect::<Vec<_>>());
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once a checkpoint is complete, the coordinator is killed and started again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(checkpoints.join("counts"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("_manifest.json").exists())
+    {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let _second = coordinator();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let listing = loop {
+        let (_, listing) = client(&["list"]);
+        if listing.starts_with("job-1    finished") {
+            break listing;
+        }
+        assert!(!listing.starts_with("job-1    failed"), "{listing}");
+        assert!(std::time::Instant::now() < deadline, "job-1 did not finish after the restart:\n{listing}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(listing.contains("the coordinator restarted: attempt 2 resumes"), "{listing}");
+    assert!(listing.contains("attempt 1: 2 processes"), "the history from before the restart is kept:\n{listing}");
+    assert_committed_counts(&out, n, "a coordinator killed and started again");
+    // The next job gets the next id, not one given before the restart.
+    let (ok, text) = client(&["submit", counts, "--", "--out", dir.path().join("more").to_str().unwrap(), "--n", "10"]);
+    assert!(ok && text.contains("job-2 submitted"), "{text}");
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
