@@ -174,7 +174,9 @@ fn open_s3(bucket_and_prefix: &str) -> Result<Arc<dyn ObjectStore>, String> {
 
 #[cfg(not(feature = "s3"))]
 fn open_s3(_: &str) -> Result<Arc<dyn ObjectStore>, String> {
-    Err("this build has no S3 support: build Sluice with the `s3` feature (cargo build --features sluice/s3)".into())
+    Err("this build has no S3 support: build with the `s3` feature (a job: --features sluice/s3; the sluice \
+         binary: --features sluice-cli/s3)"
+        .into())
 }
 
 impl CheckpointStore {
@@ -646,7 +648,7 @@ mod tests {
         #[cfg(not(feature = "s3"))]
         {
             let err = CheckpointStore::open("s3://bucket/x", "j").err().unwrap().to_string();
-            assert!(err.contains("build Sluice with the `s3` feature"), "{err}");
+            assert!(err.contains("build with the `s3` feature"), "{err}");
         }
         #[cfg(feature = "s3")]
         {

@@ -324,6 +324,8 @@ pub fn cluster(
         http.to_string(),
         "--store".into(),
         store,
+        "--meta-dir".into(),
+        dir.join("coordinator").to_string_lossy().into_owned(),
     ];
     coordinator.extend(failover.as_args());
     roles.0.push(spawn(coordinator)?);
