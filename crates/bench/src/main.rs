@@ -12,11 +12,13 @@
 //! `k1-count` serve `scripts/flink-k1.sh`).
 //! `r1` measures recovery after a lost worker on a local cluster ([`r1`]; `r1-job` is the
 //! job it submits, this same binary).
-//! `keygroups` prints, for 128 key groups, the fraction of groups that change owner when
+//! `nexmark-events` writes the first `--n` events of the Nexmark generator ([`nexmark`])
+//! as CSV. `keygroups` prints, for 128 key groups, the fraction of groups that change owner when
 //! the parallelism goes from p to p-1 and back, under Sluice's assignment and Flink's
 //! contiguous ranges, beside the least any balanced assignment can move.
 //! Every run checks its own output count and fails if it is wrong.
 
+mod nexmark;
 mod r1;
 
 use sluice::prelude::*;
@@ -30,8 +32,8 @@ use std::time::{Duration, Instant};
 #[command(name = "sluice-bench")]
 struct Args {
     /// The workload: w1, w2, w3, w1-baseline, w2-baseline, k1, k1-baseline, k1-fill,
-    /// k1-topic, k1-count, r1 (or r1-job, the job r1 submits), keygroups.
-    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count", "r1", "r1-job", "keygroups"])]
+    /// k1-topic, k1-count, r1 (or r1-job, the job r1 submits), keygroups, nexmark-events.
+    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count", "r1", "r1-job", "keygroups", "nexmark-events"])]
     workload: String,
     /// Records (events) to process; a multiple of the parallelism.
     #[arg(long, default_value_t = 10_000_000, value_parser = parse_count)]
@@ -456,6 +458,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if args.workload == "nexmark-events" {
+        // The first --n events of NEXMARK.md's generator as CSV (section 6), to diff with
+        // another implementation.
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for n in 0..args.n {
+            if writeln!(out, "{}", nexmark::csv_line(n, &nexmark::event(n))).is_err() {
+                return ExitCode::FAILURE;
+            }
+        }
+        return ExitCode::SUCCESS;
     }
     if args.workload == "keygroups" {
         key_groups_moved();
