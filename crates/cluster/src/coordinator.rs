@@ -1037,6 +1037,17 @@ impl Coordinator for CoordinatorService {
                 tokio::spawn(async move { coordinator.stop_processes(&job_id, true).await });
                 return Ok(Response::new(ProcessExitedReply {}));
             }
+            // A process of the failed attempt that failed by itself (an exit status, not the
+            // kill that ends the attempt) may hold the first cause: the history keeps it.
+            if !r.success && job.state == "restarting" && r.message.starts_with("exit status") {
+                job.event(
+                    &r.job_id,
+                    format!(
+                        "process {} of attempt {} on worker {worker} also failed: {}",
+                        r.index, r.attempt, r.message
+                    ),
+                );
+            }
             let restart = (!r.success && job.state == "running").then(|| {
                 format!(
                     "process {} on worker {worker} failed (detector: process exit): {}",
