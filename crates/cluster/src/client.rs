@@ -164,5 +164,13 @@ fn unique() -> u64 {
 }
 
 fn status(s: tonic::Status) -> String {
+    if matches!(s.code(), tonic::Code::Unknown | tonic::Code::Unavailable) && s.message().contains("transport error") {
+        // The call never reached the service: most often a plain client and a TLS server.
+        return format!(
+            "no answer from the coordinator ({}): if the cluster runs with TLS, give --tls-ca FILE or set \
+             SLUICE_TLS_CA; otherwise check --coordinator",
+            s.message()
+        );
+    }
     format!("the coordinator refused: {} ({:?})", s.message(), s.code())
 }
