@@ -37,6 +37,8 @@ if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; th
   cargo install s3s-fs --version 0.14.1 --features binary --locked
 fi
 features=(--features sluice-testjobs/s3,sluice-cli/s3)
+# One build from scratch: incremental artifacts would only take disk (about 1 GB).
+export CARGO_INCREMENTAL=0
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -33,6 +33,13 @@ pub struct StateEntry {
     pub bytes: u64,
     /// Its CRC-32.
     pub crc32: u32,
+    /// The key groups a keyed state file holds (absent in manifests written before it was
+    /// recorded, and for other kinds): a process restoring a spread job reads only the files
+    /// holding groups its subtasks own.
+    // No `skip_serializing_if`: entries also travel between processes in postcard, which
+    // has no field names and cannot skip one.
+    #[serde(default)]
+    pub key_groups: Option<Vec<u32>>,
 }
 
 /// The manifest of a completed checkpoint or savepoint.

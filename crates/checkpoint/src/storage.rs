@@ -92,7 +92,14 @@ pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     location: String,
     job: String,
+    /// Where this process keeps a copy of each state file it writes (task-local recovery):
+    /// a restart on the same machine reads its state from there, not from the store.
+    local: Option<std::path::PathBuf>,
 }
+
+/// How many checkpoints' local copies a process keeps: the newest completed checkpoint
+/// can be older than the newest one written (an upload or a peer may have failed it).
+const LOCAL_COPIES_KEPT: usize = 3;
 
 fn sanitize(job: &str) -> String {
     job.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
@@ -182,7 +189,58 @@ fn open_s3(_: &str) -> Result<Arc<dyn ObjectStore>, String> {
 impl CheckpointStore {
     /// The checkpoints of `job` under `location` (a folder, created if missing).
     pub fn open(location: &str, job: &str) -> Result<Self, StoreError> {
-        Ok(CheckpointStore { store: open_store(location)?, location: location.into(), job: sanitize(job) })
+        Ok(CheckpointStore { store: open_store(location)?, location: location.into(), job: sanitize(job), local: None })
+    }
+
+    /// Keeps a copy of every state file this store writes under `dir`, and reads a state
+    /// file from there when its copy has the length and checksum the manifest records
+    /// (Flink's task-local recovery). The store stays the truth: a missing or different
+    /// copy is read from the store; a copy that cannot be written is only logged.
+    pub fn with_local_copies(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.local = Some(dir.into());
+        self
+    }
+
+    fn local_path(&self, path: &str) -> Option<std::path::PathBuf> {
+        self.local.as_ref().map(|dir| dir.join(path))
+    }
+
+    /// Writes the local copy of the state file at `path` (inside checkpoint `id`'s folder)
+    /// and drops the copies of all but the newest few checkpoints.
+    fn keep_local_copy(&self, id: u64, path: &str, bytes: &[u8]) {
+        let (Some(dir), Some(target)) = (&self.local, self.local_path(path)) else { return };
+        let written = (|| -> std::io::Result<()> {
+            let parent = target.parent().expect("a state file's path has a folder");
+            std::fs::create_dir_all(parent)?;
+            let partial = target.with_extension("partial");
+            std::fs::write(&partial, bytes)?;
+            std::fs::rename(&partial, &target)
+        })();
+        if let Err(e) = written {
+            tracing::warn!("could not keep a local copy of state file {path} in {}: {e}", dir.display());
+            return;
+        }
+        let Ok(folders) = std::fs::read_dir(dir.join(&self.job)) else { return };
+        let mut ids: Vec<(u64, std::path::PathBuf)> = folders
+            .flatten()
+            .filter_map(|f| {
+                let name = f.file_name().to_string_lossy().to_string();
+                name.strip_prefix("chk-").and_then(|n| n.parse().ok()).map(|n| (n, f.path()))
+            })
+            .collect();
+        ids.sort();
+        let newest = ids.last().map_or(id, |(n, _)| (*n).max(id));
+        for (n, folder) in ids {
+            if n + (LOCAL_COPIES_KEPT as u64) <= newest {
+                let _ = std::fs::remove_dir_all(folder);
+            }
+        }
+    }
+
+    /// A state file's local copy, if it has the recorded length and checksum.
+    fn read_local_copy(&self, path: &str, entry: &StateEntry) -> Option<Vec<u8>> {
+        let bytes = std::fs::read(self.local_path(path)?).ok()?;
+        (bytes.len() as u64 == entry.bytes && crc32fast::hash(&bytes) == entry.crc32).then_some(bytes)
     }
 
     /// Opens the store for a job that will write checkpoints: also proves that the location
@@ -268,8 +326,16 @@ impl CheckpointStore {
             file: file.clone(),
             bytes: bytes.len() as u64,
             crc32: crc32fast::hash(&bytes),
+            key_groups: match &state.state {
+                OperatorState::Keyed(groups) => Some(groups.keys().copied().collect()),
+                _ => None,
+            },
         };
-        self.put(&format!("{}/{file}", self.folder(id, savepoint)), bytes)?;
+        let path = format!("{}/{file}", self.folder(id, savepoint));
+        if !savepoint {
+            self.keep_local_copy(id, &path, &bytes);
+        }
+        self.put(&path, bytes)?;
         Ok(entry)
     }
 
@@ -294,24 +360,58 @@ impl CheckpointStore {
 
     /// Reads checkpoint `id`, verifying every file.
     pub fn load(&self, id: u64) -> Result<LoadedCheckpoint, StoreError> {
+        self.load_only(id, &|_| true)
+    }
+
+    /// Reads the state files of checkpoint `id` that `wanted` picks, verifying each; the
+    /// others are not read (a process of a spread job reads only what its subtasks
+    /// restore). The states of files not read are absent from the result.
+    pub fn load_only(&self, id: u64, wanted: &dyn Fn(&StateEntry) -> bool) -> Result<LoadedCheckpoint, StoreError> {
         let folder = self.folder(id, false);
         let bytes = self.get(&format!("{folder}/{MANIFEST}"))?;
         let manifest = Manifest::parse(&bytes).map_err(StoreError::Invalid)?;
-        let states = self.read_states(&folder, &manifest).map_err(StoreError::Invalid)?;
+        let states = self.read_states(&folder, &manifest, wanted).map_err(StoreError::Invalid)?;
         Ok(LoadedCheckpoint { manifest, states })
     }
 
-    /// Reads and verifies every state file of a manifest.
-    fn read_states(&self, folder: &str, manifest: &Manifest) -> Result<Vec<SubtaskState>, String> {
+    /// Reads and verifies the state files of a manifest that `wanted` picks, from their
+    /// local copies where those verify, else from the store.
+    fn read_states(
+        &self,
+        folder: &str,
+        manifest: &Manifest,
+        wanted: &dyn Fn(&StateEntry) -> bool,
+    ) -> Result<Vec<SubtaskState>, String> {
         let mut states = Vec::with_capacity(manifest.states.len());
+        let (mut local, mut remote, mut skipped) = (0usize, 0usize, 0usize);
         for entry in &manifest.states {
-            let path = format!("{folder}/{}", entry.file);
-            let bytes = self.get(&path).map_err(|e| format!("missing state file {path}: {e}"))?;
+            if !wanted(entry) {
+                skipped += 1;
+                continue;
+            }
+            let path = if folder.is_empty() { entry.file.clone() } else { format!("{folder}/{}", entry.file) };
+            let bytes = match self.read_local_copy(&path, entry) {
+                Some(bytes) => {
+                    local += 1;
+                    bytes
+                }
+                None => {
+                    remote += 1;
+                    self.get(&path).map_err(|e| format!("missing state file {path}: {e}"))?
+                }
+            };
             if bytes.len() as u64 != entry.bytes || crc32fast::hash(&bytes) != entry.crc32 {
                 return Err(format!("state file {path} is corrupted (length or checksum differs)"));
             }
             let state = read_state(&bytes).map_err(|e| format!("state file {path}: {e}"))?;
             states.push(SubtaskState { operator: entry.operator.clone(), subtask: entry.subtask, state });
+        }
+        if self.local.is_some() || skipped > 0 {
+            tracing::info!(
+                "checkpoint {}: read {local} state file(s) from this machine's local copies (task-local recovery), \
+                 {remote} from the store, skipped {skipped} holding no state of this process",
+                manifest.checkpoint
+            );
         }
         Ok(states)
     }
@@ -348,7 +448,7 @@ impl CheckpointStore {
             .get(&format!("{folder}/{MANIFEST}"))
             .map_err(|_| "no manifest (incomplete, or its manifest was deleted)".to_string())?;
         let manifest = Manifest::parse(&bytes)?;
-        self.read_states(&folder, &manifest)?;
+        self.read_states(&folder, &manifest, &|_| true)?;
         Ok(manifest)
     }
 
@@ -462,7 +562,8 @@ impl CheckpointStore {
                 (id, manifest)
             })
             .collect();
-        let (found, problems) = pick_restorable(candidates, |m| self.read_states(&self.folder(m.checkpoint, false), m));
+        let (found, problems) =
+            pick_restorable(candidates, |m| self.read_states(&self.folder(m.checkpoint, false), m, &|_| true));
         for problem in &problems {
             tracing::warn!(location = %self.location, "skipping {problem} (detector: corrupted state)");
         }
@@ -479,14 +580,16 @@ impl CheckpointStore {
                 )));
             }
         }
-        let store = CheckpointStore { store: open_store(path)?, location: path.into(), job: String::new() };
+        let store =
+            CheckpointStore { store: open_store(path)?, location: path.into(), job: String::new(), local: None };
         let bytes = store.get(MANIFEST).map_err(|_| {
             StoreError::Invalid(format!(
                 "'{path}' is not a checkpoint: it has no {MANIFEST} (incomplete or not a checkpoint)"
             ))
         })?;
         let manifest = Manifest::parse(&bytes).map_err(|e| StoreError::Invalid(format!("'{path}': {e}")))?;
-        let states = store.read_states("", &manifest).map_err(|e| StoreError::Invalid(format!("'{path}': {e}")))?;
+        let states =
+            store.read_states("", &manifest, &|_| true).map_err(|e| StoreError::Invalid(format!("'{path}': {e}")))?;
         Ok(LoadedCheckpoint { manifest, states })
     }
 
@@ -605,6 +708,54 @@ mod tests {
         assert!(store.latest().unwrap().is_none());
         store.delete(3).unwrap();
         assert_eq!(store.checkpoint_ids().unwrap(), vec![1, 2]);
+    }
+
+    #[test]
+    fn state_is_read_from_a_verified_local_copy_and_from_the_store_otherwise() {
+        let (dir, local) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap().with_local_copies(local.path());
+        for id in 1..=5 {
+            write(&store, id);
+        }
+        // Only the newest few checkpoints keep local copies.
+        let mut kept: Vec<String> = std::fs::read_dir(local.path().join("job"))
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["chk-000000000003", "chk-000000000004", "chk-000000000005"]);
+        // The store's file is gone: the local copy serves (what a restart on this machine reads).
+        std::fs::remove_file(dir.path().join("job/chk-000000000005/s1.state")).unwrap();
+        assert_eq!(store.load(5).unwrap().states, states(5));
+        // A local copy that differs from the manifest is not used: the store's file is read.
+        let copy = local.path().join("job/chk-000000000004/s1.state");
+        std::fs::write(&copy, b"SLST not this").unwrap();
+        assert_eq!(store.load(4).unwrap().states, states(4));
+        // Without the copy nor the store's file, the checkpoint cannot be read.
+        std::fs::remove_file(&copy).unwrap();
+        std::fs::remove_file(dir.path().join("job/chk-000000000004/s1.state")).unwrap();
+        assert!(store.load(4).is_err());
+        // A store without local copies reads only the store.
+        let plain = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        assert!(plain.load(5).is_err(), "the store's own file of checkpoint 5 was removed");
+    }
+
+    #[test]
+    fn a_process_reads_only_the_state_files_it_picks_and_the_manifest_names_their_key_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        write(&store, 1);
+        let manifest = store.load(1).unwrap().manifest;
+        let groups: Vec<Option<Vec<u32>>> = manifest.states.iter().map(|e| e.key_groups.clone()).collect();
+        assert_eq!(groups, [None, Some(vec![3, 5])]);
+        // The keyed file is not wanted: it is not read (removing it changes nothing).
+        std::fs::remove_file(dir.path().join("job/chk-000000000001/s1.state")).unwrap();
+        let loaded = store.load_only(1, &|e| e.kind != StateKind::Keyed).unwrap();
+        assert_eq!(loaded.states, states(1)[..1]);
+        assert!(store.load(1).is_err());
+        // A manifest written before key groups were recorded still parses.
+        let old = std::str::from_utf8(&manifest.to_json()).unwrap().replace("\"key_groups\"", "\"ignored\"");
+        assert_eq!(Manifest::parse(old.as_bytes()).unwrap().states[1].key_groups, None);
     }
 
     #[test]

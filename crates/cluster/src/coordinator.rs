@@ -464,7 +464,8 @@ impl CoordinatorService {
                 return Err(Status::failed_precondition("no worker has a free slot"));
             }
             let n = (request.parallelism as usize).min(candidates.len());
-            let placed = self.placement.place(n, &candidates);
+            let previous: Vec<u64> = job.processes.iter().map(|p| p.worker).collect();
+            let placed = crate::placement::keep_places(self.placement.place(n, &candidates), &previous);
             let chosen: Vec<(u64, String)> = placed
                 .iter()
                 .filter_map(|(w, _)| state.workers.get(w).map(|entry| (*w, entry.address.clone())))

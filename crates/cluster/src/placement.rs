@@ -45,6 +45,26 @@ pub fn strategy(name: &str, seed: u64) -> Result<Box<dyn PlacementStrategy>, Str
     })
 }
 
+/// Orders the workers a strategy picked so that every process index that ran on one of them
+/// in the previous attempt (`previous[i]` ran process `i`) stays there: a process restarted
+/// on the worker it ran on reads its state from that worker's local copies (task-local
+/// recovery) instead of the store. The set of workers is the strategy's; only the order
+/// changes, and the indices left get the remaining workers in the strategy's order.
+pub fn keep_places(placed: Vec<(u64, String)>, previous: &[u64]) -> Vec<(u64, String)> {
+    let mut slots: Vec<Option<(u64, String)>> = vec![None; placed.len()];
+    let mut rest = Vec::new();
+    for (worker, reason) in placed {
+        match previous.iter().position(|w| *w == worker).filter(|&i| i < slots.len() && slots[i].is_none()) {
+            Some(i) => {
+                slots[i] = Some((worker, format!("{reason}; ran process {i} before, which keeps its local state")))
+            }
+            None => rest.push((worker, reason)),
+        }
+    }
+    let mut rest = rest.into_iter();
+    slots.into_iter().map(|slot| slot.or_else(|| rest.next()).expect("as many workers as indices")).collect()
+}
+
 /// Sorts by `key` (ties by worker id) and takes the first `n`.
 fn best_by<K: Ord>(n: usize, candidates: &[Candidate], key: impl Fn(&Candidate) -> K) -> Vec<&Candidate> {
     let mut sorted: Vec<&Candidate> = candidates.iter().collect();
@@ -148,6 +168,22 @@ impl PlacementStrategy for Random {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn processes_stay_on_the_workers_they_ran_on_when_the_strategy_picks_those_again() {
+        let picked = |ws: &[u64]| ws.iter().map(|w| (*w, "picked".to_string())).collect::<Vec<_>>();
+        // The same workers in another order: each index goes back to its worker.
+        assert_eq!(workers(keep_places(picked(&[2, 1, 3]), &[1, 2, 3])), vec![1, 2, 3]);
+        // Worker 2 was lost and 4 replaces it: 1 and 3 keep their indices, 4 takes index 1.
+        let placed = keep_places(picked(&[4, 3, 1]), &[1, 2, 3]);
+        assert_eq!(workers(placed.clone()), vec![1, 4, 3]);
+        assert!(placed[0].1.contains("ran process 0 before"), "{placed:?}");
+        assert_eq!(placed[1].1, "picked");
+        // Fewer processes than before: an index past the end is not kept.
+        assert_eq!(workers(keep_places(picked(&[3, 1]), &[1, 2, 3])), vec![1, 3]);
+        // No previous attempt: the strategy's order.
+        assert_eq!(workers(keep_places(picked(&[5, 4]), &[])), vec![5, 4]);
+    }
+
     use super::*;
 
     fn candidate(worker: u64, free: u32, busy: u32, rtt_us: u64) -> Candidate {

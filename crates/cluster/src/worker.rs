@@ -47,6 +47,9 @@ type Processes = Arc<Mutex<HashMap<(String, u64, u32), Child>>>;
 /// writing for an attempt the coordinator has replaced.
 const PULSE_EVERY: Duration = Duration::from_millis(50);
 
+/// The folder of the worker's cache with local copies of checkpointed state.
+const LOCAL_STATE: &str = "local-state";
+
 /// The worker service.
 #[derive(Clone)]
 struct WorkerService {
@@ -60,6 +63,13 @@ struct WorkerService {
 impl WorkerService {
     fn control_dir(&self, job_id: &str, index: u32) -> PathBuf {
         self.config.cache.join("control").join(format!("{job_id}-{index}"))
+    }
+
+    /// Where the job's processes on this worker keep local copies of their checkpointed
+    /// state (task-local recovery): one folder per job, shared by its attempts, so that a
+    /// process restarted here reads its state from this disk instead of the store.
+    fn local_state_dir(&self, job_id: &str) -> PathBuf {
+        self.config.cache.join(LOCAL_STATE).join(job_id)
     }
 }
 
@@ -160,6 +170,7 @@ impl Worker for WorkerService {
             .env(sluice_runtime::processes::ENV_ATTEMPT, r.attempt.to_string())
             .env(sluice_runtime::processes::ENV_EXIT_WITH_PARENT, std::process::id().to_string())
             .env(sluice_runtime::processes::ENV_CONTROL_DIR, &control)
+            .env(sluice_runtime::processes::ENV_LOCAL_STATE_DIR, self.local_state_dir(&r.job_id))
             .env(sluice_runtime::processes::ENV_PULSE, "stdin")
             .env(sluice_runtime::processes::ENV_GRAPH_FINGERPRINT, &r.graph_fingerprint)
             .envs(self.config.tls.iter().flat_map(|t| t.files().env()))
@@ -270,8 +281,10 @@ async fn register(
 
 /// Runs the worker until the process ends.
 pub async fn run(config: WorkerConfig) -> Result<(), String> {
-    // Control folders of processes an earlier run of this worker started.
+    // Control folders and local state copies of processes an earlier run of this worker
+    // started (copies of jobs that ended would otherwise stay on the disk for ever).
     let _ = std::fs::remove_dir_all(config.cache.join("control"));
+    let _ = std::fs::remove_dir_all(config.cache.join(LOCAL_STATE));
     let ca = config.tls.as_ref().map(ClusterTls::ca);
     let channel = crate::auth::connect(&config.coordinator, ca.as_ref(), Duration::from_secs(30)).await?;
     let mut coordinator = CoordinatorClient::with_interceptor(channel, config.secret.attach());

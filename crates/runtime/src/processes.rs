@@ -8,7 +8,9 @@
 //! - `SLUICE_SECRET` or `SLUICE_SECRET_FILE`: the cluster secret (required);
 //! - `SLUICE_ATTEMPT` (optional, default 1): the attempt, for fencing;
 //! - `SLUICE_TLS_CERT`, `SLUICE_TLS_KEY`, `SLUICE_TLS_CA` (optional, all or none): TLS on
-//!   the data connections.
+//!   the data connections;
+//! - `SLUICE_LOCAL_STATE_DIR` (optional): a folder of this machine where the process keeps a
+//!   copy of the state it checkpoints, read back instead of the store when it restarts here.
 //!
 //! Subtask `s` of every operator runs on process `s mod N`, so the subtasks of a keyed
 //! exchange sit on different processes and its records cross process boundaries. Each
@@ -44,6 +46,10 @@ pub const ENV_EXIT_WITH_PARENT: &str = "SLUICE_EXIT_WITH_PARENT";
 /// A folder through which the process's worker asks for savepoints (a
 /// [`sluice_checkpoint::SavepointBox`]); process 0 of a checkpointed job answers there.
 pub const ENV_CONTROL_DIR: &str = "SLUICE_CONTROL_DIR";
+/// A folder of this machine for local copies of the state this process checkpoints
+/// (task-local recovery, [`sluice_checkpoint::CheckpointStore::with_local_copies`]); a
+/// worker gives every process of a job the same folder, across attempts.
+pub const ENV_LOCAL_STATE_DIR: &str = "SLUICE_LOCAL_STATE_DIR";
 
 /// Set by `sluice submit` to a file path: the job binary builds its graph, writes what it
 /// built there (its name, parallelism and [`fingerprint`]) and exits without running it,

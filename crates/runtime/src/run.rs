@@ -4,9 +4,12 @@
 use crate::attempt::{commit_sinks, run_attempt, Checkpointing, Flags};
 use crate::processes::{Network, Placement};
 use crate::restart::RestartTracker;
-use sluice_checkpoint::{plan_restore, CheckpointStore, LoadedCheckpoint, OperatorShape, RestorePlan};
+use sluice_checkpoint::{
+    plan_restore, CheckpointStore, LoadedCheckpoint, OperatorShape, RestorePlan, StateEntry, StateKind,
+};
 use sluice_dataflow::counters::Counter;
 use sluice_dataflow::{GraphError, JobGraph, NodeKind, StartFrom, TaskError};
+use sluice_types::{subtask_for_key_group, KeyGroup};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -174,8 +177,11 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
         crate::processes::exit_with_parent();
         let mut checkpointing = None;
         if let Some(config) = graph.config.checkpointing.clone() {
-            let store = CheckpointStore::open_for_writing(&config.location, &graph.name)
+            let mut store = CheckpointStore::open_for_writing(&config.location, &graph.name)
                 .map_err(|e| restore_error(e.to_string()))?;
+            if let Some(dir) = std::env::var_os(crate::processes::ENV_LOCAL_STATE_DIR) {
+                store = store.with_local_copies(dir);
+            }
             let existing = store.checkpoint_ids().map_err(|e| restore_error(e.to_string()))?;
             let next_id = existing.iter().copied().max().unwrap_or(0) + 1;
             checkpointing = Some(Checkpointing {
@@ -247,6 +253,7 @@ fn run_spread(
     let started = Instant::now();
     let job = graph.name.clone();
     let process = placement.process;
+    let network_shape = (placement.processes(), placement.process as usize);
     let mut network = Network::connect(placement).map_err(|message| JobError::Spread { job: job.clone(), message })?;
     let mut restored_from = None;
     let outcome = {
@@ -276,9 +283,26 @@ fn run_spread(
             })?;
             // Started from a given checkpoint or savepoint, every process was given the
             // same path; else process 0 names one of the job's checkpoints.
+            // Only the state files holding key groups of this process's subtasks (and every
+            // source position and sink transaction, which are small and redistributed).
+            let processes = network_shape.0;
+            let runs_here = |entry: &StateEntry| match (&entry.kind, &entry.key_groups) {
+                (StateKind::Keyed, Some(groups)) => {
+                    // State of no operator of this job is read, so that it is refused as at process 0.
+                    let Some(node) = graph_ref.nodes.iter().find(|n| n.state_id() == entry.operator) else {
+                        return true;
+                    };
+                    let parallelism = graph_ref.parallelism_of(node.id);
+                    groups.iter().any(|g| {
+                        let owner = subtask_for_key_group(KeyGroup(*g), graph_ref.config.max_parallelism, parallelism);
+                        owner % processes == network_shape.1
+                    })
+                }
+                _ => true,
+            };
             let loaded = match &cp.config.start {
                 StartFrom::Path(path) => CheckpointStore::load_path(path),
-                _ => cp.store.load(id),
+                _ => cp.store.load_only(id, &runs_here),
             }
             .map_err(|e| TaskError::Checkpoint(e.to_string()))?;
             if loaded.manifest.checkpoint != id {

@@ -141,12 +141,20 @@ fn a_worker_stopped_with_sigstop_is_detected_by_its_heartbeat_and_writes_nothing
 #[test]
 fn a_job_process_killed_alone_restarts_the_attempt_and_the_output_stays_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = start_cluster(dir.path(), 3);
+    // Job processes log at info too: how they read their state back is an info line.
+    let sluice = sluice_beside(Path::new(env!("CARGO_BIN_EXE_counts")));
+    let cluster = Cluster::start_with_env(&sluice, dir.path(), 3, &["--slots", "1"], &[("RUST_LOG", "info")]);
     let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
     let n = 400_000;
     submit_counts(&cluster, &out, &checkpoints, n, 100_000);
     wait_for_attempt(&cluster, "job-1", 1, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(700));
+    // A checkpoint has completed, so that the next attempt has state to restore.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !completed_checkpoint(&checkpoints) {
+        assert!(Instant::now() < deadline, "no checkpoint completed:\n{}", cluster.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     // The job process, not its worker: the worker reports the exit and stays.
     let log = cluster.log();
     let pid: u32 = log
@@ -159,13 +167,37 @@ fn a_job_process_killed_alone_restarts_the_attempt_and_the_output_stays_exact() 
     kill(pid, "-KILL");
     let line = wait_for_attempt(&cluster, "job-1", 2, Duration::from_secs(30));
     assert!(line.contains("failed (detector: process exit)"), "{line}");
-    let mut after = workers_of(&cluster, "job-1");
-    after.sort();
-    let mut before_sorted = before.clone();
-    before_sorted.sort();
-    assert_eq!(after, before_sorted, "no worker was lost, so the same workers run the job:\n{line}");
+    let after = workers_of(&cluster, "job-1");
+    assert_eq!(after, before, "no worker was lost, so each process runs where it ran before:\n{line}");
     cluster.wait_for("job-1", "finished", Duration::from_secs(120));
     assert_committed_counts(&out, n, "a job process killed alone");
+    // Task-local recovery: the restarted processes read their own state from their
+    // worker's local copies, and process 1 skipped the files of process 0's key groups.
+    let log = cluster.log();
+    let reads: Vec<(u64, u64, u64)> = log
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split_once(": read ")?.1;
+            let number = |s: &str| s.split_whitespace().next()?.parse::<u64>().ok();
+            let local = number(rest)?;
+            let remote = number(rest.split_once("(task-local recovery), ")?.1)?;
+            let skipped = number(rest.split_once("skipped ")?.1)?;
+            Some((local, remote, skipped))
+        })
+        .collect();
+    eprintln!("state files read at restores (local copies, store, skipped): {reads:?}");
+    assert!(reads.iter().any(|(local, _, _)| *local > 0), "no state was read from a local copy: {reads:?}\n{log}");
+    assert!(reads.iter().any(|(_, _, skipped)| *skipped > 0), "every process read every file: {reads:?}\n{log}");
+}
+
+/// Whether a checkpoint of the job under `checkpoints` has its manifest written.
+fn completed_checkpoint(checkpoints: &Path) -> bool {
+    let Ok(jobs) = std::fs::read_dir(checkpoints) else { return false };
+    jobs.flatten()
+        .filter_map(|job| std::fs::read_dir(job.path()).ok())
+        .flatten()
+        .flatten()
+        .any(|chk| chk.file_name().to_string_lossy().starts_with("chk-") && chk.path().join("_manifest.json").exists())
 }
 
 #[test]
