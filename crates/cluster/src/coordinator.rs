@@ -731,13 +731,11 @@ impl CoordinatorService {
         loop {
             tick.tick().await;
             let timeout = self.detection.heartbeat_timeout;
-            let lost: Vec<(u64, Duration)> = self
-                .state()
-                .workers
-                .iter()
-                .map(|(id, w)| (*id, w.last_heartbeat.elapsed()))
-                .filter(|(_, silent)| *silent > timeout)
-                .collect();
+            let lost = crate::detectors::silent_workers(
+                self.state().workers.iter().map(|(id, w)| (*id, w.last_heartbeat)),
+                Instant::now(),
+                timeout,
+            );
             for (worker, silent) in lost {
                 self.worker_lost(
                     worker,

@@ -18,6 +18,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod client;
 pub mod coordinator;
+pub mod detectors;
 pub mod jobtable;
 pub mod placement;
 pub mod worker;
