@@ -18,6 +18,7 @@
 
 mod attempt;
 mod coordinator;
+pub mod pause_points;
 pub mod plan;
 pub mod processes;
 mod report;

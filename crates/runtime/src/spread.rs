@@ -381,6 +381,7 @@ fn coordinate(
                             max_parallelism: shape.0,
                             parallelism: shape.1.clone(),
                         };
+                        crate::pause_points::pause_at(crate::pause_points::BEFORE_UPLOAD, id);
                         let (entries, error) = match held.upload(cp, 0, id, &mine) {
                             Ok(entries) => (entries, None),
                             Err(e) => (Vec::new(), Some(e)),
@@ -401,6 +402,7 @@ fn coordinate(
                     Action::Commit { id, states } => {
                         let (owners, states): (Vec<u32>, Vec<SubtaskState>) =
                             states.into_iter().filter_map(|p| Some((p.process, p.committable?))).unzip();
+                        crate::pause_points::pause_at(crate::pause_points::BEFORE_COMMIT, id);
                         let result = commit_and_prune(graph, cp, id, &states)?;
                         if result.is_ok() {
                             release_elsewhere(network, owners, &states)?;

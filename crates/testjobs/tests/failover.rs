@@ -274,3 +274,94 @@ fn a_job_process_with_a_stalled_task_exits_and_the_job_restarts_exactly() {
     cluster.wait_for("job-1", "finished", Duration::from_secs(120));
     assert_committed_counts(&out, n, "a stalled task on a cluster");
 }
+
+/// Starts a cluster of 3 one-slot workers whose job processes stop dead at `point` of the
+/// checkpoint protocol (`SLUICE_PAUSE_AT`, once: the marker file records it), runs `submit`,
+/// waits for the pause, and SIGKILLs the worker of process 0 (the process that writes the
+/// manifests and commits the sinks) while it is paused. Returns the cluster and the id of
+/// the checkpoint it was paused in.
+fn kill_worker_paused_at(dir: &Path, point: &str, submit: impl FnOnce(&Cluster)) -> (Cluster, u64) {
+    let marker = dir.join("paused");
+    let pause = format!("{point}@{}", marker.display());
+    let sluice = sluice_beside(Path::new(env!("CARGO_BIN_EXE_counts")));
+    let cluster = Cluster::start_with_env(&sluice, dir, 3, &["--slots", "1"], &[("SLUICE_PAUSE_AT", &pause)]);
+    submit(&cluster);
+    wait_for_attempt(&cluster, "job-1", 1, Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let checkpoint = loop {
+        // The id is written after the file is created: wait for the whole line.
+        let text = std::fs::read_to_string(&marker).unwrap_or_default();
+        if let Some(Ok(id)) = text.strip_suffix('\n').map(str::parse::<u64>) {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "no process paused at {point}:\n{}", cluster.log());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let victim = workers_of(&cluster, "job-1")[0];
+    kill(cluster.worker_pid(victim), "-KILL");
+    let line = wait_for_attempt(&cluster, "job-1", 2, Duration::from_secs(30));
+    assert!(line.contains(&format!("worker {victim} lost")), "{line}");
+    (cluster, checkpoint)
+}
+
+/// Whether checkpoint `id` of the job under `checkpoints` has its manifest written.
+fn has_manifest(checkpoints: &Path, id: u64) -> bool {
+    let Ok(jobs) = std::fs::read_dir(checkpoints) else { return false };
+    jobs.flatten()
+        .filter_map(|job| std::fs::read_dir(job.path()).ok())
+        .flatten()
+        .flatten()
+        .filter(|chk| chk.file_name().to_str().and_then(|n| n.strip_prefix("chk-")?.parse::<u64>().ok()) == Some(id))
+        .any(|chk| chk.path().join("_manifest.json").exists())
+}
+
+#[test]
+fn a_worker_killed_while_a_checkpoint_is_being_written_leaves_it_incomplete_and_the_output_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 400_000;
+    let (cluster, id) = kill_worker_paused_at(dir.path(), "before-upload", |cluster| {
+        submit_counts(cluster, &out, &checkpoints, n, 100_000)
+    });
+    cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    // The checkpoint the kill interrupted never completed; the next attempt resumed from
+    // the one before it (or from the start) and numbered its own past it.
+    assert!(!has_manifest(&checkpoints, id), "checkpoint {id} was completed although its writer was killed");
+    assert_committed_counts(&out, n, &format!("killed while writing checkpoint {id}"));
+}
+
+#[test]
+fn a_worker_killed_after_a_checkpoint_completed_and_before_its_sinks_committed_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 400_000;
+    let (cluster, id) = kill_worker_paused_at(dir.path(), "before-commit", |cluster| {
+        submit_counts(cluster, &out, &checkpoints, n, 100_000)
+    });
+    // Complete but not committed when the kill came: the next attempt restores it and
+    // commits its sinks' transactions, so its output is neither lost nor written twice.
+    assert!(has_manifest(&checkpoints, id), "checkpoint {id} has no manifest although it was complete");
+    cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    assert_committed_counts(&out, n, &format!("killed between the completion and the commit of checkpoint {id}"));
+}
+
+#[test]
+fn the_kafka_copy_job_loses_nothing_when_killed_between_a_checkpoint_and_its_commit() {
+    use sluice_kafka::testing::KafkaBroker;
+    let (seed, mut random) = seeded(31);
+    let broker = KafkaBroker::start().expect("a Kafka broker");
+    let input = sluice_testjobs::kafka_copy::setup(&broker, 20_000, &mut random);
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().join("checkpoints");
+    let copy = env!("CARGO_BIN_EXE_kafka-copy");
+    let submit = sluice_testjobs::kafka_copy::submit_args(copy, 2, broker.bootstrap(), &checkpoints);
+    let (cluster, id) = kill_worker_paused_at(dir.path(), "before-commit", |cluster| {
+        let (ok, text) = cluster.client(&submit.iter().map(String::as_str).collect::<Vec<_>>(), None);
+        assert!(ok, "seed {seed}: {text}");
+    });
+    assert!(has_manifest(&checkpoints, id), "checkpoint {id} has no manifest although it was complete");
+    cluster.wait_for("job-1", "finished", Duration::from_secs(180));
+    // The transactions prepared for checkpoint `id` were committed by the next attempt:
+    // read committed, every record once and none left open.
+    sluice_testjobs::kafka_copy::assert_exact_output(&broker, &input, seed);
+}
