@@ -94,6 +94,8 @@ struct WorkerEntry {
     slots: u32,
     last_heartbeat: Instant,
     rtt: Duration,
+    /// CPU its job processes used over the last second, in percent of one core.
+    cpu_percent: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -429,8 +431,8 @@ impl CoordinatorService {
             .collect()
     }
 
-    /// The workers with a free slot, with what placement strategies look at.
-    fn candidates(state: &State) -> Vec<Candidate> {
+    /// Every registered worker, with what placement strategies look at.
+    fn workers(state: &State) -> Vec<Candidate> {
         state
             .workers
             .iter()
@@ -446,10 +448,15 @@ impl CoordinatorService {
                     free_slots: w.slots.saturating_sub(busy),
                     busy_slots: busy,
                     heartbeat_rtt: w.rtt,
+                    cpu_percent: w.cpu_percent,
                 }
             })
-            .filter(|c| c.free_slots > 0)
             .collect()
+    }
+
+    /// The workers with a free slot.
+    fn candidates(state: &State) -> Vec<Candidate> {
+        Self::workers(state).into_iter().filter(|c| c.free_slots > 0).collect()
     }
 
     /// Starts the job's current attempt: places its processes, has each worker pick a data
@@ -465,7 +472,7 @@ impl CoordinatorService {
             }
             let n = (request.parallelism as usize).min(candidates.len());
             let previous: Vec<u64> = job.processes.iter().map(|p| p.worker).collect();
-            let placed = crate::placement::keep_places(self.placement.place(n, &candidates), &previous);
+            let placed = crate::placement::place_sticky(&*self.placement, n, &candidates, &previous);
             let chosen: Vec<(u64, String)> = placed
                 .iter()
                 .filter_map(|(w, _)| state.workers.get(w).map(|entry| (*w, entry.address.clone())))
@@ -820,7 +827,13 @@ impl Coordinator for CoordinatorService {
         tokio::spawn(self.clone().prefetch(vec![r.address.clone()], running));
         state.workers.insert(
             id,
-            WorkerEntry { address: r.address, slots: r.slots, last_heartbeat: Instant::now(), rtt: Duration::ZERO },
+            WorkerEntry {
+                address: r.address,
+                slots: r.slots,
+                last_heartbeat: Instant::now(),
+                rtt: Duration::ZERO,
+                cpu_percent: 0,
+            },
         );
         drop(state);
         // Before the answer: a coordinator restarted later must not give this id again.
@@ -855,6 +868,7 @@ impl Coordinator for CoordinatorService {
             Some(w) => {
                 w.last_heartbeat = Instant::now();
                 w.rtt = Duration::from_micros(r.rtt_us);
+                w.cpu_percent = r.cpu_percent;
                 true
             }
             None => false,
@@ -1205,8 +1219,23 @@ fn answer_http(
             })
             .collect();
         ("200 OK", serde_json::to_string(&serde_json::json!({ "jobs": jobs })).unwrap_or_default())
+    } else if request_line.starts_with("GET /workers ") {
+        let state = service.state();
+        let workers: Vec<serde_json::Value> = CoordinatorService::workers(&state)
+            .into_iter()
+            .map(|c| {
+                let w = &state.workers[&c.worker];
+                serde_json::json!({
+                    "worker_id": c.worker, "address": w.address, "slots": w.slots, "busy_slots": c.busy_slots,
+                    "heartbeat_age_ms": w.last_heartbeat.elapsed().as_millis() as u64,
+                    "heartbeat_rtt_us": c.heartbeat_rtt.as_micros() as u64, "cpu_percent": c.cpu_percent,
+                })
+            })
+            .collect();
+        drop(state);
+        ("200 OK", serde_json::to_string(&serde_json::json!({ "workers": workers })).unwrap_or_default())
     } else {
-        ("404 Not Found", "{\"error\":\"GET /jobs\"}".to_string())
+        ("404 Not Found", "{\"error\":\"GET /jobs or GET /workers\"}".to_string())
     };
     let stream = reader.get_mut();
     write!(

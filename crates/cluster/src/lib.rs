@@ -20,6 +20,7 @@ pub mod client;
 pub mod coordinator;
 pub mod detectors;
 pub mod jobtable;
+pub mod load;
 pub mod placement;
 pub mod worker;
 

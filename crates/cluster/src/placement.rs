@@ -19,6 +19,9 @@ pub struct Candidate {
     pub busy_slots: u32,
     /// The round trip of its last heartbeat.
     pub heartbeat_rtt: Duration,
+    /// CPU its job processes used over the last second, in percent of one core
+    /// ([`crate::load`]).
+    pub cpu_percent: u32,
 }
 
 /// Picks workers for an attempt's processes.
@@ -45,24 +48,30 @@ pub fn strategy(name: &str, seed: u64) -> Result<Box<dyn PlacementStrategy>, Str
     })
 }
 
-/// Orders the workers a strategy picked so that every process index that ran on one of them
-/// in the previous attempt (`previous[i]` ran process `i`) stays there: a process restarted
-/// on the worker it ran on reads its state from that worker's local copies (task-local
-/// recovery) instead of the store. The set of workers is the strategy's; only the order
-/// changes, and the indices left get the remaining workers in the strategy's order.
-pub fn keep_places(placed: Vec<(u64, String)>, previous: &[u64]) -> Vec<(u64, String)> {
-    let mut slots: Vec<Option<(u64, String)>> = vec![None; placed.len()];
-    let mut rest = Vec::new();
-    for (worker, reason) in placed {
-        match previous.iter().position(|w| *w == worker).filter(|&i| i < slots.len() && slots[i].is_none()) {
-            Some(i) => {
-                slots[i] = Some((worker, format!("{reason}; ran process {i} before, which keeps its local state")))
-            }
-            None => rest.push((worker, reason)),
+/// Places `n` processes of a restarted attempt: every process index whose worker in the
+/// previous attempt (`previous[i]` ran process `i`) is still a candidate stays there, since
+/// a process restarted on the worker it ran on reads its state from that worker's local
+/// copies (task-local recovery, as Flink's sticky scheduling) instead of the store; the
+/// strategy places the indices left among the other candidates, in its order. Without a
+/// previous attempt this is the strategy's placement.
+pub fn place_sticky(
+    strategy: &dyn PlacementStrategy,
+    n: usize,
+    candidates: &[Candidate],
+    previous: &[u64],
+) -> Vec<(u64, String)> {
+    let mut slots: Vec<Option<(u64, String)>> = vec![None; n];
+    for (i, slot) in slots.iter_mut().enumerate() {
+        let Some(worker) = previous.get(i) else { break };
+        if candidates.iter().any(|c| c.worker == *worker) {
+            *slot = Some((*worker, format!("ran process {i} before, which keeps its local state")));
         }
     }
-    let mut rest = rest.into_iter();
-    slots.into_iter().map(|slot| slot.or_else(|| rest.next()).expect("as many workers as indices")).collect()
+    let kept: Vec<u64> = slots.iter().flatten().map(|(w, _)| *w).collect();
+    let others: Vec<Candidate> = candidates.iter().filter(|c| !kept.contains(&c.worker)).cloned().collect();
+    let left = slots.iter().filter(|s| s.is_none()).count();
+    let mut placed = strategy.place(left, &others).into_iter();
+    slots.into_iter().filter_map(|slot| slot.or_else(|| placed.next())).collect()
 }
 
 /// Sorts by `key` (ties by worker id) and takes the first `n`.
@@ -73,7 +82,8 @@ fn best_by<K: Ord>(n: usize, candidates: &[Candidate], key: impl Fn(&Candidate) 
     sorted
 }
 
-/// Fewest busy slots first: spreads load over the cluster (the default).
+/// Fewest busy slots first, then the least CPU used by the job processes already there:
+/// spreads load over the cluster (the default).
 pub struct LeastLoaded;
 
 impl PlacementStrategy for LeastLoaded {
@@ -81,9 +91,12 @@ impl PlacementStrategy for LeastLoaded {
         "least-loaded"
     }
     fn place(&self, n: usize, candidates: &[Candidate]) -> Vec<(u64, String)> {
-        best_by(n, candidates, |c| c.busy_slots)
+        best_by(n, candidates, |c| (c.busy_slots, c.cpu_percent))
             .into_iter()
-            .map(|c| (c.worker, format!("least loaded: {} busy slots", c.busy_slots)))
+            .map(|c| {
+                let load = format!("{} busy slots, job processes using {}% of a core", c.busy_slots, c.cpu_percent);
+                (c.worker, format!("least loaded: {load}"))
+            })
             .collect()
     }
 }
@@ -169,25 +182,37 @@ impl PlacementStrategy for Random {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn processes_stay_on_the_workers_they_ran_on_when_the_strategy_picks_those_again() {
-        let picked = |ws: &[u64]| ws.iter().map(|w| (*w, "picked".to_string())).collect::<Vec<_>>();
-        // The same workers in another order: each index goes back to its worker.
-        assert_eq!(workers(keep_places(picked(&[2, 1, 3]), &[1, 2, 3])), vec![1, 2, 3]);
-        // Worker 2 was lost and 4 replaces it: 1 and 3 keep their indices, 4 takes index 1.
-        let placed = keep_places(picked(&[4, 3, 1]), &[1, 2, 3]);
-        assert_eq!(workers(placed.clone()), vec![1, 4, 3]);
-        assert!(placed[0].1.contains("ran process 0 before"), "{placed:?}");
-        assert_eq!(placed[1].1, "picked");
-        // Fewer processes than before: an index past the end is not kept.
-        assert_eq!(workers(keep_places(picked(&[3, 1]), &[1, 2, 3])), vec![1, 3]);
-        // No previous attempt: the strategy's order.
-        assert_eq!(workers(keep_places(picked(&[5, 4]), &[])), vec![5, 4]);
+    fn a_restarted_process_stays_on_the_worker_it_ran_on_while_that_worker_is_a_candidate() {
+        // The previous attempt ran processes 0, 1 on workers 4, 1; least-loaded alone would
+        // pick 2 and 4 (no busy slots).
+        let placed = place_sticky(&LeastLoaded, 2, &pool(), &[4, 1]);
+        assert_eq!(workers(placed.clone()), vec![4, 1]);
+        assert!(placed[1].1.contains("ran process 1 before"), "{placed:?}");
+        // Worker 4 is gone: process 1 stays on 1, process 0 goes where the strategy says.
+        let pool_without_4: Vec<Candidate> = pool().into_iter().filter(|c| c.worker != 4).collect();
+        let placed = place_sticky(&LeastLoaded, 2, &pool_without_4, &[4, 1]);
+        assert_eq!(workers(placed.clone()), vec![2, 1]);
+        assert!(placed[0].1.starts_with("least loaded"), "{placed:?}");
+        // More processes than before (a scale-up): the new index is the strategy's.
+        assert_eq!(workers(place_sticky(&LeastLoaded, 3, &pool(), &[3])), vec![3, 2, 4]);
+        // Fewer than before: indices past the end are not kept.
+        assert_eq!(workers(place_sticky(&LeastLoaded, 1, &pool(), &[1, 2])), vec![1]);
+        // No previous attempt: the strategy's placement.
+        assert_eq!(workers(place_sticky(&LeastLoaded, 2, &pool(), &[])), vec![2, 4]);
+        // Fewer candidates than processes asked for: only as many as there are.
+        assert_eq!(place_sticky(&LeastLoaded, 3, &pool()[..2], &[]).len(), 2);
     }
 
     use super::*;
 
     fn candidate(worker: u64, free: u32, busy: u32, rtt_us: u64) -> Candidate {
-        Candidate { worker, free_slots: free, busy_slots: busy, heartbeat_rtt: Duration::from_micros(rtt_us) }
+        Candidate {
+            worker,
+            free_slots: free,
+            busy_slots: busy,
+            heartbeat_rtt: Duration::from_micros(rtt_us),
+            cpu_percent: 0,
+        }
     }
 
     fn workers(placed: Vec<(u64, String)>) -> Vec<u64> {
@@ -205,6 +230,18 @@ mod tests {
         assert_eq!(workers(LowestLatency.place(2, &pool())), vec![3, 2]);
         let (_, why) = &LeastLoaded.place(1, &pool())[0];
         assert!(why.contains("0 busy slots"), "{why}");
+    }
+
+    #[test]
+    fn least_loaded_breaks_a_tie_of_busy_slots_by_the_measured_cpu() {
+        let mut pool = pool();
+        pool[1].cpu_percent = 150; // worker 2: no busy slot, but busy processes
+        pool[3].cpu_percent = 20;
+        assert_eq!(workers(LeastLoaded.place(2, &pool)), vec![4, 2], "equal slots: the lighter CPU first");
+        pool[3].busy_slots = 1;
+        assert_eq!(workers(LeastLoaded.place(1, &pool)), vec![2], "busy slots come first");
+        let (_, why) = &LeastLoaded.place(1, &pool)[0];
+        assert!(why.contains("job processes using 150% of a core"), "{why}");
     }
 
     #[test]

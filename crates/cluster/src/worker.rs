@@ -325,10 +325,14 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
         let mut tick = tokio::time::interval(heartbeat_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rtt = Duration::ZERO;
+        let mut cpu = crate::load::CpuMeter::default();
         loop {
             tick.tick().await;
+            let pids: Vec<u32> = processes.lock().unwrap_or_else(|e| e.into_inner()).values().map(Child::id).collect();
+            let cpu_percent = cpu.sample(pids);
             let sent = std::time::Instant::now();
-            match heartbeats.heartbeat(HeartbeatRequest { worker_id, rtt_us: rtt.as_micros() as u64 }).await {
+            let request = HeartbeatRequest { worker_id, rtt_us: rtt.as_micros() as u64, cpu_percent };
+            match heartbeats.heartbeat(request).await {
                 Ok(reply) if reply.get_ref().known => rtt = sent.elapsed(),
                 Ok(_) => {
                     // The coordinator declared this worker lost (it was silent too long) and

@@ -293,6 +293,21 @@ pub mod cluster {
             out.join("\n")
         }
 
+        /// The body of `GET path` on the coordinator's status endpoint (plain HTTP: a
+        /// cluster started without TLS), with the cluster secret.
+        pub fn http_get(&self, path: &str) -> String {
+            use std::io::{Read, Write};
+            let secret = std::fs::read_to_string(self.dir.join("c/secret")).unwrap();
+            let mut stream = std::net::TcpStream::connect(&self.http).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n", secret.trim())
+                .unwrap();
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            assert!(answer.starts_with("HTTP/1.1 200"), "GET {path}: {answer}");
+            answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+        }
+
         /// What the cluster's processes wrote to stderr so far.
         pub fn log(&self) -> String {
             std::fs::read_to_string(self.dir.join("cluster.log")).unwrap_or_default()

@@ -148,6 +148,28 @@ fn a_job_process_killed_alone_restarts_the_attempt_and_the_output_stays_exact() 
     let n = 400_000;
     submit_counts(&cluster, &out, &checkpoints, n, 100_000);
     wait_for_attempt(&cluster, "job-1", 1, Duration::from_secs(60));
+    // GET /workers shows each worker's busy slots and the CPU its job processes use (what
+    // the least-loaded placement ranks by): the two running the job use some, the spare none.
+    let running = workers_of(&cluster, "job-1");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = cluster.http_get("/workers");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let workers = status["workers"].as_array().unwrap();
+        assert_eq!(workers.len(), 3, "{body}");
+        let busy = |w: &serde_json::Value| running.contains(&w["worker_id"].as_u64().unwrap());
+        for w in workers {
+            assert_eq!(w["busy_slots"].as_u64(), Some(busy(w) as u64), "{body}");
+            if !busy(w) {
+                assert_eq!(w["cpu_percent"].as_u64(), Some(0), "the spare runs no job process: {body}");
+            }
+        }
+        if workers.iter().filter(|w| busy(w)).all(|w| w["cpu_percent"].as_u64() > Some(0)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no CPU measured for the job's processes: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // A checkpoint has completed, so that the next attempt has state to restore.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !completed_checkpoint(&checkpoints) {
