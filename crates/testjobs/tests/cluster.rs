@@ -282,7 +282,9 @@ fn the_kafka_copy_job_on_a_three_worker_cluster_commits_exactly_the_reference_an
         .and_then(|rest| rest.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no summary of process 0:\n{log}"));
     let ids = transactional_ids(broker.bootstrap(), "copy-").unwrap();
-    assert!(checkpoints_taken >= 10, "seed {seed}: only {checkpoints_taken} checkpoints; the check needs more");
+    // One new id per subtask and checkpoint (the fault this checks) would take 3 x 5 = 15
+    // ids in 5 checkpoints, more than the 12 allowed: 5 suffice however slow the machine.
+    assert!(checkpoints_taken >= 5, "seed {seed}: only {checkpoints_taken} checkpoints; the check needs more");
     assert!(
         ids.len() <= 3 * 4,
         "seed {seed}: {} transactional ids over {checkpoints_taken} checkpoints: {ids:?}",
