@@ -4,8 +4,9 @@
 # migration and the recovery are printed as they happen, and the committed output is
 # checked against an independently computed reference at the end.
 #
-# Needs a Rust toolchain; installs a C toolchain from Debian if there is none (the bench
-# binary links librdkafka, built from the rdkafka crate's bundled sources).
+# Needs a Rust toolchain; installs from Debian what is missing: a C toolchain (the bench
+# binary links librdkafka, built from the rdkafka crate's bundled sources) and protoc
+# (the etcd client of coordinator HA compiles etcd's protobuf files with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null 2>&1; then
@@ -15,6 +16,8 @@ fi
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v make >/dev/null 2>&1 || need+=(make)
+# etcd-client compiles etcd's protobuf files with the system's protoc.
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing ${need[*]} (Debian packages)"
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

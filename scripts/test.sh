@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine: formatting and lint checks, unit
 # tests, integration tests and doc examples. Needs a Rust toolchain (1.88 or newer) and
-# crates.io; for the Kafka tests it installs what is missing (a C toolchain for
-# librdkafka, Java 17 and Maven from Debian, the Kafka 4.4 jars from Maven Central), and
+# crates.io; it installs what is missing: protoc (Debian's protobuf-compiler, for the
+# etcd client), etcd (Debian's etcd-server; the HA tests start three members), for the
+# Kafka tests a C toolchain for librdkafka, Java 17 and Maven from Debian, the Kafka 4.4
+# jars from Maven Central, and
 # for the S3 tests s3s-fs (an S3 server over a folder) from crates.io. Each Kafka or S3 test
 # starts its own server and kills it when it ends. The workspace is checked and tested with
 # the `s3` feature on, so that the S3 code is linted and tested too.
@@ -22,6 +24,10 @@ done
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v make >/dev/null 2>&1 || need+=(make)
+# etcd-client compiles etcd's protobuf files with the system's protoc.
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# The coordinator HA tests run a real three-member etcd.
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 if [ ${#need[@]} -gt 0 ]; then

@@ -9,12 +9,45 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Coordinator high availability on etcd.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Ha {
+    /// Coordinator high availability: the etcd members' client addresses. Coordinators
+    /// campaign for the leadership there (one leads, the others stand by); workers and
+    /// the command line find the leader there.
+    #[arg(long, env = "SLUICE_HA", value_name = "etcd://HOST:PORT,...")]
+    pub ha: Option<String>,
+    /// Names this cluster's keys in etcd, so that several clusters can share one etcd.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub ha_cluster: String,
+    /// The leader's etcd lease in seconds: a dead leader is replaced within about this
+    /// long. 2: etcd's shortest lease with its default election timeout (1 s) is about
+    /// 1.5 s; a longer one only delays the takeover.
+    #[arg(long, value_name = "SECS", default_value_t = 2)]
+    pub lease_ttl_secs: u64,
+}
+
+impl Ha {
+    /// The HA settings, checked; `None` without `--ha`.
+    pub fn config(&self) -> Result<Option<sluice_cluster::ha::HaConfig>, String> {
+        self.ha
+            .as_deref()
+            .map(|url| {
+                sluice_cluster::ha::HaConfig::parse(url, &self.ha_cluster, Duration::from_secs(self.lease_ttl_secs))
+            })
+            .transpose()
+    }
+}
+
 /// Where the coordinator is and the secret to reach it with.
 #[derive(clap::Args, Clone)]
 pub struct Connection {
-    /// The coordinator's gRPC address (host:port).
-    #[arg(long, env = "SLUICE_COORDINATOR", value_name = "HOST:PORT")]
-    pub coordinator: String,
+    /// The coordinator's gRPC address (host:port); with --ha, the leader is found in etcd
+    /// instead.
+    #[arg(long, env = "SLUICE_COORDINATOR", value_name = "HOST:PORT", required_unless_present = "ha")]
+    pub coordinator: Option<String>,
+    #[command(flatten)]
+    pub ha: Ha,
     /// A file holding the cluster secret (else SLUICE_SECRET or SLUICE_SECRET_FILE).
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
@@ -29,7 +62,11 @@ impl Connection {
     async fn client(&self) -> Result<Client, String> {
         let secret = Secret::load(self.secret_file.as_deref())?;
         let ca = self.tls_ca.as_deref().map(Ca::read).transpose()?;
-        Client::connect(&self.coordinator, &secret, ca.as_ref()).await
+        let address = match self.ha.config()? {
+            Some(ha) => sluice_cluster::ha::leader_address(&ha).await?,
+            None => self.coordinator.clone().ok_or("give --coordinator HOST:PORT (or --ha etcd://HOST:PORT,...)")?,
+        };
+        Client::connect(&address, &secret, ca.as_ref()).await
     }
 }
 
@@ -133,8 +170,10 @@ pub fn coordinator(
     secret_file: Option<&Path>,
     tls: (&ServerTls, Option<&Path>),
     failover: &Failover,
+    (ha, adopt_within_ms): (&Ha, u64),
 ) -> Result<String, String> {
     let detection = failover.check()?;
+    let ha = ha.config()?;
     let tls = tls.0.load(tls.1)?;
     sluice_runtime::init_logging(tracing::Level::INFO);
     sluice_runtime::processes::exit_with_parent();
@@ -160,6 +199,8 @@ pub fn coordinator(
         placement: failover.placement.clone(),
         max_restarts: failover.max_restarts,
         scale_up_after: (failover.scale_up_after_ms > 0).then(|| Duration::from_millis(failover.scale_up_after_ms)),
+        ha,
+        adopt_within: Duration::from_millis(adopt_within_ms),
     };
     block_on(sluice_cluster::coordinator::run(config)).map(|()| String::new())
 }
@@ -181,7 +222,8 @@ pub fn worker(
         None => std::env::temp_dir().join(format!("sluice-worker-{}", std::process::id())),
     };
     let config = sluice_cluster::worker::WorkerConfig {
-        coordinator: connection.coordinator.clone(),
+        coordinator: connection.coordinator.clone().unwrap_or_default(),
+        ha: connection.ha.config()?,
         listen,
         slots,
         cache,

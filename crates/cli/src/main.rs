@@ -64,6 +64,14 @@ enum Command {
         tls_ca: Option<std::path::PathBuf>,
         #[command(flatten)]
         failover: cluster::Failover,
+        #[command(flatten)]
+        ha: cluster::Ha,
+        /// With --ha: how long a new leader waits for the workers to report the running
+        /// jobs' processes before restarting a job with one missing. 3000: workers look
+        /// for the new leader as soon as a heartbeat fails (every 100 ms), so they rejoin
+        /// well within it; a missing process costs a restart this much later.
+        #[arg(long, value_name = "MS", default_value_t = 3000)]
+        adopt_within_ms: u64,
     },
     /// Runs a worker: it registers with the coordinator and runs the job processes it is
     /// given.
@@ -231,7 +239,8 @@ fn main() -> ExitCode {
             match (job_id, coordinator, checkpoint_dir, job) {
                 (Some(job_id), Some(coordinator), _, _) => {
                     let connection = cluster::Connection {
-                        coordinator: coordinator.clone(),
+                        coordinator: Some(coordinator.clone()),
+                        ha: cluster::Ha::default(),
                         secret_file: secret_file.clone(),
                         tls_ca: tls_ca.clone(),
                     };
@@ -250,9 +259,21 @@ fn main() -> ExitCode {
             }
         }
         Command::Checkpoints { location } => open(location).and_then(|store| list(&store)),
-        Command::Coordinator { listen, http, store, meta_dir, secret_file, tls, tls_ca, failover } => {
+        Command::Coordinator {
+            listen,
+            http,
+            store,
+            meta_dir,
+            secret_file,
+            tls,
+            tls_ca,
+            failover,
+            ha,
+            adopt_within_ms,
+        } => {
             let stores = (store.as_str(), meta_dir.as_deref());
-            cluster::coordinator(*listen, *http, stores, secret_file.as_deref(), (tls, tls_ca.as_deref()), failover)
+            let tls = (tls, tls_ca.as_deref());
+            cluster::coordinator(*listen, *http, stores, secret_file.as_deref(), tls, failover, (ha, *adopt_within_ms))
         }
         Command::Worker { connection, tls, listen, slots, cache } => {
             cluster::worker(connection, tls, *listen, *slots, cache.as_deref())

@@ -67,6 +67,12 @@ pub struct CoordinatorConfig {
     /// its parallelism allows before it is moved back onto more (reactive scale-up); `None`
     /// never.
     pub scale_up_after: Option<Duration>,
+    /// High availability: the coordinators campaign on etcd, the leader keeps the job
+    /// table there ([`crate::ha`]); `None`: a single coordinator.
+    pub ha: Option<crate::ha::HaConfig>,
+    /// How long a new leader waits for the workers to report the running jobs' processes
+    /// before it restarts a job with one missing.
+    pub adopt_within: Duration,
 }
 
 /// The time detector's settings.
@@ -102,8 +108,40 @@ struct WorkerEntry {
 struct ProcessEntry {
     worker: u64,
     data_address: String,
+    /// starting, running, adopting (a new leader waits for its worker to report it),
+    /// finished, failed, lost.
     state: &'static str,
     message: String,
+}
+
+impl ProcessEntry {
+    /// Whether it runs, or may run, on its worker (and so holds a slot there).
+    fn is_live(&self) -> bool {
+        matches!(self.state, "starting" | "running" | "adopting")
+    }
+}
+
+/// Where the job table is kept: a local folder, or etcd under the leader's term.
+#[derive(Clone)]
+enum Meta {
+    Local(crate::jobtable::JobTable),
+    Etcd(Box<crate::ha::Leadership>),
+}
+
+impl Meta {
+    async fn save(&self, table: &serde_json::Value) -> Result<(), String> {
+        match self {
+            Meta::Local(local) => local.save(table),
+            Meta::Etcd(leader) => leader.save_table(table).await,
+        }
+    }
+
+    async fn load(&self) -> Result<Option<serde_json::Value>, String> {
+        match self {
+            Meta::Local(local) => local.load(),
+            Meta::Etcd(leader) => leader.load_table().await,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -156,13 +194,15 @@ pub struct CoordinatorService {
     detection: Detection,
     placement: Arc<dyn PlacementStrategy>,
     max_restarts: u32,
-    table: Option<crate::jobtable::JobTable>,
+    table: Option<Meta>,
+    /// The leader's term with HA (every command to a worker carries it); 0 without.
+    term: u64,
 }
 
 /// The one `&'static str` of the job and process states a loaded table names.
 fn known_state(text: &str) -> &'static str {
-    const STATES: [&str; 8] =
-        ["starting", "running", "restarting", "cancelling", "finished", "failed", "cancelled", "lost"];
+    const STATES: [&str; 9] =
+        ["starting", "running", "restarting", "cancelling", "finished", "failed", "cancelled", "lost", "adopting"];
     STATES.into_iter().find(|s| *s == text).unwrap_or("failed")
 }
 
@@ -177,6 +217,9 @@ impl State {
                 let job = serde_json::json!({
                     "state": j.state, "message": j.message, "attempt": j.attempt, "restarts": j.restarts,
                     "rescales": j.rescales, "events": j.events, "age_ms": j.submitted.elapsed().as_millis() as u64,
+                    "processes": j.processes.iter().map(|p| serde_json::json!({
+                        "worker": p.worker, "data_address": p.data_address, "state": p.state,
+                    })).collect::<Vec<_>>(),
                     "request": {
                         "name": r.name, "artifact_sha256": r.artifact_sha256, "args": r.args,
                         "parallelism": r.parallelism, "graph_fingerprint": r.graph_fingerprint,
@@ -189,9 +232,11 @@ impl State {
         serde_json::json!({ "format": 1, "next_job": self.next_job, "next_worker": self.next_worker, "jobs": jobs })
     }
 
-    /// The state a table describes, with no workers (they register again) and no
-    /// processes (those of the old coordinator's attempts are stopped by their workers).
-    fn from_table(table: &serde_json::Value) -> Result<State, String> {
+    /// The state a table describes, with no workers (they register again). Without
+    /// `adopt`, with no processes (those of the old coordinator's attempts are stopped by
+    /// their workers); with it (a new leader taking over), the live processes of running
+    /// jobs are `adopting`: their workers are expected to report them.
+    fn from_table(table: &serde_json::Value, adopt: bool) -> Result<State, String> {
         let number = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
         let mut state = State {
@@ -211,10 +256,26 @@ impl State {
                 checkpointed: r["checkpointed"].as_bool().unwrap_or(false),
             };
             let age = Duration::from_millis(number(&j["age_ms"]));
+            let job_state = known_state(j["state"].as_str().unwrap_or_default());
+            let processes = match j["processes"].as_array() {
+                Some(saved) if adopt && job_state == "running" => saved
+                    .iter()
+                    .map(|p| ProcessEntry {
+                        worker: number(&p["worker"]),
+                        data_address: text(&p["data_address"]),
+                        state: match known_state(p["state"].as_str().unwrap_or_default()) {
+                            "starting" | "running" | "adopting" => "adopting",
+                            other => other,
+                        },
+                        message: String::new(),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
             let entry = JobEntry {
-                state: known_state(j["state"].as_str().unwrap_or_default()),
+                state: job_state,
                 message: text(&j["message"]),
-                processes: Vec::new(),
+                processes,
                 request,
                 attempt: number(&j["attempt"]).max(1),
                 starting: false,
@@ -237,10 +298,10 @@ impl CoordinatorService {
     }
 
     /// Writes the job table now (after a submission or a registration, before answering).
-    fn persist(&self) {
+    async fn persist(&self) {
         if let Some(table) = &self.table {
             let snapshot = self.state().to_table();
-            if let Err(e) = table.save(&snapshot) {
+            if let Err(e) = table.save(&snapshot).await {
                 tracing::warn!("{e}");
             }
         }
@@ -260,7 +321,8 @@ impl CoordinatorService {
             let text = snapshot.to_string();
             if text != last {
                 last = text;
-                if let Err(e) = table.save(&self.state().to_table()) {
+                let snapshot = self.state().to_table();
+                if let Err(e) = table.save(&snapshot).await {
                     tracing::warn!("{e}");
                 }
             }
@@ -337,6 +399,7 @@ impl CoordinatorService {
                     stop,
                     timeout_ms: deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
                     attempt,
+                    term: self.term,
                 };
                 let answer = async { self.worker_client(&address).await?.savepoint(request).await };
                 match answer.await {
@@ -376,7 +439,7 @@ impl CoordinatorService {
                 .processes
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| matches!(p.state, "starting" | "running"))
+                .filter(|(_, p)| p.is_live())
                 .filter_map(|(i, p)| state.workers.get(&p.worker).map(|w| (i as u32, w.address.clone())))
                 .collect();
             (targets, job.attempt)
@@ -386,7 +449,7 @@ impl CoordinatorService {
         let stops = targets.into_iter().map(|(index, address)| async move {
             let stop = async {
                 let mut client = self.worker_client(&address).await?;
-                let request = StopProcessRequest { job_id: job_id.to_string(), index, kill, attempt };
+                let request = StopProcessRequest { job_id: job_id.to_string(), index, kill, attempt, term: self.term };
                 client.stop_process(request).await.map(|_| ())
             };
             match tokio::time::timeout(STOP_WITHIN, stop).await {
@@ -398,6 +461,69 @@ impl CoordinatorService {
             }
         });
         futures::future::join_all(stops).await;
+    }
+
+    /// A worker (`worker`) that rejoined reports the job processes it still runs: those
+    /// of a running job's current attempt that the table placed there are adopted (they
+    /// go on, no restart); returns the others, which the worker is told to stop. A job
+    /// whose every process is accounted for is adopted whole.
+    fn adopt(&self, state: &mut State, worker: u64, running: &[RunningProcess]) -> Vec<RunningProcess> {
+        let mut stale = Vec::new();
+        for process in running {
+            let Some(job) = state.jobs.get_mut(&process.job_id) else {
+                stale.push(process.clone());
+                continue;
+            };
+            let entry = job.processes.get_mut(process.index as usize).filter(|p| {
+                job.state == "running" && p.worker == worker && p.state == "adopting" && job.attempt == process.attempt
+            });
+            let Some(entry) = entry else {
+                stale.push(process.clone());
+                continue;
+            };
+            entry.state = "running";
+            if job.processes.iter().all(|p| p.state != "adopting") {
+                let text = format!(
+                    "attempt {} adopted by the leader of term {}: every process kept running, no restart",
+                    job.attempt, self.term
+                );
+                job.event(&process.job_id, text);
+            }
+        }
+        stale
+    }
+
+    /// A new leader waits `within` for the workers to report the processes of the running
+    /// jobs; a job with a process still unaccounted for then restarts from its latest
+    /// checkpoint (its other processes are stopped first).
+    async fn adopt_or_restart(self, within: Duration) {
+        tokio::time::sleep(within).await;
+        let missing: Vec<(String, String)> = {
+            let mut state = self.state();
+            let mut missing = Vec::new();
+            for (job_id, job) in state.jobs.iter_mut() {
+                let mut absent = Vec::new();
+                for (index, p) in job.processes.iter_mut().enumerate() {
+                    if p.state == "adopting" {
+                        p.state = "lost";
+                        absent.push(format!("process {index} on worker {}", p.worker));
+                    }
+                }
+                if job.state == "running" && !absent.is_empty() {
+                    let cause = format!(
+                        "the leader of term {} had no report of {} within {} ms of taking over",
+                        self.term,
+                        absent.join(", "),
+                        within.as_millis()
+                    );
+                    missing.push((job_id.clone(), cause));
+                }
+            }
+            missing
+        };
+        for (job_id, cause) in missing {
+            tokio::spawn(self.clone().replace_attempt(job_id, cause, false));
+        }
     }
 
     fn status(&self) -> Vec<JobStatus> {
@@ -437,12 +563,9 @@ impl CoordinatorService {
             .workers
             .iter()
             .map(|(id, w)| {
-                let busy = state
-                    .jobs
-                    .values()
-                    .flat_map(|j| &j.processes)
-                    .filter(|p| p.worker == *id && matches!(p.state, "starting" | "running"))
-                    .count() as u32;
+                let busy =
+                    state.jobs.values().flat_map(|j| &j.processes).filter(|p| p.worker == *id && p.is_live()).count()
+                        as u32;
                 Candidate {
                     worker: *id,
                     free_slots: w.slots.saturating_sub(busy),
@@ -537,6 +660,7 @@ impl CoordinatorService {
                 attempt,
                 parallelism: request.parallelism,
                 graph_fingerprint: request.graph_fingerprint.clone(),
+                term: self.term,
             };
             async move {
                 let mut client = self.worker_client(address).await?;
@@ -652,9 +776,7 @@ impl CoordinatorService {
         loop {
             let settled = {
                 let state = self.state();
-                state.jobs.get(&job_id).is_none_or(|j| {
-                    j.attempt != attempt || j.processes.iter().all(|p| !matches!(p.state, "starting" | "running"))
-                })
+                state.jobs.get(&job_id).is_none_or(|j| j.attempt != attempt || j.processes.iter().all(|p| !p.is_live()))
             };
             if settled || Instant::now() >= deadline {
                 break;
@@ -770,7 +892,7 @@ impl CoordinatorService {
             for (job_id, job) in state.jobs.iter_mut() {
                 let mut hit = false;
                 for p in job.processes.iter_mut().filter(|p| p.worker == worker) {
-                    if matches!(p.state, "starting" | "running") {
+                    if p.is_live() {
                         p.state = "lost";
                         p.message = format!("worker {worker} lost");
                         hit = true;
@@ -813,35 +935,63 @@ impl Coordinator for CoordinatorService {
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerReply>, Status> {
         let r = request.into_inner();
-        let mut state = self.state();
-        state.next_worker += 1;
-        let id = state.next_worker;
-        tracing::info!(worker = id, address = %r.address, slots = r.slots, "worker registered");
-        // A worker that joins gets the binaries of the running jobs ahead of any failure.
-        let running: Vec<String> = state
-            .jobs
-            .values()
-            .filter(|j| matches!(j.state, "running" | "restarting"))
-            .map(|j| j.request.artifact_sha256.clone())
-            .collect();
-        tokio::spawn(self.clone().prefetch(vec![r.address.clone()], running));
-        state.workers.insert(
-            id,
-            WorkerEntry {
-                address: r.address,
-                slots: r.slots,
-                last_heartbeat: Instant::now(),
-                rtt: Duration::ZERO,
-                cpu_percent: 0,
-            },
-        );
-        drop(state);
+        let (id, stale, address) = {
+            let mut state = self.state();
+            // A worker that ran under an earlier leader keeps its id: the job table names it.
+            let rejoins = r.previous_id != 0 && r.previous_id <= state.next_worker;
+            let id = if rejoins && !state.workers.contains_key(&r.previous_id) {
+                r.previous_id
+            } else {
+                state.next_worker += 1;
+                state.next_worker
+            };
+            tracing::info!(worker = id, address = %r.address, slots = r.slots, running = r.running.len(), "worker registered");
+            let stale = self.adopt(&mut state, id, &r.running);
+            // A worker that joins gets the binaries of the running jobs ahead of any failure.
+            let running: Vec<String> = state
+                .jobs
+                .values()
+                .filter(|j| matches!(j.state, "running" | "restarting"))
+                .map(|j| j.request.artifact_sha256.clone())
+                .collect();
+            tokio::spawn(self.clone().prefetch(vec![r.address.clone()], running));
+            state.workers.insert(
+                id,
+                WorkerEntry {
+                    address: r.address,
+                    slots: r.slots,
+                    last_heartbeat: Instant::now(),
+                    rtt: Duration::ZERO,
+                    cpu_percent: 0,
+                },
+            );
+            let address = state.workers[&id].address.clone();
+            (id, stale, address)
+        };
+        for process in stale {
+            // Of an attempt this leader does not run: it must not go on.
+            let request = StopProcessRequest {
+                job_id: process.job_id.clone(),
+                index: process.index,
+                kill: true,
+                attempt: process.attempt,
+                term: self.term,
+            };
+            let coordinator = self.clone();
+            let address = address.clone();
+            tokio::spawn(async move {
+                if let Ok(mut client) = coordinator.worker_client(&address).await {
+                    let _ = client.stop_process(request).await;
+                }
+            });
+        }
         // Before the answer: a coordinator restarted later must not give this id again.
-        self.persist();
+        self.persist().await;
         Ok(Response::new(RegisterWorkerReply {
             worker_id: id,
             artifact_store: self.store.location().to_string(),
             heartbeat_interval_ms: self.detection.heartbeat_interval.as_millis() as u64,
+            term: self.term,
         }))
     }
 
@@ -936,7 +1086,7 @@ impl Coordinator for CoordinatorService {
             );
             id
         };
-        self.persist();
+        self.persist().await;
         match self.start_placed(&job_id).await {
             Ok(processes) => {
                 tracing::info!(job = %job_id, processes, "job started");
@@ -1068,7 +1218,7 @@ impl Coordinator for CoordinatorService {
                     if r.message.is_empty() { "no message" } else { &r.message }
                 )
             });
-            let all_exited = job.processes.iter().all(|p| !matches!(p.state, "starting" | "running"));
+            let all_exited = job.processes.iter().all(|p| !p.is_live());
             if all_exited && restart.is_none() {
                 let ended = match job.state {
                     "running" => Some("finished"),
@@ -1089,18 +1239,40 @@ impl Coordinator for CoordinatorService {
     }
 }
 
-/// Runs the coordinator until the process ends.
+/// Runs the coordinator until the process ends. With HA it first stands by until it
+/// leads.
 pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
     let store = ArtifactStore::open(&config.store)?;
     let placement: Arc<dyn PlacementStrategy> =
         Arc::from(crate::placement::strategy(&config.placement, placement_seed())?);
-    let table = config.meta_dir.as_deref().map(crate::jobtable::JobTable::open).transpose()?;
+    // Bound before campaigning: the leader key holds the address workers are to use.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let (table, term) = match &config.ha {
+        Some(ha) => {
+            let leadership = crate::ha::lead(ha, &address.to_string()).await?;
+            let term = leadership.term;
+            (Some(Meta::Etcd(Box::new(leadership))), term)
+        }
+        None => (config.meta_dir.as_deref().map(crate::jobtable::JobTable::open).transpose()?.map(Meta::Local), 0),
+    };
+    let adopt = config.ha.is_some();
     let mut state = State::default();
     let mut resume = Vec::new();
-    if let Some(saved) = table.as_ref().map(|t| t.load()).transpose()?.flatten() {
-        state = State::from_table(&saved)?;
+    let mut adopting = false;
+    if let Some(saved) = match &table {
+        Some(meta) => meta.load().await?,
+        None => None,
+    } {
+        state = State::from_table(&saved, adopt)?;
         for (id, job) in state.jobs.iter_mut() {
             match job.state {
+                "running" if adopt && !job.processes.is_empty() => {
+                    adopting = true;
+                    job.event(id, format!("the leader of term {term} took over: adopting attempt {}", job.attempt));
+                }
                 "running" | "restarting" | "starting" => {
                     job.state = "restarting";
                     resume.push(id.clone());
@@ -1112,11 +1284,12 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
                 _ => {}
             }
         }
-        tracing::info!(jobs = state.jobs.len(), resuming = resume.len(), "job table loaded");
+        tracing::info!(jobs = state.jobs.len(), resuming = resume.len(), adopting, "job table loaded");
     }
     let service = CoordinatorService {
         state: Arc::new(Mutex::new(state)),
         table,
+        term,
         store,
         secret: config.secret.clone(),
         ca: config.tls.as_ref().map(ClusterTls::ca),
@@ -1129,13 +1302,16 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
     if !resume.is_empty() {
         tokio::spawn(service.clone().resume_jobs(resume));
     }
+    if adopting {
+        tokio::spawn(service.clone().adopt_or_restart(config.adopt_within));
+    }
     if let Some(after) = config.scale_up_after {
         tokio::spawn(service.clone().watch_scale_up(after));
     }
     if let Some(http) = config.http {
         serve_http(http, service.clone(), config.tls.as_ref().map(|t| t.blocking().clone()))?;
     }
-    tracing::info!(address = %config.listen, tls = config.tls.is_some(), "coordinator listening");
+    tracing::info!(address = %address, tls = config.tls.is_some(), term, "coordinator listening");
     let server = CoordinatorServer::with_interceptor(service, config.secret.check());
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
@@ -1143,9 +1319,9 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
     }
     builder
         .add_service(server)
-        .serve(config.listen)
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
-        .map_err(|e| format!("the coordinator's gRPC server on {}: {e}", config.listen))
+        .map_err(|e| format!("the coordinator's gRPC server on {address}: {e}"))
 }
 
 /// The random placement's seed: the time, printed so that a run can be repeated.

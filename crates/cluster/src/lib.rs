@@ -19,6 +19,7 @@ pub mod auth;
 pub mod client;
 pub mod coordinator;
 pub mod detectors;
+pub mod ha;
 pub mod jobtable;
 pub mod load;
 pub mod placement;

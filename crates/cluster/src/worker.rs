@@ -36,7 +36,13 @@ pub struct WorkerConfig {
     /// TLS for its server, its calls to the coordinator and its job processes' data
     /// connections, if configured.
     pub tls: Option<ClusterTls>,
+    /// Coordinator HA: the leader is found in etcd (and found again when it stops
+    /// answering); `coordinator` is then not used.
+    pub ha: Option<crate::ha::HaConfig>,
 }
+
+/// The coordinator this worker reports to now: replaced when a new leader takes over.
+type Leader = Arc<Mutex<CoordinatorClient<AuthedChannel>>>;
 
 /// The job processes this worker runs, by (job, attempt, process index).
 type Processes = Arc<Mutex<HashMap<(String, u64, u32), Child>>>;
@@ -56,11 +62,25 @@ struct WorkerService {
     config: WorkerConfig,
     store: ArtifactStore,
     processes: Processes,
-    coordinator: CoordinatorClient<AuthedChannel>,
+    coordinator: Leader,
+    /// The highest leader term this worker has seen; commands of a lower one are refused.
+    term: Arc<std::sync::atomic::AtomicU64>,
     runtime: tokio::runtime::Handle,
 }
 
 impl WorkerService {
+    /// Refuses a command of a deposed leader (a term below the highest seen).
+    fn check_term(&self, term: u64) -> Result<(), Status> {
+        let highest = self.term.fetch_max(term, std::sync::atomic::Ordering::SeqCst).max(term);
+        if term < highest {
+            tracing::warn!(term, highest, "refused a command of a deposed coordinator");
+            return Err(Status::failed_precondition(format!(
+                "a command of leader term {term}, but the leader's term is {highest}: refused (fencing)"
+            )));
+        }
+        Ok(())
+    }
+
     fn control_dir(&self, job_id: &str, index: u32) -> PathBuf {
         self.config.cache.join("control").join(format!("{job_id}-{index}"))
     }
@@ -89,6 +109,7 @@ impl Worker for WorkerService {
 
     async fn savepoint(&self, request: Request<SavepointRequest>) -> Result<Response<SavepointReply>, Status> {
         let r = request.into_inner();
+        self.check_term(r.term)?;
         let key = (r.job_id.clone(), r.attempt, r.index);
         if !self.processes.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&key) {
             return Err(Status::not_found(format!(
@@ -126,6 +147,7 @@ impl Worker for WorkerService {
         request: Request<StartProcessRequest>,
     ) -> Result<Response<StartProcessReply>, Status> {
         let r = request.into_inner();
+        self.check_term(r.term)?;
         {
             // Fencing here too: a process of an older attempt of this job (one whose stop
             // never reached this worker, as when it was declared lost and joined again)
@@ -182,7 +204,7 @@ impl Worker for WorkerService {
         let stderr = child.stderr.take();
         let key = (r.job_id.clone(), r.attempt, r.index);
         self.processes.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), child);
-        let (processes, mut coordinator, runtime) =
+        let (processes, coordinator, runtime) =
             (self.processes.clone(), self.coordinator.clone(), self.runtime.clone());
         let label = format!("[{} '{}' process {}]", r.job_id, r.name, r.index);
         let attempt = r.attempt;
@@ -225,8 +247,22 @@ impl Worker for WorkerService {
                 tracing::info!(job = %key.0, attempt, process = key.2, success, "job process exited");
                 let report =
                     ProcessExitedRequest { job_id: key.0.clone(), index: key.2, success, message, attempt, permanent };
-                if let Err(e) = runtime.block_on(coordinator.process_exited(report)) {
-                    tracing::warn!(job = %key.0, error = %e, "could not tell the coordinator that a process exited");
+                // Until a coordinator hears it (with HA, the next leader, once it leads):
+                // an exit that no leader heard would leave the job waiting for ever.
+                let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                loop {
+                    let mut client = coordinator.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    match runtime.block_on(client.process_exited(report.clone())) {
+                        Ok(_) => break,
+                        Err(e) if std::time::Instant::now() < deadline => {
+                            tracing::debug!(job = %key.0, error = %e, "the exit report did not get through; retrying");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %key.0, error = %e, "could not tell the coordinator that a process exited");
+                            break;
+                        }
+                    }
                 }
             })
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -235,6 +271,7 @@ impl Worker for WorkerService {
 
     async fn stop_process(&self, request: Request<StopProcessRequest>) -> Result<Response<StopProcessReply>, Status> {
         let r = request.into_inner();
+        self.check_term(r.term)?;
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(child) = processes.get_mut(&(r.job_id.clone(), r.attempt, r.index)) {
             if r.kill {
@@ -279,29 +316,81 @@ async fn register(
     Ok(reply)
 }
 
+/// The coordinator to report to: the one configured, or with HA the leader named in etcd
+/// (waiting up to 60 s for one to lead). Returns its client and address.
+async fn find_coordinator(
+    config: &WorkerConfig,
+    etcd: Option<&mut etcd_client::Client>,
+) -> Result<(CoordinatorClient<AuthedChannel>, String), String> {
+    let ca = config.tls.as_ref().map(ClusterTls::ca);
+    let address = match (&config.ha, etcd) {
+        (Some(ha), Some(etcd)) => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                match crate::ha::current_leader(etcd, ha).await {
+                    Ok(Some((address, _term))) => break address,
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "looking for the leader"),
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("no coordinator leads in etcd ({}) after 60 s", ha.endpoints.join(",")));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        _ => config.coordinator.clone(),
+    };
+    let channel = crate::auth::connect(&address, ca.as_ref(), Duration::from_secs(30)).await?;
+    Ok((CoordinatorClient::with_interceptor(channel, config.secret.attach()), address))
+}
+
+/// What this worker runs now, for a new leader to adopt.
+fn running_processes(processes: &Processes) -> Vec<RunningProcess> {
+    let processes = processes.lock().unwrap_or_else(|e| e.into_inner());
+    processes
+        .keys()
+        .map(|(job_id, attempt, index)| RunningProcess {
+            job_id: job_id.clone(),
+            attempt: *attempt,
+            index: *index,
+            data_address: String::new(),
+        })
+        .collect()
+}
+
 /// Runs the worker until the process ends.
 pub async fn run(config: WorkerConfig) -> Result<(), String> {
     // Control folders and local state copies of processes an earlier run of this worker
     // started (copies of jobs that ended would otherwise stay on the disk for ever).
     let _ = std::fs::remove_dir_all(config.cache.join("control"));
     let _ = std::fs::remove_dir_all(config.cache.join(LOCAL_STATE));
-    let ca = config.tls.as_ref().map(ClusterTls::ca);
-    let channel = crate::auth::connect(&config.coordinator, ca.as_ref(), Duration::from_secs(30)).await?;
-    let mut coordinator = CoordinatorClient::with_interceptor(channel, config.secret.attach());
+    let mut etcd = match &config.ha {
+        Some(ha) => Some(ha.connect().await?),
+        None => None,
+    };
+    let (mut coordinator, mut coordinator_address) = find_coordinator(&config, etcd.as_mut()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("listening on {}: {e}", config.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    let registration =
-        RegisterWorkerRequest { address: address.to_string(), slots: config.slots, host: address.ip().to_string() };
-    let reply = register(&mut coordinator, &registration, &config.coordinator).await?;
+    let mut registration = RegisterWorkerRequest {
+        address: address.to_string(),
+        slots: config.slots,
+        host: address.ip().to_string(),
+        previous_id: 0,
+        running: Vec::new(),
+    };
+    let reply = register(&mut coordinator, &registration, &coordinator_address).await?;
     let store = ArtifactStore::open(&reply.artifact_store)?;
     let processes: Processes = Arc::default();
+    let leader: Leader = Arc::new(Mutex::new(coordinator.clone()));
+    let term = Arc::new(std::sync::atomic::AtomicU64::new(reply.term));
     let service = WorkerService {
         config: WorkerConfig { listen: address, ..config.clone() },
         store,
         processes: processes.clone(),
-        coordinator: coordinator.clone(),
+        coordinator: leader.clone(),
+        term: term.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
     let pulses = processes.clone();
@@ -320,7 +409,7 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
     let mut heartbeats = coordinator.clone();
     let heartbeat_every = Duration::from_millis(reply.heartbeat_interval_ms.max(10));
     let mut worker_id = reply.worker_id;
-    let coordinator_address = config.coordinator.clone();
+    let ha_config = config.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(heartbeat_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -349,9 +438,46 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
                         let _ = child.kill();
                         let _ = child.wait();
                     }
+                    registration.previous_id = 0;
+                    registration.running.clear();
                     match register(&mut heartbeats, &registration, &coordinator_address).await {
                         Ok(reply) => worker_id = reply.worker_id,
                         Err(e) => tracing::warn!(error = %e, "registering again failed; retrying"),
+                    }
+                }
+                Err(e) if etcd.is_some() => {
+                    // With HA: is another coordinator leading now? Its job processes go on
+                    // meanwhile; the new leader adopts them when this worker rejoins.
+                    tracing::debug!(error = %e.message(), "heartbeat to the coordinator failed");
+                    let Ok(Some((leader_address, leader_term))) = crate::ha::current_leader(
+                        etcd.as_mut().expect("checked"),
+                        ha_config.ha.as_ref().expect("with etcd"),
+                    )
+                    .await
+                    else {
+                        continue;
+                    };
+                    if leader_address == coordinator_address {
+                        continue; // the old leader's lease has not lapsed yet
+                    }
+                    let Ok((mut client, _)) = find_coordinator(&ha_config, etcd.as_mut()).await else { continue };
+                    registration.previous_id = worker_id;
+                    registration.running = running_processes(&processes);
+                    match register(&mut client, &registration, &leader_address).await {
+                        Ok(reply) => {
+                            tracing::info!(
+                                worker = reply.worker_id,
+                                term = leader_term,
+                                processes = registration.running.len(),
+                                "rejoined the new leader with the job processes still running here"
+                            );
+                            worker_id = reply.worker_id;
+                            term.fetch_max(reply.term, std::sync::atomic::Ordering::SeqCst);
+                            coordinator_address = leader_address;
+                            heartbeats = client.clone();
+                            *leader.lock().unwrap_or_else(|e| e.into_inner()) = client;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "joining the new leader failed; retrying"),
                     }
                 }
                 Err(e) => tracing::warn!(error = %e.message(), "heartbeat to the coordinator failed"),

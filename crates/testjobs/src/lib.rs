@@ -456,3 +456,78 @@ pub mod harness {
         m
     }
 }
+
+/// A real etcd cluster on loopback for the HA tests: `etcd` from Debian's `etcd-server`
+/// (scripts/test.sh installs it), each member a process killed when the cluster is dropped,
+/// on ports chosen free at start.
+pub mod etcd {
+    use crate::harness::{free_addresses, KillOnDrop};
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// The members of a running etcd cluster.
+    pub struct EtcdCluster {
+        members: Vec<Option<KillOnDrop>>,
+        clients: Vec<String>,
+        dir: PathBuf,
+    }
+
+    impl EtcdCluster {
+        /// Starts `n` members in `dir` and waits until each serves clients.
+        pub fn start(dir: &Path, n: usize) -> EtcdCluster {
+            let addresses = free_addresses(2 * n);
+            let (clients, peers) = addresses.split_at(n);
+            let initial: Vec<String> = peers.iter().enumerate().map(|(i, p)| format!("m{i}=http://{p}")).collect();
+            let mut cluster = EtcdCluster {
+                members: Vec::new(),
+                clients: clients.iter().map(|c| c.to_string()).collect(),
+                dir: dir.to_path_buf(),
+            };
+            for i in 0..n {
+                let child = Command::new("etcd")
+                    .args(["--name", &format!("m{i}")])
+                    .arg("--data-dir")
+                    .arg(dir.join(format!("m{i}")))
+                    .args(["--listen-client-urls", &format!("http://{}", clients[i])])
+                    .args(["--advertise-client-urls", &format!("http://{}", clients[i])])
+                    .args(["--listen-peer-urls", &format!("http://{}", peers[i])])
+                    .args(["--initial-advertise-peer-urls", &format!("http://{}", peers[i])])
+                    .args(["--initial-cluster", &initial.join(",")])
+                    .args(["--initial-cluster-state", "new", "--initial-cluster-token", "sluice-test"])
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(dir.join(format!("m{i}.log"))).expect("an etcd log file"))
+                    .spawn()
+                    .expect("etcd (Debian's etcd-server; scripts/test.sh installs it)");
+                cluster.members.push(Some(KillOnDrop(child)));
+            }
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for i in 0..n {
+                while !cluster.log(i).contains("ready to serve client requests") {
+                    assert!(
+                        Instant::now() < deadline,
+                        "etcd member {i} did not start within 60 s:\n{}",
+                        cluster.log(i)
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            cluster
+        }
+
+        /// `etcd://` and every member's client address, as `--ha` takes it.
+        pub fn url(&self) -> String {
+            format!("etcd://{}", self.clients.join(","))
+        }
+
+        /// What member `i` wrote to stderr.
+        pub fn log(&self, i: usize) -> String {
+            std::fs::read_to_string(self.dir.join(format!("m{i}.log"))).unwrap_or_default()
+        }
+
+        /// Kills member `i` with SIGKILL.
+        pub fn kill(&mut self, i: usize) {
+            self.members[i] = None;
+        }
+    }
+}

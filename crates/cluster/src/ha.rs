@@ -1,0 +1,257 @@
+//! Coordinator high availability on etcd (`sluice coordinator --ha etcd://H1,H2,H3`).
+//!
+//! Several coordinators campaign for one key, `/sluice/<cluster>/leader`, each with an
+//! etcd lease: the one whose transaction creates the key leads, and the key's create
+//! revision is its **term** (etcd revisions only grow, so a later leader has a higher
+//! term). The others stand by, watching the key; when the leader's lease lapses (it died,
+//! or lost etcd) etcd deletes the key and a standby's transaction creates it anew.
+//!
+//! Fencing: every write the leader makes (the job table, `/sluice/<cluster>/jobs`) is a
+//! transaction that compares the leader key's create revision with its term, so a deposed
+//! leader's write fails instead of landing. A leader whose lease has not been renewed for
+//! two thirds of its TTL steps down before etcd can elect another (it exits with
+//! [`EXIT_DEPOSED`]: everything it held in memory goes with it, and a supervisor starts it
+//! again as a standby). Workers learn the term at registration and refuse commands of a
+//! lower one.
+//!
+//! Workers find the leader by reading the leader key (its value is the leader's gRPC
+//! address) whenever their coordinator stops answering.
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, PutOptions, Txn, TxnOp, TxnOpResponse};
+use std::time::{Duration, Instant};
+
+/// The exit status of a coordinator that lost its leadership.
+pub const EXIT_DEPOSED: i32 = 75;
+
+/// Where the coordinators meet, and how long a leader's lease lasts.
+#[derive(Clone, Debug)]
+pub struct HaConfig {
+    /// The etcd members' client addresses (`host:port`).
+    pub endpoints: Vec<String>,
+    /// Names the keys, so that several Sluice clusters can share one etcd.
+    pub cluster: String,
+    /// The leader's lease. Default 2 s: etcd's smallest lease with its default election
+    /// timeout (1 s) is about 1.5 s, and a new leader is elected within one TTL of the
+    /// old one's death; shorter leases would be extended by etcd anyway.
+    pub lease_ttl: Duration,
+}
+
+impl HaConfig {
+    /// Parses `etcd://host:port[,host:port...]`.
+    pub fn parse(url: &str, cluster: &str, lease_ttl: Duration) -> Result<HaConfig, String> {
+        let hosts = url.strip_prefix("etcd://").ok_or_else(|| {
+            format!("--ha {url}: expected etcd://HOST:PORT[,HOST:PORT...] (the etcd members' client addresses)")
+        })?;
+        let endpoints: Vec<String> =
+            hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(String::from).collect();
+        if endpoints.is_empty() || endpoints.iter().any(|e| !e.contains(':')) {
+            return Err(format!("--ha {url}: every etcd member needs HOST:PORT"));
+        }
+        if lease_ttl < Duration::from_secs(1) {
+            return Err(format!("--lease-ttl-secs {}: etcd leases last at least 1 s", lease_ttl.as_secs()));
+        }
+        Ok(HaConfig { endpoints, cluster: cluster.to_string(), lease_ttl })
+    }
+
+    fn leader_key(&self) -> String {
+        format!("/sluice/{}/leader", self.cluster)
+    }
+
+    fn table_key(&self) -> String {
+        format!("/sluice/{}/jobs", self.cluster)
+    }
+
+    /// A client of the etcd cluster (any member that answers).
+    pub async fn connect(&self) -> Result<Client, String> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(self.lease_ttl / 2)
+            .with_keep_alive(Duration::from_millis(500), Duration::from_secs(1));
+        Client::connect(&self.endpoints, Some(options))
+            .await
+            .map_err(|e| format!("connecting to etcd at {}: {e}", self.endpoints.join(",")))
+    }
+}
+
+/// This coordinator's leadership: its term and the client its fenced writes go through.
+#[derive(Clone)]
+pub struct Leadership {
+    client: Client,
+    config: HaConfig,
+    /// The leader key's create revision.
+    pub term: u64,
+}
+
+/// The leader now: its address and term, if one leads.
+pub async fn current_leader(client: &mut Client, config: &HaConfig) -> Result<Option<(String, u64)>, String> {
+    let reply = client.get(config.leader_key(), None).await.map_err(|e| format!("reading the leader key: {e}"))?;
+    Ok(reply.kvs().first().map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision() as u64)))
+}
+
+/// The leader's address, for the command line (one lookup).
+pub async fn leader_address(config: &HaConfig) -> Result<String, String> {
+    let mut client = config.connect().await?;
+    match current_leader(&mut client, config).await? {
+        Some((address, _)) => Ok(address),
+        None => Err(format!(
+            "no coordinator leads cluster '{}' in etcd ({}): start one with --ha",
+            config.cluster,
+            config.endpoints.join(",")
+        )),
+    }
+}
+
+/// Campaigns until this coordinator (reachable at `address`) leads; a standby waits in
+/// here, watching the leader key. Then keeps the lease alive in the background, and
+/// steps down (exits) when it cannot.
+pub async fn lead(config: &HaConfig, address: &str) -> Result<Leadership, String> {
+    let mut client = config.connect().await?;
+    let key = config.leader_key();
+    let ttl = config.lease_ttl.as_secs() as i64;
+    let mut announced = None;
+    loop {
+        let attempt: Result<Option<Leadership>, etcd_client::Error> = async {
+            let lease = client.lease_grant(ttl, None).await?.id();
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), address, Some(PutOptions::new().with_lease(lease)))])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            let reply = client.txn(txn).await?;
+            if reply.succeeded() {
+                let term = reply.header().map_or(0, |h| h.revision()) as u64;
+                keep_lease(client.clone(), config.clone(), lease, term).await?;
+                return Ok(Some(Leadership { client: client.clone(), config: config.clone(), term }));
+            }
+            // Standing by: the lease is not needed until the next campaign.
+            let _ = client.lease_revoke(lease).await;
+            let leader = reply.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
+                    (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision(), kv.mod_revision())
+                }),
+                _ => None,
+            });
+            let Some((leader, term, revision)) = leader else { return Ok(None) };
+            if announced != Some(term) {
+                tracing::info!(leader = %leader, term, "standing by: another coordinator leads");
+                announced = Some(term);
+            }
+            // Wait for the key to go (the leader's lease lapsed), from just after the
+            // revision read, so that a deletion in between is not missed.
+            let options = etcd_client::WatchOptions::new().with_start_revision(revision + 1);
+            let mut watch = client.watch(key.clone(), Some(options)).await?;
+            while let Some(event) = watch.message().await? {
+                if event.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                    tracing::info!(term, "the leader's key is gone: campaigning");
+                    break;
+                }
+            }
+            Ok(None)
+        }
+        .await;
+        match attempt {
+            Ok(Some(leadership)) => {
+                tracing::info!(term = leadership.term, address, "leading the cluster");
+                return Ok(leadership);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "campaigning for the leadership failed; trying again in 500 ms");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Renews the lease every quarter of its TTL, on a task of its own; exits the process
+/// once two thirds of the TTL have passed since the last renewal that etcd acknowledged
+/// (counted from when it was sent), before etcd could have let the lease lapse.
+async fn keep_lease(mut client: Client, config: HaConfig, lease: i64, term: u64) -> Result<(), etcd_client::Error> {
+    let (mut keeper, mut replies) = client.lease_keep_alive(lease).await?;
+    let ttl = config.lease_ttl;
+    tokio::spawn(async move {
+        let mut renewed = Instant::now();
+        loop {
+            let sent = Instant::now();
+            let renewal = tokio::time::timeout(ttl / 4, async {
+                keeper.keep_alive().await?;
+                replies.message().await
+            })
+            .await;
+            match renewal {
+                Ok(Ok(Some(reply))) if reply.ttl() > 0 => renewed = sent,
+                Ok(Ok(Some(_))) => step_down(term, "etcd says its lease has expired"),
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    // The stream broke (a member went away): open another one.
+                    if let Ok(pair) = client.lease_keep_alive(lease).await {
+                        (keeper, replies) = pair;
+                    }
+                }
+                Err(_) => {}
+            }
+            if renewed.elapsed() >= ttl * 2 / 3 {
+                let why = format!(
+                    "etcd has not renewed its lease for {} ms (the lease lapses after {} ms)",
+                    renewed.elapsed().as_millis(),
+                    ttl.as_millis()
+                );
+                step_down(term, &why);
+            }
+            tokio::time::sleep((sent + ttl / 4).saturating_duration_since(Instant::now())).await;
+        }
+    });
+    Ok(())
+}
+
+/// Ends a leader that can no longer be sure it leads.
+fn step_down(term: u64, why: &str) -> ! {
+    tracing::error!(term, "stepping down as the leader: {why}; exiting so that only the next leader acts");
+    eprintln!("sluice coordinator: lost the leadership (term {term}): {why}");
+    std::process::exit(EXIT_DEPOSED)
+}
+
+impl Leadership {
+    /// The job table kept in etcd, if any.
+    pub async fn load_table(&self) -> Result<Option<serde_json::Value>, String> {
+        let reply = self
+            .client
+            .clone()
+            .get(self.config.table_key(), None)
+            .await
+            .map_err(|e| format!("reading the job table from etcd: {e}"))?;
+        match reply.kvs().first() {
+            Some(kv) => serde_json::from_slice(kv.value())
+                .map(Some)
+                .map_err(|e| format!("the job table in etcd ({}) is not readable: {e}", self.config.table_key())),
+            None => Ok(None),
+        }
+    }
+
+    /// Replaces the job table, only while this coordinator's term is the leader key's: a
+    /// deposed leader's write fails, and it steps down.
+    pub async fn save_table(&self, table: &serde_json::Value) -> Result<(), String> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(self.config.leader_key(), CompareOp::Equal, self.term as i64)])
+            .and_then([TxnOp::put(self.config.table_key(), table.to_string(), None)]);
+        let reply = self.client.clone().txn(txn).await.map_err(|e| format!("writing the job table to etcd: {e}"))?;
+        if !reply.succeeded() {
+            step_down(self.term, "the leader key is no longer this coordinator's (another leads)");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ha_address_is_parsed_and_bad_ones_are_refused_with_the_form() {
+        let config = HaConfig::parse("etcd://127.0.0.1:2379, 127.0.0.2:2379", "c1", Duration::from_secs(2)).unwrap();
+        assert_eq!(config.endpoints, ["127.0.0.1:2379", "127.0.0.2:2379"]);
+        assert_eq!(config.leader_key(), "/sluice/c1/leader");
+        let err = HaConfig::parse("http://x:1", "c", Duration::from_secs(2)).unwrap_err();
+        assert!(err.contains("etcd://HOST:PORT"), "{err}");
+        assert!(HaConfig::parse("etcd://nohost", "c", Duration::from_secs(2)).unwrap_err().contains("HOST:PORT"));
+        assert!(HaConfig::parse("etcd://h:1", "c", Duration::from_millis(500)).unwrap_err().contains("at least 1 s"));
+    }
+}

@@ -1,0 +1,186 @@
+//! Coordinator high availability on a real three-member etcd on loopback: three
+//! coordinators campaign, one leads; workers and the command line find the leader in
+//! etcd. The leader killed with SIGKILL mid-job is replaced by a standby, the workers
+//! rejoin it with their job processes still running, it adopts the running attempt (no
+//! restart), and the committed output equals the reference exactly.
+
+use sluice_testjobs::assert_committed_counts;
+use sluice_testjobs::cluster::{sluice_beside, submit_counts_args};
+use sluice_testjobs::etcd::EtcdCluster;
+use sluice_testjobs::harness::{free_addresses, seeded, KillOnDrop};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Coordinators and workers of one HA cluster, each killed when this is dropped.
+struct HaCluster {
+    sluice: PathBuf,
+    dir: PathBuf,
+    url: String,
+    coordinators: Vec<Option<KillOnDrop>>,
+    _workers: Vec<KillOnDrop>,
+}
+
+impl HaCluster {
+    fn start(dir: &Path, etcd: &EtcdCluster, coordinators: usize, workers: usize) -> HaCluster {
+        let sluice = sluice_beside(Path::new(env!("CARGO_BIN_EXE_counts")));
+        std::fs::write(dir.join("secret"), "an-ha-test-secret").unwrap();
+        let mut cluster = HaCluster {
+            sluice,
+            dir: dir.to_path_buf(),
+            url: etcd.url(),
+            coordinators: Vec::new(),
+            _workers: Vec::new(),
+        };
+        for (i, listen) in free_addresses(coordinators).into_iter().enumerate() {
+            let mut command = cluster.role("coordinator", &format!("coordinator-{i}.log"));
+            command.args(["--listen", &listen.to_string(), "--store"]).arg(dir.join("store"));
+            cluster.coordinators.push(Some(KillOnDrop(command.spawn().unwrap())));
+        }
+        cluster.wait_for_leader(&[], Duration::from_secs(60));
+        for i in 0..workers {
+            let mut command = cluster.role("worker", &format!("worker-{i}.log"));
+            command.args(["--slots", "1", "--cache"]).arg(dir.join(format!("cache-{i}")));
+            cluster._workers.push(KillOnDrop(command.spawn().unwrap()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (0..workers).any(|i| !cluster.log(&format!("worker-{i}.log")).contains("registered with the coordinator"))
+        {
+            assert!(Instant::now() < deadline, "the workers did not register:\n{}", cluster.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// `sluice ROLE --ha ...` logging to `log`, in a process group of its own (its job
+    /// processes too).
+    fn role(&self, role: &str, log: &str) -> Command {
+        let mut command = Command::new(&self.sluice);
+        command
+            .arg(role)
+            .args(["--ha", &self.url, "--ha-cluster", "test", "--secret-file"])
+            .arg(self.dir.join("secret"))
+            .env_remove("SLUICE_SECRET")
+            .env_remove("SLUICE_SECRET_FILE")
+            .env_remove("SLUICE_COORDINATOR")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.join(log)).unwrap())
+            .process_group(0);
+        command
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".log"))
+            .collect();
+        names.sort();
+        names.iter().map(|n| format!("== {n}\n{}", self.log(n))).collect()
+    }
+
+    /// The coordinator (index) that leads, other than those in `not`; waits for one.
+    fn wait_for_leader(&self, not: &[usize], within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let leading = (0..self.coordinators.len())
+                .filter(|i| !not.contains(i))
+                .find(|i| self.log(&format!("coordinator-{i}.log")).contains("leading the cluster"));
+            if let Some(i) = leading {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no new leader within {within:?}:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A client command against the leader found in etcd: (success, stdout + stderr).
+    fn client(&self, args: &[String]) -> (bool, String) {
+        let output = Command::new(&self.sluice)
+            .arg(&args[0])
+            .args(["--ha", &self.url, "--ha-cluster", "test", "--secret-file"])
+            .arg(self.dir.join("secret"))
+            .args(&args[1..])
+            .env_remove("SLUICE_COORDINATOR")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    }
+
+    /// `sluice list`'s line for `job` with its history.
+    fn job(&self, job: &str) -> String {
+        let (_, listing) = self.client(&["list".to_string()]);
+        let mut lines = listing.lines().skip_while(|l| !l.starts_with(&format!("{job} ")));
+        let mut out: Vec<&str> = lines.next().into_iter().collect();
+        out.extend(lines.take_while(|l| l.starts_with("    ")));
+        out.join("\n")
+    }
+
+    fn wait_for(&self, job: &str, state: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let line = self.job(job);
+            if line.split_whitespace().nth(1) == Some(state) {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "{job} not {state} within {within:?}:\n{line}\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_leader_killed_with_sigkill_is_replaced_and_its_running_job_adopted_without_a_restart_exactly() {
+    let (seed, mut random) = seeded(41);
+    let dir = tempfile::tempdir().unwrap();
+    let etcd_dir = dir.path().join("etcd");
+    std::fs::create_dir_all(&etcd_dir).unwrap();
+    let etcd = EtcdCluster::start(&etcd_dir, 3);
+    let mut cluster = HaCluster::start(dir.path(), &etcd, 3, 2);
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 800_000;
+    let counts = env!("CARGO_BIN_EXE_counts");
+    let (ok, text) = cluster.client(&submit_counts_args(counts, 2, &out, n, 100_000, Some(&checkpoints), &[]));
+    assert!(ok, "seed {seed}: {text}\n{}", cluster.logs());
+    cluster.wait_for("job-1", "running", Duration::from_secs(60));
+    // Twice: SIGKILL of the leader at a seeded moment; a standby leads, adopts the job.
+    let mut dead = Vec::new();
+    for round in 0..2 {
+        std::thread::sleep(Duration::from_millis(500 + random(1000)));
+        let leader = cluster.wait_for_leader(&dead, Duration::from_secs(10));
+        let killed_at = Instant::now();
+        cluster.coordinators[leader] = None; // SIGKILL
+        dead.push(leader);
+        let next = cluster.wait_for_leader(&dead, Duration::from_secs(30));
+        eprintln!(
+            "seed {seed}: round {round}: coordinator {leader} killed, {next} leads after {:?}",
+            killed_at.elapsed()
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = cluster.job("job-1");
+            if line.contains("adopted by the leader of term") && line.matches("adopted").count() > round {
+                break;
+            }
+            assert!(Instant::now() < deadline, "seed {seed}: not adopted:\n{line}\n{}", cluster.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if round == 0 {
+            // A third coordinator stands by for the second round: start the killed one again.
+            let listen = free_addresses(1)[0];
+            let mut command = cluster.role("coordinator", &format!("coordinator-{}.log", cluster.coordinators.len()));
+            command.args(["--listen", &listen.to_string(), "--store"]).arg(dir.path().join("store"));
+            cluster.coordinators.push(Some(KillOnDrop(command.spawn().unwrap())));
+        }
+    }
+    let line = cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    assert!(line.contains("attempt 1 "), "seed {seed}: the job was restarted:\n{line}\n{}", cluster.logs());
+    assert_committed_counts(&out, n, &format!("seed {seed}: two leaders killed"));
+}
