@@ -73,6 +73,26 @@ impl HaConfig {
     }
 }
 
+/// Runs an etcd call again while it fails, for up to `within`: the client balances over
+/// the members, and a call can land on one that just went away before the client notices.
+async fn retrying<T, F, Fut>(what: &str, within: Duration, mut call: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "{what} failed; trying again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+}
+
 /// This coordinator's leadership: its term and the client its fenced writes go through.
 #[derive(Clone)]
 pub struct Leadership {
@@ -84,7 +104,12 @@ pub struct Leadership {
 
 /// The leader now: its address and term, if one leads.
 pub async fn current_leader(client: &mut Client, config: &HaConfig) -> Result<Option<(String, u64)>, String> {
-    let reply = client.get(config.leader_key(), None).await.map_err(|e| format!("reading the leader key: {e}"))?;
+    let key = config.leader_key();
+    let reply = retrying("reading the leader key", config.lease_ttl, || {
+        let (mut client, key) = (client.clone(), key.clone());
+        async move { client.get(key, None).await }
+    })
+    .await?;
     Ok(reply.kvs().first().map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision() as u64)))
 }
 
@@ -162,14 +187,19 @@ pub async fn lead(config: &HaConfig, address: &str) -> Result<Leadership, String
     }
 }
 
-/// Renews the lease every quarter of its TTL, on a task of its own; exits the process
-/// once two thirds of the TTL have passed since the last renewal that etcd acknowledged
-/// (counted from when it was sent), before etcd could have let the lease lapse.
+/// Renews the lease every quarter of its TTL, on a task of its own; a second task exits
+/// the process once two thirds of the TTL have passed since the last renewal that etcd
+/// acknowledged (counted from when it was sent), before etcd could have let the lease
+/// lapse. The second task only reads a clock, so no call that hangs (a member that stopped
+/// answering) can hold the step-down back.
 async fn keep_lease(mut client: Client, config: HaConfig, lease: i64, term: u64) -> Result<(), etcd_client::Error> {
     let (mut keeper, mut replies) = client.lease_keep_alive(lease).await?;
     let ttl = config.lease_ttl;
+    let started = Instant::now();
+    // Milliseconds after `started` at which the last acknowledged renewal was sent.
+    let renewed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let last = renewed.clone();
     tokio::spawn(async move {
-        let mut renewed = Instant::now();
         loop {
             let sent = Instant::now();
             let renewal = tokio::time::timeout(ttl / 4, async {
@@ -178,25 +208,35 @@ async fn keep_lease(mut client: Client, config: HaConfig, lease: i64, term: u64)
             })
             .await;
             match renewal {
-                Ok(Ok(Some(reply))) if reply.ttl() > 0 => renewed = sent,
+                Ok(Ok(Some(reply))) if reply.ttl() > 0 => {
+                    let at = sent.duration_since(started).as_millis() as u64;
+                    last.fetch_max(at, std::sync::atomic::Ordering::SeqCst);
+                }
                 Ok(Ok(Some(_))) => step_down(term, "etcd says its lease has expired"),
                 Ok(Ok(None)) | Ok(Err(_)) => {
                     // The stream broke (a member went away): open another one.
-                    if let Ok(pair) = client.lease_keep_alive(lease).await {
+                    if let Ok(Ok(pair)) = tokio::time::timeout(ttl / 4, client.lease_keep_alive(lease)).await {
                         (keeper, replies) = pair;
                     }
                 }
                 Err(_) => {}
             }
-            if renewed.elapsed() >= ttl * 2 / 3 {
+            tokio::time::sleep((sent + ttl / 4).saturating_duration_since(Instant::now())).await;
+        }
+    });
+    tokio::spawn(async move {
+        let limit = ttl * 2 / 3;
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let at = started + Duration::from_millis(renewed.load(std::sync::atomic::Ordering::SeqCst));
+            if at.elapsed() >= limit {
                 let why = format!(
                     "etcd has not renewed its lease for {} ms (the lease lapses after {} ms)",
-                    renewed.elapsed().as_millis(),
+                    at.elapsed().as_millis(),
                     ttl.as_millis()
                 );
                 step_down(term, &why);
             }
-            tokio::time::sleep((sent + ttl / 4).saturating_duration_since(Instant::now())).await;
         }
     });
     Ok(())
@@ -212,12 +252,11 @@ fn step_down(term: u64, why: &str) -> ! {
 impl Leadership {
     /// The job table kept in etcd, if any.
     pub async fn load_table(&self) -> Result<Option<serde_json::Value>, String> {
-        let reply = self
-            .client
-            .clone()
-            .get(self.config.table_key(), None)
-            .await
-            .map_err(|e| format!("reading the job table from etcd: {e}"))?;
+        let reply = retrying("reading the job table from etcd", self.config.lease_ttl, || {
+            let (mut client, key) = (self.client.clone(), self.config.table_key());
+            async move { client.get(key, None).await }
+        })
+        .await?;
         match reply.kvs().first() {
             Some(kv) => serde_json::from_slice(kv.value())
                 .map(Some)
@@ -232,7 +271,13 @@ impl Leadership {
         let txn = Txn::new()
             .when([Compare::create_revision(self.config.leader_key(), CompareOp::Equal, self.term as i64)])
             .and_then([TxnOp::put(self.config.table_key(), table.to_string(), None)]);
-        let reply = self.client.clone().txn(txn).await.map_err(|e| format!("writing the job table to etcd: {e}"))?;
+        // Again after a failure: the same table under the same comparison, so a retry of a
+        // write that landed changes nothing.
+        let reply = retrying("writing the job table to etcd", self.config.lease_ttl, || {
+            let (mut client, txn) = (self.client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        })
+        .await?;
         if !reply.succeeded() {
             step_down(self.term, "the leader key is no longer this coordinator's (another leads)");
         }

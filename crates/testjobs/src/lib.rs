@@ -470,6 +470,7 @@ pub mod etcd {
     pub struct EtcdCluster {
         members: Vec<Option<KillOnDrop>>,
         clients: Vec<String>,
+        peers: Vec<String>,
         dir: PathBuf,
     }
 
@@ -478,41 +479,71 @@ pub mod etcd {
         pub fn start(dir: &Path, n: usize) -> EtcdCluster {
             let addresses = free_addresses(2 * n);
             let (clients, peers) = addresses.split_at(n);
-            let initial: Vec<String> = peers.iter().enumerate().map(|(i, p)| format!("m{i}=http://{p}")).collect();
             let mut cluster = EtcdCluster {
-                members: Vec::new(),
+                members: (0..n).map(|_| None).collect(),
                 clients: clients.iter().map(|c| c.to_string()).collect(),
+                peers: peers.iter().map(|p| p.to_string()).collect(),
                 dir: dir.to_path_buf(),
             };
             for i in 0..n {
-                let child = Command::new("etcd")
-                    .args(["--name", &format!("m{i}")])
-                    .arg("--data-dir")
-                    .arg(dir.join(format!("m{i}")))
-                    .args(["--listen-client-urls", &format!("http://{}", clients[i])])
-                    .args(["--advertise-client-urls", &format!("http://{}", clients[i])])
-                    .args(["--listen-peer-urls", &format!("http://{}", peers[i])])
-                    .args(["--initial-advertise-peer-urls", &format!("http://{}", peers[i])])
-                    .args(["--initial-cluster", &initial.join(",")])
-                    .args(["--initial-cluster-state", "new", "--initial-cluster-token", "sluice-test"])
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(dir.join(format!("m{i}.log"))).expect("an etcd log file"))
-                    .spawn()
-                    .expect("etcd (Debian's etcd-server; scripts/test.sh installs it)");
-                cluster.members.push(Some(KillOnDrop(child)));
+                cluster.spawn(i);
             }
-            let deadline = Instant::now() + Duration::from_secs(60);
             for i in 0..n {
-                while !cluster.log(i).contains("ready to serve client requests") {
-                    assert!(
-                        Instant::now() < deadline,
-                        "etcd member {i} did not start within 60 s:\n{}",
-                        cluster.log(i)
-                    );
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                cluster.wait_ready(i, 1);
             }
             cluster
+        }
+
+        /// Starts member `i` (again: with its data folder, it rejoins as itself).
+        fn spawn(&mut self, i: usize) {
+            let initial: Vec<String> = self.peers.iter().enumerate().map(|(i, p)| format!("m{i}=http://{p}")).collect();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(format!("m{i}.log")))
+                .expect("an etcd log file");
+            let child = Command::new("etcd")
+                .args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(self.dir.join(format!("m{i}")))
+                .args(["--listen-client-urls", &format!("http://{}", self.clients[i])])
+                .args(["--advertise-client-urls", &format!("http://{}", self.clients[i])])
+                .args(["--listen-peer-urls", &format!("http://{}", self.peers[i])])
+                .args(["--initial-advertise-peer-urls", &format!("http://{}", self.peers[i])])
+                .args(["--initial-cluster", &initial.join(",")])
+                .args(["--initial-cluster-state", "new", "--initial-cluster-token", "sluice-test"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("etcd (Debian's etcd-server; scripts/test.sh installs it)");
+            self.members[i] = Some(KillOnDrop(child));
+        }
+
+        /// Waits until member `i`'s log says `times` times that it serves clients.
+        fn wait_ready(&self, i: usize, times: usize) {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while self.log(i).matches("ready to serve client requests").count() < times {
+                assert!(Instant::now() < deadline, "etcd member {i} did not start within 60 s:\n{}", self.log(i));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        /// Starts member `i` again after [`EtcdCluster::kill`]; returns once it serves
+        /// clients (which takes a quorum).
+        pub fn restart(&mut self, i: usize) {
+            let before = self.log(i).matches("ready to serve client requests").count();
+            self.spawn(i);
+            self.wait_ready(i, before + 1);
+        }
+
+        /// The pid of member `i`.
+        pub fn pid(&self, i: usize) -> u32 {
+            self.members[i].as_ref().expect("member running").0.id()
+        }
+
+        /// The client address of member `i` alone, as `--ha` takes it.
+        pub fn member_url(&self, i: usize) -> String {
+            format!("etcd://{}", self.clients[i])
         }
 
         /// `etcd://` and every member's client address, as `--ha` takes it.

@@ -23,7 +23,9 @@ struct HaCluster {
 }
 
 impl HaCluster {
-    fn start(dir: &Path, etcd: &EtcdCluster, coordinators: usize, workers: usize) -> HaCluster {
+    /// Starts a coordinator for each of `coordinators` (the etcd URL it is given) and
+    /// `workers` workers of one slot (given every member).
+    fn start(dir: &Path, etcd: &EtcdCluster, coordinators: &[String], workers: usize) -> HaCluster {
         let sluice = sluice_beside(Path::new(env!("CARGO_BIN_EXE_counts")));
         std::fs::write(dir.join("secret"), "an-ha-test-secret").unwrap();
         let mut cluster = HaCluster {
@@ -33,14 +35,12 @@ impl HaCluster {
             coordinators: Vec::new(),
             _workers: Vec::new(),
         };
-        for (i, listen) in free_addresses(coordinators).into_iter().enumerate() {
-            let mut command = cluster.role("coordinator", &format!("coordinator-{i}.log"));
-            command.args(["--listen", &listen.to_string(), "--store"]).arg(dir.join("store"));
-            cluster.coordinators.push(Some(KillOnDrop(command.spawn().unwrap())));
+        for url in coordinators {
+            cluster.start_coordinator(url);
         }
         cluster.wait_for_leader(&[], Duration::from_secs(60));
         for i in 0..workers {
-            let mut command = cluster.role("worker", &format!("worker-{i}.log"));
+            let mut command = cluster.role("worker", &format!("worker-{i}.log"), &cluster.url);
             command.args(["--slots", "1", "--cache"]).arg(dir.join(format!("cache-{i}")));
             cluster._workers.push(KillOnDrop(command.spawn().unwrap()));
         }
@@ -53,13 +53,21 @@ impl HaCluster {
         cluster
     }
 
-    /// `sluice ROLE --ha ...` logging to `log`, in a process group of its own (its job
+    /// Starts one more coordinator (its log: `coordinator-<index>.log`) against `url`.
+    fn start_coordinator(&mut self, url: &str) {
+        let listen = free_addresses(1)[0];
+        let mut command = self.role("coordinator", &format!("coordinator-{}.log", self.coordinators.len()), url);
+        command.args(["--listen", &listen.to_string(), "--store"]).arg(self.dir.join("store"));
+        self.coordinators.push(Some(KillOnDrop(command.spawn().unwrap())));
+    }
+
+    /// `sluice ROLE --ha URL ...` logging to `log`, in a process group of its own (its job
     /// processes too).
-    fn role(&self, role: &str, log: &str) -> Command {
+    fn role(&self, role: &str, log: &str, url: &str) -> Command {
         let mut command = Command::new(&self.sluice);
         command
             .arg(role)
-            .args(["--ha", &self.url, "--ha-cluster", "test", "--secret-file"])
+            .args(["--ha", url, "--ha-cluster", "test", "--secret-file"])
             .arg(self.dir.join("secret"))
             .env_remove("SLUICE_SECRET")
             .env_remove("SLUICE_SECRET_FILE")
@@ -143,7 +151,7 @@ fn a_leader_killed_with_sigkill_is_replaced_and_its_running_job_adopted_without_
     let etcd_dir = dir.path().join("etcd");
     std::fs::create_dir_all(&etcd_dir).unwrap();
     let etcd = EtcdCluster::start(&etcd_dir, 3);
-    let mut cluster = HaCluster::start(dir.path(), &etcd, 3, 2);
+    let mut cluster = HaCluster::start(dir.path(), &etcd, &[etcd.url(), etcd.url(), etcd.url()], 2);
     let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
     let n = 800_000;
     let counts = env!("CARGO_BIN_EXE_counts");
@@ -173,14 +181,115 @@ fn a_leader_killed_with_sigkill_is_replaced_and_its_running_job_adopted_without_
             std::thread::sleep(Duration::from_millis(50));
         }
         if round == 0 {
-            // A third coordinator stands by for the second round: start the killed one again.
-            let listen = free_addresses(1)[0];
-            let mut command = cluster.role("coordinator", &format!("coordinator-{}.log", cluster.coordinators.len()));
-            command.args(["--listen", &listen.to_string(), "--store"]).arg(dir.path().join("store"));
-            cluster.coordinators.push(Some(KillOnDrop(command.spawn().unwrap())));
+            // Two stand by for the second round: the killed one is started again.
+            cluster.start_coordinator(&etcd.url());
         }
     }
     let line = cluster.wait_for("job-1", "finished", Duration::from_secs(120));
     assert!(line.contains("attempt 1 "), "seed {seed}: the job was restarted:\n{line}\n{}", cluster.logs());
     assert_committed_counts(&out, n, &format!("seed {seed}: two leaders killed"));
+}
+
+/// How many lines the job has committed to `out` so far.
+fn committed_lines(out: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(out) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|text| text.lines().count())
+        .sum()
+}
+
+/// Submits the counting job (`n` events at 100 000/s, parallelism 2, checkpoints every
+/// 100 ms) and waits until it runs.
+fn submit_counts(cluster: &HaCluster, out: &Path, checkpoints: &Path, n: u64) {
+    let counts = env!("CARGO_BIN_EXE_counts");
+    let (ok, text) = cluster.client(&submit_counts_args(counts, 2, out, n, 100_000, Some(checkpoints), &[]));
+    assert!(ok, "{text}\n{}", cluster.logs());
+    cluster.wait_for("job-1", "running", Duration::from_secs(60));
+}
+
+#[test]
+fn losing_one_etcd_member_stops_nothing_and_losing_quorum_stops_only_the_leadership_until_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd_dir = dir.path().join("etcd");
+    std::fs::create_dir_all(&etcd_dir).unwrap();
+    let mut etcd = EtcdCluster::start(&etcd_dir, 3);
+    let cluster = HaCluster::start(dir.path(), &etcd, &[etcd.url(), etcd.url()], 2);
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 1_200_000;
+    submit_counts(&cluster, &out, &checkpoints, n);
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(10));
+    // One member of three gone: quorum holds, the leader keeps its lease.
+    etcd.kill(2);
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = cluster.log(&format!("coordinator-{leader}.log"));
+    assert!(!log.contains("stepping down"), "the leader stepped down with a quorum left:\n{log}");
+    // Two of three gone: no quorum, so no lease can be renewed. The leader steps down;
+    // the job's processes go on meanwhile (their output keeps being committed).
+    etcd.kill(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.log(&format!("coordinator-{leader}.log")).contains("stepping down") {
+        assert!(Instant::now() < deadline, "the leader did not step down without quorum:\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = committed_lines(&out);
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = committed_lines(&out);
+    assert!(after > before, "nothing was committed while no coordinator led ({before} lines, then {after})");
+    // Quorum back: the standby leads and adopts the running attempt.
+    etcd.restart(1);
+    let next = cluster.wait_for_leader(&[leader], Duration::from_secs(30));
+    let line = cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    assert!(line.contains("attempt 1 "), "the job was restarted:\n{line}\n{}", cluster.logs());
+    assert!(line.contains("adopted by the leader of term"), "coordinator {next} did not adopt the job:\n{line}");
+    assert_committed_counts(&out, n, "etcd lost one member, then its quorum");
+}
+
+#[test]
+fn a_leader_cut_off_from_etcd_steps_down_within_its_lease_and_a_standby_adopts_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd_dir = dir.path().join("etcd");
+    std::fs::create_dir_all(&etcd_dir).unwrap();
+    let etcd = EtcdCluster::start(&etcd_dir, 3);
+    // Each coordinator talks to one member only, so that stopping a member cuts exactly
+    // one coordinator off (a network partition between it and etcd).
+    let urls: Vec<String> = (0..3).map(|i| etcd.member_url(i)).collect();
+    let mut cluster = HaCluster::start(dir.path(), &etcd, &urls, 2);
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 800_000;
+    submit_counts(&cluster, &out, &checkpoints, n);
+    std::thread::sleep(Duration::from_millis(700));
+    let leader = cluster.wait_for_leader(&[], Duration::from_secs(10));
+    let member = etcd.pid(leader);
+    let stop = |signal: &str| {
+        let status = Command::new("kill").args([signal, &member.to_string()]).status().unwrap();
+        assert!(status.success(), "kill {signal} {member}");
+    };
+    stop("-STOP");
+    let cut_at = Instant::now();
+    let mut deposed = cluster.coordinators[leader].take().expect("the leader runs");
+    let (status, _) = deposed.wait(Duration::from_secs(10));
+    let stepped_down = cut_at.elapsed();
+    stop("-CONT");
+    assert_eq!(status.code(), Some(75), "the deposed leader exits with 75:\n{}", cluster.logs());
+    let log = cluster.log(&format!("coordinator-{leader}.log"));
+    assert!(log.contains("stepping down as the leader"), "{log}");
+    eprintln!("the cut-off leader stepped down after {stepped_down:?} (its lease: 2 s)");
+    let next = cluster.wait_for_leader(&[leader], Duration::from_secs(30));
+    // Never two leaders: the old one had stepped down before the next one led (the log
+    // lines' timestamps, from one clock).
+    let stamp = |log: &str, text: &str| -> String {
+        let line = log.lines().find(|l| l.contains(text)).unwrap_or_else(|| panic!("no '{text}' in:\n{log}"));
+        line.split_whitespace().next().unwrap_or_default().to_string()
+    };
+    let down = stamp(&log, "stepping down as the leader");
+    let up = stamp(&cluster.log(&format!("coordinator-{next}.log")), "leading the cluster");
+    assert!(down < up, "coordinator {next} led at {up}, before the old leader stepped down at {down}");
+    let line = cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    assert!(line.contains("attempt 1 "), "the job was restarted:\n{line}\n{}", cluster.logs());
+    assert!(line.contains("adopted by the leader of term"), "coordinator {next} did not adopt the job:\n{line}");
+    cluster.coordinators.clear();
+    assert_committed_counts(&out, n, "the leader cut off from etcd");
 }
