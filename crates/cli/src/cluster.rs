@@ -315,19 +315,26 @@ fn free_address() -> Result<SocketAddr, String> {
     probe.local_addr().map_err(|e| e.to_string())
 }
 
-/// `sluice cluster`: a coordinator and `workers` workers on loopback, as child processes
-/// of this one, with a fresh secret written to `dir/secret`; runs until Ctrl-C or until
-/// the coordinator exits. With `tls`, a fresh CA and a certificate it signs for 127.0.0.1
-/// are written to `dir/tls`, and every role and job process uses them.
+/// `sluice cluster`: a coordinator (or, with `etcd`, `coordinators` of them campaigning on
+/// a three-member etcd started here too) and `workers` workers on loopback, as child
+/// processes of this one, with a fresh secret written to `dir/secret`; runs until Ctrl-C.
+/// With HA, a coordinator that exits (a deposed leader, one killed) is started again as a
+/// standby: this process is its supervisor.
 pub fn cluster(
-    workers: u32,
-    slots: u32,
+    (workers, slots): (u32, u32),
+    (coordinators, etcd): (u32, bool),
     dir: &Path,
     tls: bool,
     store: Option<&str>,
     failover: &Failover,
 ) -> Result<String, String> {
     failover.check()?;
+    if coordinators == 0 || (coordinators > 1 && !etcd) {
+        return Err(format!(
+            "--coordinators {coordinators}: several coordinators need --etcd (they elect their leader there); \
+             without it give --coordinators 1"
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut random = [0u8; 24];
     getrandom::fill(&mut random).map_err(|e| format!("no random secret: {e}"))?;
@@ -344,9 +351,13 @@ pub fn cluster(
         false => None,
     };
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let (grpc, http) = (free_address()?, free_address()?);
+    let mut members = Roles(Vec::new());
+    let ha_url = match etcd {
+        true => Some(start_etcd(&dir.join("etcd"), &mut members)?),
+        false => None,
+    };
     let mut roles = Roles(Vec::new());
-    let spawn = |args: Vec<String>| {
+    let spawn = |args: &[String]| {
         Command::new(&exe)
             .args(args)
             .env_remove("SLUICE_SECRET")
@@ -358,45 +369,68 @@ pub fn cluster(
             .map_err(|e| format!("starting a cluster role: {e}"))
     };
     let store = store.map_or_else(|| dir.join("store").to_string_lossy().into_owned(), str::to_string);
-    let mut coordinator = vec![
-        "coordinator".into(),
-        "--listen".into(),
-        grpc.to_string(),
-        "--http".into(),
-        http.to_string(),
-        "--store".into(),
-        store,
-        "--meta-dir".into(),
-        dir.join("coordinator").to_string_lossy().into_owned(),
-    ];
-    coordinator.extend(failover.as_args());
-    roles.0.push(spawn(coordinator)?);
-    for i in 0..workers {
-        roles.0.push(spawn(vec![
-            "worker".into(),
-            "--coordinator".into(),
+    let ha_args: Vec<String> = ha_url.iter().flat_map(|url| ["--ha".to_string(), url.clone()]).collect();
+    let mut coordinator_args = Vec::new();
+    let mut addresses = Vec::new();
+    for _ in 0..coordinators {
+        let (grpc, http) = (free_address()?, free_address()?);
+        let mut args: Vec<String> = vec![
+            "coordinator".into(),
+            "--listen".into(),
             grpc.to_string(),
+            "--http".into(),
+            http.to_string(),
+            "--store".into(),
+            store.clone(),
+        ];
+        if ha_url.is_none() {
+            args.extend(["--meta-dir".into(), dir.join("coordinator").to_string_lossy().into_owned()]);
+        }
+        args.extend(ha_args.iter().cloned());
+        args.extend(failover.as_args());
+        roles.0.push(spawn(&args)?);
+        coordinator_args.push(args);
+        addresses.push((grpc, http));
+    }
+    let (grpc, http) = addresses[0];
+    for i in 0..workers {
+        let mut args: Vec<String> = vec!["worker".into()];
+        match &ha_url {
+            Some(_) => args.extend(ha_args.iter().cloned()),
+            None => args.extend(["--coordinator".into(), grpc.to_string()]),
+        }
+        args.extend([
             "--slots".into(),
             slots.to_string(),
             "--cache".into(),
             dir.join(format!("worker-{i}")).to_string_lossy().into_owned(),
-        ])?);
+        ]);
+        roles.0.push(spawn(&args)?);
     }
-    let pids: Vec<u32> = roles.0[1..].iter().map(|c| c.id()).collect();
+    let n = coordinators as usize;
+    let pids: Vec<u32> = roles.0[n..].iter().map(|c| c.id()).collect();
     let ca = tls.as_ref().map(|t| t.ca.display().to_string());
     let info = serde_json::json!({
         "coordinator": grpc.to_string(), "http": http.to_string(), "secret_file": secret_file,
-        "workers": workers, "worker_pids": pids, "tls_ca": ca,
+        "workers": workers, "worker_pids": pids, "tls_ca": ca, "etcd": ha_url,
+        "coordinators": addresses.iter().map(|(g, h)| serde_json::json!({"grpc": g.to_string(), "http": h.to_string()}))
+            .collect::<Vec<_>>(),
     });
     std::fs::write(dir.join("cluster.json"), info.to_string()).map_err(|e| e.to_string())?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    println!("coordinator at {grpc} (status: {scheme}://{http}/jobs), {workers} workers; in another shell:");
+    let reach = match &ha_url {
+        Some(url) => {
+            println!("{coordinators} coordinators electing their leader on etcd ({url}), {workers} workers; in another shell:");
+            format!("SLUICE_HA={url}")
+        }
+        None => {
+            println!("coordinator at {grpc} (status: {scheme}://{http}/jobs), {workers} workers; in another shell:");
+            format!("SLUICE_COORDINATOR={grpc}")
+        }
+    };
     match &ca {
-        None => println!("  export SLUICE_COORDINATOR={grpc} SLUICE_SECRET_FILE={}", secret_file.display()),
-        Some(ca) => println!(
-            "  export SLUICE_COORDINATOR={grpc} SLUICE_SECRET_FILE={} SLUICE_TLS_CA={ca}",
-            secret_file.display()
-        ),
+        None => println!("  export {reach} SLUICE_SECRET_FILE={}", secret_file.display()),
+        Some(ca) => println!("  export {reach} SLUICE_SECRET_FILE={} SLUICE_TLS_CA={ca}", secret_file.display()),
     }
     // Ctrl-C reaches the whole foreground process group; SIGTERM reaches only this
     // process: then the roles are stopped here (and a SIGKILL leaves them to notice that
@@ -410,17 +444,71 @@ pub fn cluster(
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok("the cluster stopped".into());
         }
-        if let Ok(Some(status)) = roles.0[0].try_wait() {
-            return Err(format!("the coordinator exited ({status}) after {:?}; the cluster stops", started.elapsed()));
+        for i in 0..n {
+            if let Ok(Some(status)) = roles.0[i].try_wait() {
+                if ha_url.is_none() {
+                    return Err(format!(
+                        "the coordinator exited ({status}) after {:?}; the cluster stops",
+                        started.elapsed()
+                    ));
+                }
+                // With HA, a coordinator that exits is what the others are there for; it
+                // comes back as a standby (a deposed leader exits so that it holds no stale
+                // state).
+                eprintln!("sluice cluster: coordinator {i} exited ({status}); starting it again as a standby");
+                roles.0[i] = spawn(&coordinator_args[i])?;
+            }
         }
         // A worker that exits (or is killed) is the failure the cluster is there to survive:
         // said, not fatal.
-        for (i, child) in roles.0.iter_mut().enumerate().skip(1) {
-            if let Some(status) = exited[i - 1].is_none().then(|| child.try_wait().ok().flatten()).flatten() {
-                eprintln!("sluice cluster: worker {} exited ({status}); the cluster goes on without it", i - 1);
-                exited[i - 1] = Some(status);
+        for (i, child) in roles.0.iter_mut().enumerate().skip(n) {
+            if let Some(status) = exited[i - n].is_none().then(|| child.try_wait().ok().flatten()).flatten() {
+                eprintln!("sluice cluster: worker {} exited ({status}); the cluster goes on without it", i - n);
+                exited[i - n] = Some(status);
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Starts a three-member etcd on loopback in `dir` (`etcd` from the PATH), its members
+/// added to `members`; returns the `--ha` URL once every member serves clients.
+fn start_etcd(dir: &Path, members: &mut Roles) -> Result<String, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let clients: Vec<SocketAddr> = (0..3).map(|_| free_address()).collect::<Result<_, _>>()?;
+    let peers: Vec<SocketAddr> = (0..3).map(|_| free_address()).collect::<Result<_, _>>()?;
+    let initial: Vec<String> = peers.iter().enumerate().map(|(i, p)| format!("m{i}=http://{p}")).collect();
+    for i in 0..3 {
+        let log = std::fs::File::create(dir.join(format!("m{i}.log"))).map_err(|e| e.to_string())?;
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(dir.join(format!("m{i}")))
+            .args(["--listen-client-urls", &format!("http://{}", clients[i])])
+            .args(["--advertise-client-urls", &format!("http://{}", clients[i])])
+            .args(["--listen-peer-urls", &format!("http://{}", peers[i])])
+            .args(["--initial-advertise-peer-urls", &format!("http://{}", peers[i])])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "sluice-cluster"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                format!("starting etcd: {e}; --etcd needs etcd on the PATH (Debian: apt-get install etcd-server)")
+            })?;
+        members.0.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..3 {
+        let log = dir.join(format!("m{i}.log"));
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("ready to serve client requests") {
+            if Instant::now() > deadline {
+                return Err(format!("etcd member {i} did not start within 60 s; its log: {}", log.display()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let urls: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
+    Ok(format!("etcd://{}", urls.join(",")))
 }

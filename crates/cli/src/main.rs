@@ -99,6 +99,14 @@ enum Command {
         /// Slots per worker.
         #[arg(long, value_name = "S", default_value_t = 4)]
         slots: u32,
+        /// Coordinators to start (more than one needs --etcd): one leads, the others stand
+        /// by and take over when it dies.
+        #[arg(long, value_name = "K", default_value_t = 1)]
+        coordinators: u32,
+        /// Start a three-member etcd on loopback (etcd from the PATH; Debian: etcd-server)
+        /// and run the coordinators with high availability on it.
+        #[arg(long)]
+        etcd: bool,
         /// Make a CA and a certificate for 127.0.0.1 (in DIR/tls) and run every call and
         /// data connection over TLS 1.3.
         #[arg(long)]
@@ -278,8 +286,8 @@ fn main() -> ExitCode {
         Command::Worker { connection, tls, listen, slots, cache } => {
             cluster::worker(connection, tls, *listen, *slots, cache.as_deref())
         }
-        Command::Cluster { workers, slots, dir, tls, store, failover } => {
-            cluster::cluster(*workers, *slots, dir, *tls, store.as_deref(), failover)
+        Command::Cluster { workers, slots, coordinators, etcd, dir, tls, store, failover } => {
+            cluster::cluster((*workers, *slots), (*coordinators, *etcd), dir, *tls, store.as_deref(), failover)
         }
         Command::Submit { connection, binary, parallelism, name, args } => {
             cluster::submit(connection, binary, name.as_deref(), *parallelism, args.clone())

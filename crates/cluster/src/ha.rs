@@ -61,12 +61,28 @@ impl HaConfig {
         format!("/sluice/{}/jobs", self.cluster)
     }
 
-    /// A client of the etcd cluster (any member that answers).
+    /// A client of the etcd cluster (any member that answers), its calls bounded to half
+    /// the lease.
     pub async fn connect(&self) -> Result<Client, String> {
-        let options = ConnectOptions::new()
+        self.connect_with(Some(self.lease_ttl / 2)).await
+    }
+
+    /// A client whose calls have no deadline, for watches (a deadline would end them).
+    async fn connect_for_watches(&self) -> Result<Client, String> {
+        self.connect_with(None).await
+    }
+
+    async fn connect_with(&self, timeout: Option<Duration>) -> Result<Client, String> {
+        // HTTP/2 pings no more often than etcd allows (its --grpc-keepalive-min-time, 5 s
+        // by default; a client that pings more often is disconnected), and only while a
+        // call is open (etcd does not permit pings without one).
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(self.lease_ttl / 2)
-            .with_keep_alive(Duration::from_millis(500), Duration::from_secs(1));
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(2))
+            .with_keep_alive_while_idle(false);
+        if let Some(timeout) = timeout {
+            options = options.with_timeout(timeout);
+        }
         Client::connect(&self.endpoints, Some(options))
             .await
             .map_err(|e| format!("connecting to etcd at {}: {e}", self.endpoints.join(",")))
@@ -131,6 +147,7 @@ pub async fn leader_address(config: &HaConfig) -> Result<String, String> {
 /// steps down (exits) when it cannot.
 pub async fn lead(config: &HaConfig, address: &str) -> Result<Leadership, String> {
     let mut client = config.connect().await?;
+    let mut watcher = config.connect_for_watches().await?;
     let key = config.leader_key();
     let ttl = config.lease_ttl.as_secs() as i64;
     let mut announced = None;
@@ -163,11 +180,28 @@ pub async fn lead(config: &HaConfig, address: &str) -> Result<Leadership, String
             // Wait for the key to go (the leader's lease lapsed), from just after the
             // revision read, so that a deletion in between is not missed.
             let options = etcd_client::WatchOptions::new().with_start_revision(revision + 1);
-            let mut watch = client.watch(key.clone(), Some(options)).await?;
-            while let Some(event) = watch.message().await? {
-                if event.events().iter().any(|e| e.event_type() == EventType::Delete) {
-                    tracing::info!(term, "the leader's key is gone: campaigning");
-                    break;
+            // The key is also read again every half lease, so that a watch on a member that
+            // stopped answering (it may say nothing rather than fail) cannot keep a standby
+            // waiting once the leader is gone.
+            let mut watch = watcher.watch(key.clone(), Some(options)).await?;
+            let mut check = tokio::time::interval(config.lease_ttl / 2);
+            check.tick().await;
+            loop {
+                tokio::select! {
+                    event = watch.message() => match event? {
+                        Some(event) if event.events().iter().any(|e| e.event_type() == EventType::Delete) => {
+                            tracing::info!(term, "the leader's key is gone: campaigning");
+                            break;
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = check.tick() => {
+                        let now = tokio::time::timeout(config.lease_ttl / 2, current_leader(&mut client, config)).await;
+                        if !matches!(now, Ok(Ok(Some((_, t)))) if t == term as u64) {
+                            break;
+                        }
+                    }
                 }
             }
             Ok(None)
@@ -175,7 +209,7 @@ pub async fn lead(config: &HaConfig, address: &str) -> Result<Leadership, String
         .await;
         match attempt {
             Ok(Some(leadership)) => {
-                tracing::info!(term = leadership.term, address, "leading the cluster");
+                tracing::info!(term = leadership.term, address, pid = std::process::id(), "leading the cluster");
                 return Ok(leadership);
             }
             Ok(None) => {}
