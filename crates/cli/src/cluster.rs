@@ -444,7 +444,7 @@ pub fn cluster(
         if stop.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok("the cluster stopped".into());
         }
-        for i in 0..n {
+        for (i, args) in coordinator_args.iter().enumerate() {
             if let Ok(Some(status)) = roles.0[i].try_wait() {
                 if ha_url.is_none() {
                     return Err(format!(
@@ -456,7 +456,7 @@ pub fn cluster(
                 // comes back as a standby (a deposed leader exits so that it holds no stale
                 // state).
                 eprintln!("sluice cluster: coordinator {i} exited ({status}); starting it again as a standby");
-                roles.0[i] = spawn(&coordinator_args[i])?;
+                roles.0[i] = spawn(args)?;
             }
         }
         // A worker that exits (or is killed) is the failure the cluster is there to survive:
