@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 #[command(name = "sluice-bench")]
 struct Args {
     /// The workload: w1, w2, w3, w1-baseline, w2-baseline, k1, k1-baseline, k1-fill,
-    /// k1-topic, k1-count, r1 (or r1-job, the job r1 submits), keygroups, nexmark-events.
-    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count", "r1", "r1-job", "keygroups", "nexmark-events"])]
+    /// k1-topic, k1-count, r1 (or r1-job, the job r1 submits), r2 (r1 losing the leading coordinator), keygroups, nexmark-events.
+    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count", "r1", "r1-job", "r2", "keygroups", "nexmark-events"])]
     workload: String,
     /// Records (events) to process; a multiple of the parallelism.
     #[arg(long, default_value_t = 10_000_000, value_parser = parse_count)]
@@ -475,8 +475,33 @@ fn main() -> ExitCode {
         key_groups_moved();
         return ExitCode::SUCCESS;
     }
+    if args.workload == "r2" {
+        return match r1::run(&args, true) {
+            Ok(m) => {
+                let ms = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
+                eprintln!("{}", m.detail);
+                println!(
+                    "RESULT workload=r2 elect_ms={} adopt_ms={} caught_up_ms={} restarted={} exactly_once={}",
+                    ms(m.elect_ms),
+                    ms(m.adopt_ms),
+                    ms(m.caught_up_ms),
+                    m.restarted,
+                    m.exactly_once
+                );
+                if m.exactly_once {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("r2: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.workload == "r1" {
-        return match r1::run(&args) {
+        return match r1::run(&args, false) {
             Ok(m) => {
                 let ms = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
                 eprintln!("{}", m.detail);

@@ -13,6 +13,12 @@
 //! At the end the committed output is checked against W2's reference (count and checksum
 //! of every record): `exactly_once`. The job itself is this binary (`r1-job`), submitted
 //! to the cluster as its artifact.
+//!
+//! R2 is the same set-up with 3 coordinators on a three-member etcd (`sluice cluster
+//! --coordinators 3 --etcd`); the SIGKILL hits the leading coordinator, and the harness
+//! measures `elect_ms` (a standby logs that it leads), `adopt_ms` (it logs that it adopted
+//! the running attempt), `caught_up_ms` (the first commit after the kill with the output
+//! lag within its band of the 10 s before) and whether the job had to restart.
 
 use crate::{w2_fingerprint, w2_key, w2_reference, Args, Tally};
 use sluice::prelude::*;
@@ -47,8 +53,14 @@ pub fn job(args: &Args) -> Result<(), String> {
     env.execute("r1").map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// What one R1 run measured.
+/// What one R1 (or R2) run measured.
 pub struct Measured {
+    /// R2: to a new leader.
+    pub elect_ms: Option<u64>,
+    /// R2: to the running attempt adopted.
+    pub adopt_ms: Option<u64>,
+    /// R2: the job ran more than one attempt.
+    pub restarted: bool,
     pub detect_ms: Option<u64>,
     pub running_ms: Option<u64>,
     pub first_output_ms: Option<u64>,
@@ -88,6 +100,19 @@ fn log_time_ms(line: &str) -> Option<i64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + millis)
+}
+
+/// `GET /jobs` of the first of the status endpoints `https` that answers (with HA, a
+/// standby serves none: the leader answers).
+fn jobs_of_leader(https: &[String], secret: &str) -> Result<serde_json::Value, String> {
+    let mut last = String::from("no status endpoint");
+    for http in https {
+        match jobs(http, secret) {
+            Ok(status) => return Ok(status),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// `GET /jobs` of the coordinator's status endpoint.
@@ -147,8 +172,9 @@ fn say(live: bool, text: impl std::fmt::Display) {
     }
 }
 
-/// One R1 run; with `args.live`, an account of it as it happens.
-pub fn run(args: &Args) -> Result<Measured, String> {
+/// One R1 run (R2 with `ha`: the leading coordinator is killed, not a worker); with
+/// `args.live`, an account of it as it happens.
+pub fn run(args: &Args, ha: bool) -> Result<Measured, String> {
     let live = args.live;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let sluice = exe.with_file_name("sluice");
@@ -164,8 +190,10 @@ pub fn run(args: &Args) -> Result<Measured, String> {
     let log_path = dir.join("cluster.log");
     let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     let cluster_dir = dir.join("c");
+    let ha_args: &[&str] = if ha { &["--coordinators", "3", "--etcd"] } else { &[] };
     let child = Command::new(&sluice)
         .args(["cluster", "--workers", "3", "--slots", "1", "--dir", cluster_dir.to_str().ok_or("path")?])
+        .args(ha_args)
         .env_remove("SLUICE_SECRET")
         .env_remove("SLUICE_SECRET_FILE")
         .stdout(Stdio::null())
@@ -186,9 +214,18 @@ pub fn run(args: &Args) -> Result<Measured, String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    say(live, "cluster up: a coordinator and 3 workers (1 slot each) on loopback");
+    let roles = if ha { "3 coordinators (one leads, on a three-member etcd)" } else { "a coordinator" };
+    say(live, format!("cluster up: {roles} and 3 workers (1 slot each) on loopback"));
     let coordinator = info["coordinator"].as_str().ok_or("no coordinator address")?.to_string();
-    let http = info["http"].as_str().ok_or("no status address")?.to_string();
+    let https: Vec<String> = match info["coordinators"].as_array() {
+        Some(all) => all.iter().filter_map(|c| c["http"].as_str().map(String::from)).collect(),
+        None => vec![info["http"].as_str().ok_or("no status address")?.to_string()],
+    };
+    // With HA the command line finds the leader in etcd.
+    let reach: Vec<String> = match info["etcd"].as_str() {
+        Some(url) => vec!["--ha".into(), url.into()],
+        None => vec!["--coordinator".into(), coordinator.clone()],
+    };
     let secret_file = cluster_dir.join("secret");
     let secret = std::fs::read_to_string(&secret_file).map_err(|e| e.to_string())?.trim().to_string();
 
@@ -211,7 +248,9 @@ pub fn run(args: &Args) -> Result<Measured, String> {
         args.batch_size.to_string(),
     ];
     let submitted = Command::new(&sluice)
-        .args(["submit", "--coordinator", &coordinator, "--secret-file", secret_file.to_str().ok_or("path")?])
+        .arg("submit")
+        .args(&reach)
+        .args(["--secret-file", secret_file.to_str().ok_or("path")?])
         .arg(&exe)
         .args(["-p", &args.parallelism.to_string(), "--name", "r1", "--"])
         .args(&job_args)
@@ -234,7 +273,7 @@ pub fn run(args: &Args) -> Result<Measured, String> {
     let mut told = (false, false, false);
     let mut output = Output::default();
     let mut lags: Vec<(i64, i64)> = Vec::new(); // (when, lag) at each new commit
-    let mut killed: Option<(i64, u64)> = None; // (when, worker)
+    let mut killed: Option<(i64, u64)> = None; // (when, worker; the coordinator's pid with HA)
     let (mut running_at, mut first_output_at, mut caught_up_at) = (None, None, None);
     let mut last_status = Instant::now() - Duration::from_secs(1);
     let end_deadline = Instant::now() + Duration::from_secs_f64(args.n as f64 / args.rate + 180.0);
@@ -264,8 +303,18 @@ pub fn run(args: &Args) -> Result<Measured, String> {
                 }
             }
         }
+        if killed.is_none() && now >= kill_at_ms && ha {
+            let pid = leader_pid(&read_log()).ok_or("no leading coordinator in the log")?;
+            let when = now_ms();
+            Command::new("kill").args(["-KILL", &pid.to_string()]).status().map_err(|e| e.to_string())?;
+            killed = Some((when, pid as u64));
+            say(
+                live,
+                format!("  t={:>5.1}s  kill -9 of the leading coordinator (pid {pid})", (when - t0) as f64 / 1000.0),
+            );
+        }
         if killed.is_none() && now >= kill_at_ms {
-            let status = jobs(&http, &secret)?;
+            let status = jobs_of_leader(&https, &secret)?;
             let job = &status["jobs"][0];
             let worker = job["processes"][args.kill_process]["worker_id"].as_u64().ok_or("no process to kill")?;
             let pid = worker_pid(&read_log(), worker).ok_or_else(|| format!("no pid of worker {worker}"))?;
@@ -281,7 +330,17 @@ pub fn run(args: &Args) -> Result<Measured, String> {
                 ),
             );
         }
-        if let (Some((kill, _)), None) = (killed, caught_up_at) {
+        if let (Some((kill, _)), None, true) = (killed, caught_up_at, ha) {
+            // The job's processes are not touched by the kill: the first commit after it
+            // with the lag in its band is when the output is normal again.
+            if let Some(&(at, lag)) = lags.last() {
+                let before = lags.iter().filter(|(t, _)| *t >= kill - 10_000 && *t < kill).map(|l| l.1).max();
+                if at > kill && before.is_some_and(|b| lag <= b) {
+                    caught_up_at = Some(at);
+                }
+            }
+        }
+        if let (Some((kill, _)), None, false) = (killed, caught_up_at, ha) {
             if let (Some(_), Some(&(at, lag))) = (first_output_at, lags.last()) {
                 let before = lags.iter().filter(|(t, _)| *t >= kill - 10_000 && *t < kill).map(|l| l.1).max();
                 if at >= first_output_at.unwrap_or(i64::MAX) && before.is_some_and(|b| lag <= b) {
@@ -289,7 +348,25 @@ pub fn run(args: &Args) -> Result<Measured, String> {
                 }
             }
         }
-        if let Some((kill, _)) = killed {
+        if let (Some((kill, _)), true) = (killed, ha) {
+            let log = read_log();
+            let after =
+                |text: &str| log.lines().filter(|l| l.contains(text)).filter_map(log_time_ms).find(|t| *t >= kill - 5);
+            if let (false, Some(at)) = (told.0, after("leading the cluster")) {
+                told.0 = true;
+                say(live, format!("  +{:>4} ms  a standby coordinator leads", at - kill));
+            }
+            if let (false, Some(at)) = (told.1, after("adopted by the leader of term")) {
+                told.1 = true;
+                running_at = Some(at);
+                say(live, format!("  +{:>4} ms  it adopted the running attempt: no restart", at - kill));
+            }
+            if let (false, Some(at)) = (told.2, caught_up_at) {
+                told.2 = true;
+                say(live, format!("  +{:>4} ms  output committed after the kill, within its usual lag", at - kill));
+            }
+        }
+        if let (Some((kill, _)), false) = (killed, ha) {
             if !told.0 {
                 if let Some(line) = read_log().lines().find(|l| {
                     (l.contains("attempt 1 failed") || l.contains("worker lost"))
@@ -314,7 +391,8 @@ pub fn run(args: &Args) -> Result<Measured, String> {
             >= Duration::from_millis(if killed.is_some() && running_at.is_none() { 5 } else { 100 })
         {
             last_status = Instant::now();
-            let status = jobs(&http, &secret)?;
+            // No leader for a moment (R2): the status waits for the next one.
+            let Ok(status) = jobs_of_leader(&https, &secret) else { continue };
             let job = &status["jobs"][0];
             let state = job["state"].as_str().unwrap_or_default();
             if killed.is_some() && running_at.is_none() && job["attempt"].as_u64().unwrap_or(1) >= 2 {
@@ -337,11 +415,14 @@ pub fn run(args: &Args) -> Result<Measured, String> {
     output.scan(&out);
     let log_text = read_log();
     let (kill, worker) = killed.ok_or("the job ended before the kill; give a larger --n")?;
-    let detect_at = log_text
-        .lines()
-        .filter(|l| l.contains("attempt 1 failed") || l.contains("worker lost"))
-        .filter_map(log_time_ms)
-        .find(|t| *t >= kill - 5);
+    let after_kill = |texts: &[&str]| {
+        log_text
+            .lines()
+            .filter(|l| texts.iter().any(|t| l.contains(t)))
+            .filter_map(log_time_ms)
+            .find(|t| *t >= kill - 5)
+    };
+    let detect_at = after_kill(&["attempt 1 failed", "worker lost"]);
     let since = |t: Option<i64>| t.map(|t| (t - kill).max(0) as u64);
     let reference = w2_reference(args.n);
     let exactly_once =
@@ -376,6 +457,9 @@ pub fn run(args: &Args) -> Result<Measured, String> {
     let _ = std::fs::copy(&log_path, &kept);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Measured {
+        elect_ms: since(after_kill(&["leading the cluster"])),
+        adopt_ms: since(after_kill(&["adopted by the leader of term"])),
+        restarted: finished["attempt"].as_u64().unwrap_or(1) > 1,
         detect_ms: since(detect_at),
         running_ms: since(running_at),
         first_output_ms: since(first_output_at),
@@ -383,6 +467,14 @@ pub fn run(args: &Args) -> Result<Measured, String> {
         exactly_once,
         detail,
     })
+}
+
+/// The pid of the coordinator that leads now, from the last leadership line.
+fn leader_pid(log: &str) -> Option<u32> {
+    log.lines()
+        .filter(|l| l.contains("leading the cluster"))
+        .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .last()
 }
 
 /// The pid of worker `id`, from its registration line.

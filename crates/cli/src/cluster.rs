@@ -174,6 +174,14 @@ pub fn coordinator(
 ) -> Result<String, String> {
     let detection = failover.check()?;
     let ha = ha.config()?;
+    let orphaned = sluice_cluster::worker::ORPHANED_AFTER.as_millis() as u64;
+    if ha.is_some() && adopt_within_ms < 2 * orphaned {
+        return Err(format!(
+            "--adopt-within-ms {adopt_within_ms}: give at least {} ms; a worker that cannot join a new leader stops its \
+             job processes after {orphaned} ms, and the leader must not restart their job before that",
+            2 * orphaned
+        ));
+    }
     let tls = tls.0.load(tls.1)?;
     sluice_runtime::init_logging(tracing::Level::INFO);
     sluice_runtime::processes::exit_with_parent();

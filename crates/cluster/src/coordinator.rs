@@ -1023,7 +1023,7 @@ impl Coordinator for CoordinatorService {
             }
             None => false,
         };
-        Ok(Response::new(HeartbeatReply { known }))
+        Ok(Response::new(HeartbeatReply { known, term: self.term }))
     }
 
     async fn upload_artifact(
@@ -1245,11 +1245,20 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
     let store = ArtifactStore::open(&config.store)?;
     let placement: Arc<dyn PlacementStrategy> =
         Arc::from(crate::placement::strategy(&config.placement, placement_seed())?);
-    // Bound before campaigning: the leader key holds the address workers are to use.
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("listening on {}: {e}", config.listen))?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let bind = || async {
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("listening on {}: {e}", config.listen))
+    };
+    // The leader key holds the address workers are to use: with port 0 it is known only
+    // once bound. A fixed port is bound only once leading, so that a standby started on a
+    // dead leader's address does not accept (and hold) the workers' calls meanwhile.
+    let mut listener = match config.listen.port() {
+        0 => Some(bind().await?),
+        _ => None,
+    };
+    let address = match &listener {
+        Some(l) => l.local_addr().map_err(|e| e.to_string())?,
+        None => config.listen,
+    };
     let (table, term) = match &config.ha {
         Some(ha) => {
             let leadership = crate::ha::lead(ha, &address.to_string()).await?;
@@ -1257,6 +1266,10 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
             (Some(Meta::Etcd(Box::new(leadership))), term)
         }
         None => (config.meta_dir.as_deref().map(crate::jobtable::JobTable::open).transpose()?.map(Meta::Local), 0),
+    };
+    let listener = match listener.take() {
+        Some(l) => l,
+        None => bind().await?,
     };
     let adopt = config.ha.is_some();
     let mut state = State::default();

@@ -53,6 +53,12 @@ type Processes = Arc<Mutex<HashMap<(String, u64, u32), Child>>>;
 /// writing for an attempt the coordinator has replaced.
 const PULSE_EVERY: Duration = Duration::from_millis(50);
 
+/// With HA: a worker that sees a new leader in etcd but cannot join it for this long stops
+/// its job processes. The new leader restarts a job whose processes it cannot account for
+/// after its adoption window (`--adopt-within-ms`, at least 2 s, 3 s by default), so by
+/// then no process of the old attempt runs beside the new one.
+pub const ORPHANED_AFTER: Duration = Duration::from_secs(1);
+
 /// The folder of the worker's cache with local copies of checkpointed state.
 const LOCAL_STATE: &str = "local-state";
 
@@ -409,20 +415,38 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
     let mut heartbeats = coordinator.clone();
     let heartbeat_every = Duration::from_millis(reply.heartbeat_interval_ms.max(10));
     let mut worker_id = reply.worker_id;
+    let mut our_term = reply.term;
     let ha_config = config.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(heartbeat_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rtt = Duration::ZERO;
         let mut cpu = crate::load::CpuMeter::default();
+        // With HA: since when a leader other than ours is named in etcd and this worker
+        // has not joined it.
+        let mut other_leader_since: Option<std::time::Instant> = None;
+        // A call to a coordinator that accepts the connection but never answers must not
+        // hold the heartbeats (and the search for a new leader) up.
+        let call_within = (heartbeat_every * 5).max(Duration::from_millis(500));
         loop {
             tick.tick().await;
             let pids: Vec<u32> = processes.lock().unwrap_or_else(|e| e.into_inner()).values().map(Child::id).collect();
             let cpu_percent = cpu.sample(pids);
             let sent = std::time::Instant::now();
             let request = HeartbeatRequest { worker_id, rtt_us: rtt.as_micros() as u64, cpu_percent };
-            match heartbeats.heartbeat(request).await {
-                Ok(reply) if reply.get_ref().known => rtt = sent.elapsed(),
+            let answer = match tokio::time::timeout(call_within, heartbeats.heartbeat(request)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(Status::deadline_exceeded(format!("no answer within {call_within:?}"))),
+            };
+            let look_for_leader = match answer {
+                Ok(reply) if reply.get_ref().known => {
+                    rtt = sent.elapsed();
+                    other_leader_since = None;
+                    false
+                }
+                // A new leader (on the old one's address, say) that has not heard of this
+                // worker yet: rejoin it with the processes, do not drop them.
+                Ok(reply) if etcd.is_some() && reply.get_ref().term > our_term => true,
                 Ok(_) => {
                     // The coordinator declared this worker lost (it was silent too long) and
                     // has moved its processes: the ones still here belong to replaced
@@ -444,11 +468,21 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
                         Ok(reply) => worker_id = reply.worker_id,
                         Err(e) => tracing::warn!(error = %e, "registering again failed; retrying"),
                     }
+                    false
                 }
                 Err(e) if etcd.is_some() => {
+                    tracing::debug!(error = %e.message(), "heartbeat to the coordinator failed");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message(), "heartbeat to the coordinator failed");
+                    false
+                }
+            };
+            if look_for_leader {
+                {
                     // With HA: is another coordinator leading now? Its job processes go on
                     // meanwhile; the new leader adopts them when this worker rejoins.
-                    tracing::debug!(error = %e.message(), "heartbeat to the coordinator failed");
                     let Ok(Some((leader_address, leader_term))) = crate::ha::current_leader(
                         etcd.as_mut().expect("checked"),
                         ha_config.ha.as_ref().expect("with etcd"),
@@ -457,14 +491,37 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
                     else {
                         continue;
                     };
-                    if leader_address == coordinator_address {
+                    if leader_term == our_term {
                         continue; // the old leader's lease has not lapsed yet
                     }
-                    let Ok((mut client, _)) = find_coordinator(&ha_config, etcd.as_mut()).await else { continue };
-                    registration.previous_id = worker_id;
-                    registration.running = running_processes(&processes);
-                    match register(&mut client, &registration, &leader_address).await {
-                        Ok(reply) => {
+                    let since = *other_leader_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > ORPHANED_AFTER
+                        && !processes.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+                    {
+                        // The new leader restarts what it cannot adopt in time; processes it
+                        // never heard of must not go on beside the restarted attempt.
+                        let orphans: Vec<Child> =
+                            processes.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, c)| c).collect();
+                        tracing::warn!(
+                            processes = orphans.len(),
+                            leader = %leader_address,
+                            "could not join the new leader within {ORPHANED_AFTER:?}; stopping this worker's job processes, which it will restart"
+                        );
+                        for mut child in orphans {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                        }
+                    }
+                    let joined = async {
+                        let (mut client, _) = find_coordinator(&ha_config, etcd.as_mut()).await?;
+                        registration.previous_id = worker_id;
+                        registration.running = running_processes(&processes);
+                        let reply = register(&mut client, &registration, &leader_address).await?;
+                        Ok::<_, String>((client, reply))
+                    };
+                    match tokio::time::timeout(call_within, joined).await.unwrap_or_else(|_| Err("no answer".into())) {
+                        Ok((client, reply)) => {
+                            other_leader_since = None;
                             tracing::info!(
                                 worker = reply.worker_id,
                                 term = leader_term,
@@ -472,6 +529,7 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
                                 "rejoined the new leader with the job processes still running here"
                             );
                             worker_id = reply.worker_id;
+                            our_term = reply.term;
                             term.fetch_max(reply.term, std::sync::atomic::Ordering::SeqCst);
                             coordinator_address = leader_address;
                             heartbeats = client.clone();
@@ -480,7 +538,6 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
                         Err(e) => tracing::warn!(error = %e, "joining the new leader failed; retrying"),
                     }
                 }
-                Err(e) => tracing::warn!(error = %e.message(), "heartbeat to the coordinator failed"),
             }
         }
     });
