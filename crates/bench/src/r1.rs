@@ -472,9 +472,9 @@ pub fn run(args: &Args, ha: bool) -> Result<Measured, String> {
 /// The pid of the coordinator that leads now, from the last leadership line.
 fn leader_pid(log: &str) -> Option<u32> {
     log.lines()
+        .rev()
         .filter(|l| l.contains("leading the cluster"))
-        .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
-        .last()
+        .find_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
 }
 
 /// The pid of worker `id`, from its registration line.
