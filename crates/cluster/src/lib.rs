@@ -9,10 +9,10 @@
 //! worker, spread as `sluice_runtime::processes` describes: records travel between them
 //! over `sluice-net`, checkpoints coordinated by its process 0. A failed attempt (a
 //! process that fails, a worker that stops sending heartbeats) is replaced by the next on
-//! the workers there are ([`placement`]), resuming from the latest checkpoint. What the
-//! cluster does not do yet is said in `docs/cluster.md` and `docs/failover.md`: keeping
-//! jobs across a coordinator restart (a job is resubmitted, and resumes from its latest
-//! checkpoint), among others.
+//! the workers there are ([`placement`]), resuming from the latest checkpoint. With
+//! `--ha`, several coordinators elect a leader on etcd and the leader keeps the job table
+//! there ([`ha`]); a new leader adopts the running attempts. What the cluster does not do
+//! yet is said in `docs/cluster.md`, `docs/failover.md` and `docs/ha.md`.
 
 pub mod artifacts;
 pub mod auth;
