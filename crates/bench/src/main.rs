@@ -439,6 +439,31 @@ fn k1(bootstrap: &str, input: &str, parallelism: usize) -> Result<(Tally, Durati
     Ok((k1_output(bootstrap, &output)?, elapsed))
 }
 
+/// Prints an R1 or R2 run's RESULT line (its own fields from `fields`, then
+/// `exactly_once`) and the run's detail on stderr; fails unless the output was exact.
+fn recovery_result(
+    workload: &str,
+    measured: Result<r1::Measured, String>,
+    fields: impl Fn(&r1::Measured, &dyn Fn(Option<u64>) -> String) -> String,
+) -> ExitCode {
+    match measured {
+        Ok(m) => {
+            let ms = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
+            eprintln!("{}", m.detail);
+            println!("RESULT workload={workload} {} exactly_once={}", fields(&m, &ms), m.exactly_once);
+            if m.exactly_once {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("{workload}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
@@ -476,54 +501,26 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if args.workload == "r2" {
-        return match r1::run(&args, true) {
-            Ok(m) => {
-                let ms = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
-                eprintln!("{}", m.detail);
-                println!(
-                    "RESULT workload=r2 elect_ms={} adopt_ms={} caught_up_ms={} restarted={} exactly_once={}",
-                    ms(m.elect_ms),
-                    ms(m.adopt_ms),
-                    ms(m.caught_up_ms),
-                    m.restarted,
-                    m.exactly_once
-                );
-                if m.exactly_once {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            }
-            Err(e) => {
-                eprintln!("r2: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return recovery_result("r2", r1::run(&args, true), |m, ms| {
+            format!(
+                "elect_ms={} adopt_ms={} caught_up_ms={} restarted={}",
+                ms(m.elect_ms),
+                ms(m.adopt_ms),
+                ms(m.caught_up_ms),
+                m.restarted
+            )
+        });
     }
     if args.workload == "r1" {
-        return match r1::run(&args, false) {
-            Ok(m) => {
-                let ms = |v: Option<u64>| v.map_or("none".to_string(), |v| v.to_string());
-                eprintln!("{}", m.detail);
-                println!(
-                    "RESULT workload=r1 detect_ms={} running_ms={} first_output_ms={} caught_up_ms={} exactly_once={}",
-                    ms(m.detect_ms),
-                    ms(m.running_ms),
-                    ms(m.first_output_ms),
-                    ms(m.caught_up_ms),
-                    m.exactly_once
-                );
-                if m.exactly_once {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
-                }
-            }
-            Err(e) => {
-                eprintln!("r1: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return recovery_result("r1", r1::run(&args, false), |m, ms| {
+            format!(
+                "detect_ms={} running_ms={} first_output_ms={} caught_up_ms={}",
+                ms(m.detect_ms),
+                ms(m.running_ms),
+                ms(m.first_output_ms),
+                ms(m.caught_up_ms)
+            )
+        });
     }
     if std::env::var_os("SLUICE_PROCESS").is_some() {
         return cluster_process(&args);

@@ -95,6 +95,10 @@ pub struct CheckpointStore {
     /// Where this process keeps a copy of each state file it writes (task-local recovery):
     /// a restart on the same machine reads its state from there, not from the store.
     local: Option<std::path::PathBuf>,
+    /// With coordinator HA: the newest checkpoint the leader recorded as complete; newer
+    /// ones (their manifest written, but never recorded, so never committed) are not
+    /// restored.
+    at_most: Option<u64>,
 }
 
 /// How many checkpoints' local copies a process keeps: the newest completed checkpoint
@@ -189,7 +193,13 @@ fn open_s3(_: &str) -> Result<Arc<dyn ObjectStore>, String> {
 impl CheckpointStore {
     /// The checkpoints of `job` under `location` (a folder, created if missing).
     pub fn open(location: &str, job: &str) -> Result<Self, StoreError> {
-        Ok(CheckpointStore { store: open_store(location)?, location: location.into(), job: sanitize(job), local: None })
+        Ok(CheckpointStore {
+            store: open_store(location)?,
+            location: location.into(),
+            job: sanitize(job),
+            local: None,
+            at_most: None,
+        })
     }
 
     /// Keeps a copy of every state file this store writes under `dir`, and reads a state
@@ -198,6 +208,14 @@ impl CheckpointStore {
     /// copy is read from the store; a copy that cannot be written is only logged.
     pub fn with_local_copies(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.local = Some(dir.into());
+        self
+    }
+
+    /// Restores only checkpoints up to `id`, the newest one recorded as complete outside
+    /// the store (with coordinator HA, under the leader's term); newer ones are passed over
+    /// with a note.
+    pub fn restoring_at_most(mut self, id: u64) -> Self {
+        self.at_most = Some(id);
         self
     }
 
@@ -548,8 +566,16 @@ impl CheckpointStore {
     }
 
     fn newest_verified(&self) -> Result<(Option<LoadedCheckpoint>, Vec<String>), StoreError> {
-        let candidates = self
-            .checkpoint_ids()?
+        let (ids, unrecorded): (Vec<u64>, Vec<u64>) =
+            self.checkpoint_ids()?.into_iter().partition(|id| self.at_most.is_none_or(|most| *id <= most));
+        if !unrecorded.is_empty() {
+            tracing::info!(
+                location = %self.location,
+                "passing over checkpoint(s) {unrecorded:?}: written, but never recorded as complete by a leading \
+                 coordinator (their output was not committed)"
+            );
+        }
+        let candidates = ids
             .into_iter()
             .map(|id| {
                 let folder = self.folder(id, false);
@@ -580,8 +606,13 @@ impl CheckpointStore {
                 )));
             }
         }
-        let store =
-            CheckpointStore { store: open_store(path)?, location: path.into(), job: String::new(), local: None };
+        let store = CheckpointStore {
+            store: open_store(path)?,
+            location: path.into(),
+            job: String::new(),
+            local: None,
+            at_most: None,
+        };
         let bytes = store.get(MANIFEST).map_err(|_| {
             StoreError::Invalid(format!(
                 "'{path}' is not a checkpoint: it has no {MANIFEST} (incomplete or not a checkpoint)"
@@ -708,6 +739,22 @@ mod tests {
         assert!(store.latest().unwrap().is_none());
         store.delete(3).unwrap();
         assert_eq!(store.checkpoint_ids().unwrap(), vec![1, 2]);
+    }
+
+    #[test]
+    fn checkpoints_newer_than_the_recorded_one_are_not_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        for id in 1..=4 {
+            write(&store, id);
+        }
+        let at = |most: u64| {
+            let capped = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap().restoring_at_most(most);
+            capped.latest_restorable(false).unwrap().map(|c| c.manifest.checkpoint)
+        };
+        assert_eq!(at(2), Some(2), "3 and 4 were written but never recorded");
+        assert_eq!(at(9), Some(4));
+        assert_eq!(at(0), None, "nothing recorded yet: start from nothing");
     }
 
     #[test]
