@@ -164,6 +164,8 @@ struct JobEntry {
     room_since: Option<Instant>,
     /// Attempts started to run on more processes (not failures).
     rescales: u32,
+    /// With HA: the newest checkpoint recorded as complete (also under its own etcd key).
+    recorded_checkpoint: u64,
 }
 
 impl JobEntry {
@@ -216,7 +218,7 @@ impl State {
                 let r = &j.request;
                 let job = serde_json::json!({
                     "state": j.state, "message": j.message, "attempt": j.attempt, "restarts": j.restarts,
-                    "rescales": j.rescales, "events": j.events, "age_ms": j.submitted.elapsed().as_millis() as u64,
+                    "rescales": j.rescales, "recorded_checkpoint": j.recorded_checkpoint, "events": j.events, "age_ms": j.submitted.elapsed().as_millis() as u64,
                     "processes": j.processes.iter().map(|p| serde_json::json!({
                         "worker": p.worker, "data_address": p.data_address, "state": p.state,
                     })).collect::<Vec<_>>(),
@@ -285,6 +287,7 @@ impl State {
                 events: j["events"].as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default(),
                 room_since: None,
                 rescales: number(&j["rescales"]) as u32,
+                recorded_checkpoint: number(&j["recorded_checkpoint"]),
             };
             state.jobs.insert(id.clone(), entry);
         }
@@ -585,11 +588,11 @@ impl CoordinatorService {
     /// Starts the job's current attempt: places its processes, has each worker pick a data
     /// address, then starts every process knowing all of them. Returns how many.
     async fn start_attempt(&self, job_id: &str) -> Result<u32, Status> {
-        let (request, attempt, chosen) = {
+        let (request, attempt, chosen, recorded_checkpoint) = {
             let mut state = self.state();
             let candidates = Self::candidates(&state);
             let job = state.jobs.get(job_id).ok_or_else(|| Status::not_found(format!("no job {job_id}")))?;
-            let (request, attempt) = (job.request.clone(), job.attempt);
+            let (request, attempt, recorded) = (job.request.clone(), job.attempt, job.recorded_checkpoint);
             if candidates.is_empty() {
                 return Err(Status::failed_precondition("no worker has a free slot"));
             }
@@ -616,7 +619,7 @@ impl CoordinatorService {
                     why.join(", ")
                 ),
             );
-            (request, attempt, chosen)
+            (request, attempt, chosen, recorded)
         };
         let mut peers = Vec::new();
         for (worker, address) in &chosen {
@@ -661,6 +664,8 @@ impl CoordinatorService {
                 parallelism: request.parallelism,
                 graph_fingerprint: request.graph_fingerprint.clone(),
                 term: self.term,
+                record_checkpoints: self.term != 0,
+                recorded_checkpoint,
             };
             async move {
                 let mut client = self.worker_client(address).await?;
@@ -1082,6 +1087,7 @@ impl Coordinator for CoordinatorService {
                     events: Vec::new(),
                     room_since: None,
                     rescales: 0,
+                    recorded_checkpoint: 0,
                 },
             );
             id
@@ -1164,6 +1170,40 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let path = self.savepoint_of(&r.job_id, false, timeout_of(r.timeout_ms)).await?;
         Ok(Response::new(TakeSavepointReply { path }))
+    }
+
+    async fn record_checkpoint(
+        &self,
+        request: Request<RecordCheckpointRequest>,
+    ) -> Result<Response<RecordCheckpointReply>, Status> {
+        let r = request.into_inner();
+        if r.term != self.term {
+            return Err(Status::failed_precondition(format!(
+                "this coordinator leads in term {}, the request is for term {}",
+                self.term, r.term
+            )));
+        }
+        {
+            let state = self.state();
+            let job = state.jobs.get(&r.job_id).ok_or_else(|| Status::not_found(format!("no job {}", r.job_id)))?;
+            if job.attempt != r.attempt || !matches!(job.state, "running" | "cancelling") {
+                return Err(Status::failed_precondition(format!(
+                    "attempt {} of {} is not its running attempt ({}, {})",
+                    r.attempt, r.job_id, job.attempt, job.state
+                )));
+            }
+            if r.checkpoint <= job.recorded_checkpoint {
+                return Ok(Response::new(RecordCheckpointReply {}));
+            }
+        }
+        // In etcd first: a checkpoint is complete once recorded under this term.
+        if let Some(Meta::Etcd(leader)) = &self.table {
+            leader.record_checkpoint(&r.job_id, r.checkpoint).await.map_err(Status::unavailable)?;
+        }
+        if let Some(job) = self.state().jobs.get_mut(&r.job_id) {
+            job.recorded_checkpoint = job.recorded_checkpoint.max(r.checkpoint);
+        }
+        Ok(Response::new(RecordCheckpointReply {}))
     }
 
     async fn process_exited(
@@ -1299,6 +1339,13 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
         }
         tracing::info!(jobs = state.jobs.len(), resuming = resume.len(), adopting, "job table loaded");
     }
+    if let Some(Meta::Etcd(leader)) = &table {
+        for (job, id) in leader.recorded_checkpoints().await? {
+            if let Some(entry) = state.jobs.get_mut(&job) {
+                entry.recorded_checkpoint = entry.recorded_checkpoint.max(id);
+            }
+        }
+    }
     let service = CoordinatorService {
         state: Arc::new(Mutex::new(state)),
         table,
@@ -1314,6 +1361,10 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
     tokio::spawn(service.clone().keep_table());
     if !resume.is_empty() {
         tokio::spawn(service.clone().resume_jobs(resume));
+    }
+    // Serving from here on: with HA, the workers may join now.
+    if let Some(Meta::Etcd(leader)) = &service.table {
+        leader.serving(&address.to_string()).await?;
     }
     if adopting {
         tokio::spawn(service.clone().adopt_or_restart(config.adopt_within));

@@ -114,9 +114,15 @@ where
 pub struct Leadership {
     client: Client,
     config: HaConfig,
+    /// The lease the leader key is held with.
+    lease: i64,
     /// The leader key's create revision.
     pub term: u64,
 }
+
+/// The leader key's value while the new leader loads its table and before it serves:
+/// workers wait for the address alone.
+const STARTING: &str = "starting ";
 
 /// The leader now: its address and term, if one leads.
 pub async fn current_leader(client: &mut Client, config: &HaConfig) -> Result<Option<(String, u64)>, String> {
@@ -126,7 +132,12 @@ pub async fn current_leader(client: &mut Client, config: &HaConfig) -> Result<Op
         async move { client.get(key, None).await }
     })
     .await?;
-    Ok(reply.kvs().first().map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision() as u64)))
+    // A leader still starting is not one to join yet.
+    Ok(reply
+        .kvs()
+        .first()
+        .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.create_revision() as u64))
+        .filter(|(address, _)| !address.starts_with(STARTING)))
 }
 
 /// The leader's address, for the command line (one lookup).
@@ -156,13 +167,17 @@ pub async fn lead(config: &HaConfig, address: &str) -> Result<Leadership, String
             let lease = client.lease_grant(ttl, None).await?.id();
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key.clone(), address, Some(PutOptions::new().with_lease(lease)))])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    format!("{STARTING}{address}"),
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
                 .or_else([TxnOp::get(key.clone(), None)]);
             let reply = client.txn(txn).await?;
             if reply.succeeded() {
                 let term = reply.header().map_or(0, |h| h.revision()) as u64;
                 keep_lease(client.clone(), config.clone(), lease, term).await?;
-                return Ok(Some(Leadership { client: client.clone(), config: config.clone(), term }));
+                return Ok(Some(Leadership { client: client.clone(), config: config.clone(), lease, term }));
             }
             // Standing by: the lease is not needed until the next campaign.
             let _ = client.lease_revoke(lease).await;
@@ -173,6 +188,16 @@ pub async fn lead(config: &HaConfig, address: &str) -> Result<Leadership, String
                 _ => None,
             });
             let Some((leader, term, revision)) = leader else { return Ok(None) };
+            if leader == address || leader.strip_prefix(STARTING) == Some(address) {
+                // Ours, from a campaign whose answer was lost (etcd applied the transaction
+                // but the reply timed out): delete it and campaign again at once.
+                let delete = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, term)])
+                    .and_then([TxnOp::delete(key.clone(), None)]);
+                client.txn(delete).await?;
+                tracing::info!(term, "removed this coordinator's own leader key of a campaign whose answer was lost");
+                return Ok(None);
+            }
             if announced != Some(term) {
                 tracing::info!(leader = %leader, term, "standing by: another coordinator leads");
                 announced = Some(term);
@@ -284,6 +309,24 @@ fn step_down(term: u64, why: &str) -> ! {
 }
 
 impl Leadership {
+    /// Puts this leader's address in the leader key, once it serves: workers join it from
+    /// then on (its adoption window starts then too).
+    pub async fn serving(&self, address: &str) -> Result<(), String> {
+        let key = self.config.leader_key();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, self.term as i64)])
+            .and_then([TxnOp::put(key, address, Some(PutOptions::new().with_lease(self.lease)))]);
+        let reply = retrying("publishing the leader's address in etcd", self.config.lease_ttl, || {
+            let (mut client, txn) = (self.client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        })
+        .await?;
+        if !reply.succeeded() {
+            step_down(self.term, "the leader key is no longer this coordinator's (another leads)");
+        }
+        Ok(())
+    }
+
     /// The job table kept in etcd, if any.
     pub async fn load_table(&self) -> Result<Option<serde_json::Value>, String> {
         let reply = retrying("reading the job table from etcd", self.config.lease_ttl, || {
@@ -316,6 +359,48 @@ impl Leadership {
             step_down(self.term, "the leader key is no longer this coordinator's (another leads)");
         }
         Ok(())
+    }
+}
+
+impl Leadership {
+    /// Records checkpoint `id` of `job` as complete, under this leader's term (a deposed
+    /// leader's record fails, and it steps down).
+    pub async fn record_checkpoint(&self, job: &str, id: u64) -> Result<(), String> {
+        let key = format!("{}{job}", self.checkpoints_prefix());
+        let txn = Txn::new()
+            .when([Compare::create_revision(self.config.leader_key(), CompareOp::Equal, self.term as i64)])
+            .and_then([TxnOp::put(key, id.to_string(), None)]);
+        let reply = retrying("recording a checkpoint in etcd", self.config.lease_ttl / 2, || {
+            let (mut client, txn) = (self.client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        })
+        .await?;
+        if !reply.succeeded() {
+            step_down(self.term, "the leader key is no longer this coordinator's (another leads)");
+        }
+        Ok(())
+    }
+
+    /// The newest checkpoint recorded for each job.
+    pub async fn recorded_checkpoints(&self) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        let prefix = self.checkpoints_prefix();
+        let reply = retrying("reading the recorded checkpoints from etcd", self.config.lease_ttl, || {
+            let (mut client, prefix) = (self.client.clone(), prefix.clone());
+            async move { client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await }
+        })
+        .await?;
+        Ok(reply
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let job = String::from_utf8_lossy(kv.key()).strip_prefix(&prefix)?.to_string();
+                Some((job, String::from_utf8_lossy(kv.value()).parse().ok()?))
+            })
+            .collect())
+    }
+
+    fn checkpoints_prefix(&self) -> String {
+        format!("/sluice/{}/checkpoints/", self.config.cluster)
     }
 }
 

@@ -205,6 +205,11 @@ impl Worker for WorkerService {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if r.record_checkpoints {
+            command
+                .env(sluice_runtime::processes::ENV_RECORD_CHECKPOINTS, "1")
+                .env(sluice_runtime::processes::ENV_RECORDED_CHECKPOINT, r.recorded_checkpoint.to_string());
+        }
         let mut child = command.spawn().map_err(|e| Status::internal(format!("starting {}: {e}", binary.display())))?;
         tracing::info!(job = %r.job_id, process = r.index, pid = child.id(), "job process started");
         let stderr = child.stderr.take();
@@ -350,6 +355,70 @@ async fn find_coordinator(
     Ok((CoordinatorClient::with_interceptor(channel, config.secret.attach()), address))
 }
 
+/// With HA: carries process 0's requests to record a checkpoint (files in its control
+/// folder, [`sluice_runtime::processes::record_checkpoint`]) to the leader, and its answer
+/// back. Polls every 2 ms: a checkpoint waits for this.
+fn carry_checkpoint_records(
+    control: PathBuf,
+    processes: Processes,
+    leader: Leader,
+    term: Arc<std::sync::atomic::AtomicU64>,
+    runtime: tokio::runtime::Handle,
+) {
+    let answer = |folder: &std::path::Path, name: &str, text: &str| {
+        let aside = folder.join(format!("{name}.partial"));
+        let _ = std::fs::write(&aside, text).and_then(|()| std::fs::rename(&aside, folder.join(name)));
+    };
+    loop {
+        std::thread::sleep(Duration::from_millis(2));
+        let Ok(folders) = std::fs::read_dir(&control) else { continue };
+        for folder in folders.flatten().map(|f| f.path()) {
+            let Ok(files) = std::fs::read_dir(&folder) else { continue };
+            for file in files.flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                let Some(id) = name.strip_prefix("record-").and_then(|n| n.strip_suffix(".request")) else { continue };
+                let Ok(checkpoint) = id.parse::<u64>() else { continue };
+                let taken = folder.join(format!("record-{id}.taken"));
+                if std::fs::rename(file.path(), &taken).is_err() {
+                    continue;
+                }
+                // The control folder is `<job>-<index>`; the process is the newest attempt's.
+                let dir = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let Some((job_id, index)) = dir.rsplit_once('-') else { continue };
+                let index: u32 = index.parse().unwrap_or(u32::MAX);
+                let attempt = processes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .filter(|(job, _, i)| job == job_id && *i == index)
+                    .map(|(_, attempt, _)| *attempt)
+                    .max();
+                let Some(attempt) = attempt else { continue };
+                let request = RecordCheckpointRequest {
+                    job_id: job_id.to_string(),
+                    attempt,
+                    checkpoint,
+                    term: term.load(std::sync::atomic::Ordering::SeqCst),
+                };
+                let mut client = leader.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let (folder, answer) = (folder.clone(), answer);
+                runtime.spawn(async move {
+                    let recorded =
+                        tokio::time::timeout(Duration::from_millis(1500), client.record_checkpoint(request)).await;
+                    match recorded {
+                        Ok(Ok(_)) => answer(&folder, &format!("record-{checkpoint}.ok"), ""),
+                        Ok(Err(status)) => answer(&folder, &format!("record-{checkpoint}.refused"), status.message()),
+                        Err(_) => {
+                            answer(&folder, &format!("record-{checkpoint}.refused"), "the coordinator did not answer")
+                        }
+                    }
+                    let _ = std::fs::remove_file(folder.join(format!("record-{checkpoint}.taken")));
+                });
+            }
+        }
+    }
+}
+
 /// What this worker runs now, for a new leader to adopt.
 fn running_processes(processes: &Processes) -> Vec<RunningProcess> {
     let processes = processes.lock().unwrap_or_else(|e| e.into_inner());
@@ -399,6 +468,15 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
         term: term.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
+    if config.ha.is_some() {
+        let (control, processes, leader, term) =
+            (config.cache.join("control"), processes.clone(), leader.clone(), term.clone());
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("sluice:checkpoint-records".into())
+            .spawn(move || carry_checkpoint_records(control, processes, leader, term, runtime))
+            .map_err(|e| e.to_string())?;
+    }
     let pulses = processes.clone();
     std::thread::Builder::new()
         .name("sluice:pulse".into())

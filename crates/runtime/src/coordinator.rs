@@ -261,6 +261,22 @@ impl<P: Part> CheckpointCoordinator<P> {
         self.advance(now, out);
     }
 
+    /// Checkpoint `id` was written, but the leading coordinator did not record it (with
+    /// coordinator HA: there is no leader, or it refused): it is not complete. Its sinks'
+    /// transactions carry over to the next checkpoint, and it does not count against the
+    /// tolerated failures: a job goes on processing while no coordinator leads.
+    pub(crate) fn on_unrecorded(&mut self, id: u64, reason: String, now: Instant, out: &mut Vec<Action<P>>) {
+        if self.final_state == FinalState::Uploading {
+            out.push(Action::FailJob(format!("the final checkpoint {id} was not recorded as complete: {reason}")));
+            return;
+        }
+        let Some(u) = self.uploading.take_if(|u| u.id == id) else { return };
+        self.last_done = now;
+        carry_committables(&mut self.carried, u.states);
+        out.push(Action::Failed { id, savepoint: u.savepoint, reason: format!("not recorded as complete: {reason}") });
+        self.advance(now, out);
+    }
+
     /// The commit of checkpoint `id` ended.
     pub(crate) fn on_committed(&mut self, id: u64, result: Result<(), String>, now: Instant, out: &mut Vec<Action<P>>) {
         let Some(c) = self.committing.as_mut().filter(|c| c.id == id && c.retry_at.is_none()) else { return };

@@ -46,6 +46,13 @@ pub const ENV_EXIT_WITH_PARENT: &str = "SLUICE_EXIT_WITH_PARENT";
 /// A folder through which the process's worker asks for savepoints (a
 /// [`sluice_checkpoint::SavepointBox`]); process 0 of a checkpointed job answers there.
 pub const ENV_CONTROL_DIR: &str = "SLUICE_CONTROL_DIR";
+/// Set (to `1`) with coordinator HA: a checkpoint is complete only once the leading
+/// coordinator has recorded it under its term ([`record_checkpoint`]), and sinks commit
+/// only recorded checkpoints.
+pub const ENV_RECORD_CHECKPOINTS: &str = "SLUICE_RECORD_CHECKPOINTS";
+/// With coordinator HA: the newest checkpoint the leader has recorded as complete; no
+/// newer one is restored ([`sluice_checkpoint::CheckpointStore::restoring_at_most`]).
+pub const ENV_RECORDED_CHECKPOINT: &str = "SLUICE_RECORDED_CHECKPOINT";
 /// A folder of this machine for local copies of the state this process checkpoints
 /// (task-local recovery, [`sluice_checkpoint::CheckpointStore::with_local_copies`]); a
 /// worker gives every process of a job the same folder, across attempts.
@@ -122,6 +129,38 @@ static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::n
 
 fn since_start() -> u64 {
     STARTED.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// With [`ENV_RECORD_CHECKPOINTS`] (coordinator HA): asks the leading coordinator, through
+/// this process's worker (files in the control folder), to record checkpoint `id` as
+/// complete under its term; waits up to `within`. `Err` says why it is not recorded (no
+/// leader, a replaced attempt): the checkpoint is then not complete. Without it, `Ok`.
+pub fn record_checkpoint(id: u64, within: Duration) -> Result<(), String> {
+    if std::env::var_os(ENV_RECORD_CHECKPOINTS).is_none() {
+        return Ok(());
+    }
+    let dir = std::path::PathBuf::from(std::env::var_os(ENV_CONTROL_DIR).ok_or("no control folder to ask in")?);
+    let request = dir.join(format!("record-{id}.request"));
+    let aside = dir.join(format!("record-{id}.partial"));
+    std::fs::write(&aside, id.to_string())
+        .and_then(|()| std::fs::rename(&aside, &request))
+        .map_err(|e| format!("asking the worker to record checkpoint {id}: {e}"))?;
+    let (ok, refused) = (dir.join(format!("record-{id}.ok")), dir.join(format!("record-{id}.refused")));
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if std::fs::remove_file(&ok).is_ok() {
+            return Ok(());
+        }
+        if let Ok(reason) = std::fs::read_to_string(&refused) {
+            let _ = std::fs::remove_file(&refused);
+            return Err(reason);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = std::fs::remove_file(&request);
+            return Err(format!("no leading coordinator recorded it within {within:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Whether this process may still act for its attempt: `Err` once its worker's pulse has

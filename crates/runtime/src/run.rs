@@ -182,6 +182,10 @@ pub fn spawn(graph: JobGraph) -> Result<JobHandle, JobError> {
             if let Some(dir) = std::env::var_os(crate::processes::ENV_LOCAL_STATE_DIR) {
                 store = store.with_local_copies(dir);
             }
+            let recorded = std::env::var(crate::processes::ENV_RECORDED_CHECKPOINT).ok();
+            if let Some(most) = recorded.and_then(|v| v.parse().ok()) {
+                store = store.restoring_at_most(most);
+            }
             let existing = store.checkpoint_ids().map_err(|e| restore_error(e.to_string()))?;
             let next_id = existing.iter().copied().max().unwrap_or(0) + 1;
             checkpointing = Some(Checkpointing {

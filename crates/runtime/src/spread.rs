@@ -325,7 +325,7 @@ fn coordinate(
                     if done {
                         let (meta, _, entries, error) = uploading.take().expect("checked above");
                         let result = write_manifest(checkpointing.as_deref(), meta, entries, error);
-                        coordinator.on_uploaded(id, result, Instant::now(), &mut actions);
+                        uploaded(&mut coordinator, id, result, &mut actions);
                     }
                 }
                 other => return Err(TaskError::Network(format!("process {from} sent {other:?} to the coordinator"))),
@@ -368,9 +368,16 @@ fn coordinate(
                         broadcast(network, &Control::Trigger(barrier))?;
                     }
                     Action::Upload { id, finished, states } => {
+                        // A sink's transaction travels inline, so process 0 writes it itself: it
+                        // may be carried over from an earlier checkpoint that did not complete,
+                        // whose parts their holders have dropped since.
                         let mut by_process: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+                        let mut inline = Vec::new();
                         for part in &states {
-                            by_process.entry(part.process).or_default().push(part.key);
+                            match &part.committable {
+                                Some(state) => inline.push((part.process, part.key, state)),
+                                None => by_process.entry(part.process).or_default().push(part.key),
+                            }
                         }
                         let mine = by_process.remove(&0).unwrap_or_default();
                         let meta = CheckpointMeta {
@@ -382,7 +389,14 @@ fn coordinate(
                             parallelism: shape.1.clone(),
                         };
                         crate::pause_points::pause_at(crate::pause_points::BEFORE_UPLOAD, id);
-                        let (entries, error) = match held.upload(cp, 0, id, &mine) {
+                        let written = held.upload(cp, 0, id, &mine).and_then(|mut entries| {
+                            for (process, key, state) in &inline {
+                                let name = format!("p{process}-{key}");
+                                entries.push(cp.store.put_state(id, false, &name, state).map_err(|e| e.to_string())?);
+                            }
+                            Ok(entries)
+                        });
+                        let (entries, error) = match written {
                             Ok(entries) => (entries, None),
                             Err(e) => (Vec::new(), Some(e)),
                         };
@@ -391,7 +405,7 @@ fn coordinate(
                         }
                         if by_process.is_empty() {
                             let result = write_manifest(Some(&*cp), meta, entries, error);
-                            coordinator.on_uploaded(id, result, Instant::now(), &mut actions);
+                            uploaded(&mut coordinator, id, result, &mut actions);
                         } else {
                             uploading = Some((meta, by_process.len(), entries, error));
                         }
@@ -449,21 +463,53 @@ fn release_elsewhere(network: &Network, owners: Vec<u32>, committed: &[SubtaskSt
     Ok(())
 }
 
-/// Writes the manifest once every process has written its parts; returns the bytes.
+/// Why a checkpoint's manifest did not make it complete.
+enum NotComplete {
+    /// Its state or manifest could not be written (counts against the tolerated failures).
+    Failed(String),
+    /// Written, but the leading coordinator did not record it (coordinator HA).
+    Unrecorded(String),
+}
+
+/// Tells the checkpoint coordinator how the manifest of checkpoint `id` went.
+fn uploaded(
+    coordinator: &mut CheckpointCoordinator<HeldPart>,
+    id: u64,
+    result: Result<u64, NotComplete>,
+    actions: &mut Vec<Action<HeldPart>>,
+) {
+    match result {
+        Ok(bytes) => coordinator.on_uploaded(id, Ok(bytes), Instant::now(), actions),
+        Err(NotComplete::Failed(e)) => coordinator.on_uploaded(id, Err(e), Instant::now(), actions),
+        Err(NotComplete::Unrecorded(e)) => coordinator.on_unrecorded(id, e, Instant::now(), actions),
+    }
+}
+
+/// How long a checkpoint waits for the leading coordinator to record it; the final one
+/// (the job cannot end without it) waits for a leader much longer.
+const RECORD_WITHIN: Duration = Duration::from_secs(2);
+const RECORD_FINAL_WITHIN: Duration = Duration::from_secs(600);
+
+/// Writes the manifest once every process has written its parts, then (with coordinator
+/// HA) has the leader record the checkpoint; returns the bytes.
 fn write_manifest(
     checkpointing: Option<&Checkpointing>,
     meta: CheckpointMeta,
     entries: Vec<StateEntry>,
     error: Option<String>,
-) -> Result<u64, String> {
+) -> Result<u64, NotComplete> {
     if let Some(e) = error {
-        return Err(e);
+        return Err(NotComplete::Failed(e));
     }
-    let cp = checkpointing.ok_or("no checkpoint store")?;
+    let cp = checkpointing.ok_or(NotComplete::Failed("no checkpoint store".into()))?;
     // A process whose worker went silent may belong to a replaced attempt: no completion.
-    crate::processes::worker_lease()?;
+    crate::processes::worker_lease().map_err(NotComplete::Failed)?;
     let bytes = entries.iter().map(|e| e.bytes).sum();
-    cp.store.write_manifest(meta, entries).map(|_| bytes).map_err(|e| e.to_string())
+    let (id, finished) = (meta.id, meta.finished);
+    cp.store.write_manifest(meta, entries).map_err(|e| NotComplete::Failed(e.to_string()))?;
+    let within = if finished { RECORD_FINAL_WITHIN } else { RECORD_WITHIN };
+    crate::processes::record_checkpoint(id, within).map_err(NotComplete::Unrecorded)?;
+    Ok(bytes)
 }
 
 /// Every process but 0: reports to process 0, injects its barriers, writes its parts.
