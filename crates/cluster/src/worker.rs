@@ -394,23 +394,39 @@ fn carry_checkpoint_records(
                     .map(|(_, attempt, _)| *attempt)
                     .max();
                 let Some(attempt) = attempt else { continue };
-                let request = RecordCheckpointRequest {
-                    job_id: job_id.to_string(),
-                    attempt,
-                    checkpoint,
-                    term: term.load(std::sync::atomic::Ordering::SeqCst),
-                };
-                let mut client = leader.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let (leader, term) = (leader.clone(), term.clone());
                 let (folder, answer) = (folder.clone(), answer);
+                let job_id = job_id.to_string();
                 runtime.spawn(async move {
-                    let recorded =
-                        tokio::time::timeout(Duration::from_millis(1500), client.record_checkpoint(request)).await;
-                    match recorded {
-                        Ok(Ok(_)) => answer(&folder, &format!("record-{checkpoint}.ok"), ""),
-                        Ok(Err(status)) => answer(&folder, &format!("record-{checkpoint}.refused"), status.message()),
-                        Err(_) => {
-                            answer(&folder, &format!("record-{checkpoint}.refused"), "the coordinator did not answer")
+                    // Again while no coordinator answers (the leader died, the next one is
+                    // not elected yet): the checkpoint is recorded as soon as one leads,
+                    // within the process's wait. A leader's refusal is final.
+                    let deadline = tokio::time::Instant::now() + RECORD_TRIES_FOR;
+                    let outcome = loop {
+                        let request = RecordCheckpointRequest {
+                            job_id: job_id.clone(),
+                            attempt,
+                            checkpoint,
+                            term: term.load(std::sync::atomic::Ordering::SeqCst),
+                        };
+                        let mut client = leader.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        let call = tokio::time::timeout(Duration::from_millis(500), client.record_checkpoint(request));
+                        let reason = match call.await {
+                            Ok(Ok(_)) => break Ok(()),
+                            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                                break Err(status.message().to_string())
+                            }
+                            Ok(Err(status)) => status.message().to_string(),
+                            Err(_) => "the coordinator did not answer".to_string(),
+                        };
+                        if tokio::time::Instant::now() >= deadline {
+                            break Err(reason);
                         }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    };
+                    match outcome {
+                        Ok(()) => answer(&folder, &format!("record-{checkpoint}.ok"), ""),
+                        Err(reason) => answer(&folder, &format!("record-{checkpoint}.refused"), &reason),
                     }
                     let _ = std::fs::remove_file(folder.join(format!("record-{checkpoint}.taken")));
                 });
@@ -418,6 +434,11 @@ fn carry_checkpoint_records(
         }
     }
 }
+
+/// How long a worker keeps trying to have a checkpoint recorded while no coordinator
+/// answers; below the job process's wait (`sluice_runtime`'s 5 s), so that the process
+/// gets an answer.
+const RECORD_TRIES_FOR: Duration = Duration::from_millis(4500);
 
 /// What this worker runs now, for a new leader to adopt.
 fn running_processes(processes: &Processes) -> Vec<RunningProcess> {

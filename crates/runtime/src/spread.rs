@@ -485,9 +485,11 @@ fn uploaded(
     }
 }
 
-/// How long a checkpoint waits for the leading coordinator to record it; the final one
-/// (the job cannot end without it) waits for a leader much longer.
-const RECORD_WITHIN: Duration = Duration::from_secs(2);
+/// How long a checkpoint waits for the leading coordinator to record it: long enough for
+/// a standby to take over from a leader that died (one 2 s lease), so that the checkpoint
+/// in flight then is recorded by the next leader instead of being abandoned. The final
+/// one (the job cannot end without it) waits for a leader much longer.
+const RECORD_WITHIN: Duration = Duration::from_secs(5);
 const RECORD_FINAL_WITHIN: Duration = Duration::from_secs(600);
 
 /// Writes the manifest once every process has written its parts, then (with coordinator
