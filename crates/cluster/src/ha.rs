@@ -9,7 +9,7 @@
 //! Fencing: every write the leader makes (the job table, `/sluice/<cluster>/jobs`) is a
 //! transaction that compares the leader key's create revision with its term, so a deposed
 //! leader's write fails instead of landing. A leader whose lease has not been renewed for
-//! two thirds of its TTL steps down before etcd can elect another (it exits with
+//! three quarters of its TTL steps down before etcd can elect another (it exits with
 //! [`EXIT_DEPOSED`]: everything it held in memory goes with it, and a supervisor starts it
 //! again as a standby). Workers learn the term at registration and refuse commands of a
 //! lower one.
@@ -73,19 +73,28 @@ impl HaConfig {
     }
 
     async fn connect_with(&self, timeout: Option<Duration>) -> Result<Client, String> {
+        self.connect_to(&self.endpoints, timeout, Duration::from_secs(2)).await
+    }
+
+    async fn connect_to(
+        &self,
+        endpoints: &[String],
+        timeout: Option<Duration>,
+        connect_within: Duration,
+    ) -> Result<Client, String> {
         // HTTP/2 pings no more often than etcd allows (its --grpc-keepalive-min-time, 5 s
         // by default; a client that pings more often is disconnected), and only while a
         // call is open (etcd does not permit pings without one).
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
+            .with_connect_timeout(connect_within)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(2))
             .with_keep_alive_while_idle(false);
         if let Some(timeout) = timeout {
             options = options.with_timeout(timeout);
         }
-        Client::connect(&self.endpoints, Some(options))
+        Client::connect(endpoints, Some(options))
             .await
-            .map_err(|e| format!("connecting to etcd at {}: {e}", self.endpoints.join(",")))
+            .map_err(|e| format!("connecting to etcd at {}: {e}", endpoints.join(",")))
     }
 }
 
@@ -247,12 +256,13 @@ pub async fn lead(config: &HaConfig, address: &str) -> Result<Leadership, String
 }
 
 /// Renews the lease every quarter of its TTL, on a task of its own; a second task exits
-/// the process once two thirds of the TTL have passed since the last renewal that etcd
+/// the process once three quarters of the TTL have passed since the last renewal that etcd
 /// acknowledged (counted from when it was sent), before etcd could have let the lease
 /// lapse. The second task only reads a clock, so no call that hangs (a member that stopped
 /// answering) can hold the step-down back.
 async fn keep_lease(mut client: Client, config: HaConfig, lease: i64, term: u64) -> Result<(), etcd_client::Error> {
     let (mut keeper, mut replies) = client.lease_keep_alive(lease).await?;
+    let mut member = 0;
     let ttl = config.lease_ttl;
     let started = Instant::now();
     // Milliseconds after `started` at which the last acknowledged renewal was sent.
@@ -261,7 +271,7 @@ async fn keep_lease(mut client: Client, config: HaConfig, lease: i64, term: u64)
     tokio::spawn(async move {
         loop {
             let sent = Instant::now();
-            let renewal = tokio::time::timeout(ttl / 4, async {
+            let renewal = tokio::time::timeout(ttl / 8, async {
                 keeper.keep_alive().await?;
                 replies.message().await
             })
@@ -270,21 +280,37 @@ async fn keep_lease(mut client: Client, config: HaConfig, lease: i64, term: u64)
                 Ok(Ok(Some(reply))) if reply.ttl() > 0 => {
                     let at = sent.duration_since(started).as_millis() as u64;
                     last.fetch_max(at, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep((sent + ttl / 4).saturating_duration_since(Instant::now())).await;
                 }
                 Ok(Ok(Some(_))) => step_down(term, "etcd says its lease has expired"),
-                Ok(Ok(None)) | Ok(Err(_)) => {
-                    // The stream broke (a member went away): open another one.
-                    if let Ok(Ok(pair)) = tokio::time::timeout(ttl / 4, client.lease_keep_alive(lease)).await {
+                failed => {
+                    let why = match failed {
+                        Ok(Ok(_)) => "the stream ended".to_string(),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "no answer".to_string(),
+                    };
+                    // The stream broke or stalled (its member went away): renew again at
+                    // once through the next member alone. The balanced client may route a
+                    // new stream to the dead member again, so the renewal goes round the
+                    // members itself; a failure costs a few milliseconds, not a quarter of
+                    // the lease.
+                    member = (member + 1) % config.endpoints.len();
+                    tracing::debug!(term, member = %config.endpoints[member], "renewing the lease failed: {why}; trying again");
+                    let endpoint = [config.endpoints[member].clone()];
+                    let reopened = async {
+                        let mut one = config.connect_to(&endpoint, None, ttl / 8).await.ok()?;
+                        one.lease_keep_alive(lease).await.ok()
+                    };
+                    if let Ok(Some(pair)) = tokio::time::timeout(ttl / 8, reopened).await {
                         (keeper, replies) = pair;
                     }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err(_) => {}
             }
-            tokio::time::sleep((sent + ttl / 4).saturating_duration_since(Instant::now())).await;
         }
     });
     tokio::spawn(async move {
-        let limit = ttl * 2 / 3;
+        let limit = ttl * 3 / 4;
         loop {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let at = started + Duration::from_millis(renewed.load(std::sync::atomic::Ordering::SeqCst));

@@ -511,6 +511,10 @@ pub mod etcd {
                 .args(["--listen-peer-urls", &format!("http://{}", self.peers[i])])
                 .args(["--initial-advertise-peer-urls", &format!("http://{}", self.peers[i])])
                 .args(["--initial-cluster", &initial.join(",")])
+                // Raft heartbeats every 50 ms and elections after 500 ms (etcd's defaults: 100
+                // ms, 1 s): a dead raft leader is replaced well within a coordinator's 2 s
+                // lease, so losing a member never costs the coordinators their leader.
+                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
                 .args(["--initial-cluster-state", "new", "--initial-cluster-token", "sluice-test"])
                 .stdout(Stdio::null())
                 .stderr(log)

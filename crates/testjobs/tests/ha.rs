@@ -218,7 +218,7 @@ fn losing_one_etcd_member_stops_nothing_and_losing_quorum_pauses_checkpoints_unt
     let mut etcd = EtcdCluster::start(&etcd_dir, 3);
     let cluster = HaCluster::start(dir.path(), &etcd, &[etcd.url(), etcd.url()], 2);
     let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
-    let n = 1_500_000;
+    let n = 2_500_000;
     submit_counts(&cluster, &out, &checkpoints, n);
     let leader = cluster.wait_for_leader(&[], Duration::from_secs(10));
     // One member of three gone: quorum holds, the leader keeps its lease.
@@ -239,7 +239,8 @@ fn losing_one_etcd_member_stops_nothing_and_losing_quorum_pauses_checkpoints_unt
     // A commit that was under way when the quorum went may still land.
     std::thread::sleep(Duration::from_millis(500));
     let (committed, written) = (committed_lines(&out), manifests(&checkpoints));
-    std::thread::sleep(Duration::from_millis(2000));
+    // A checkpoint waits 5 s for a leader to record it, then the next one is taken.
+    std::thread::sleep(Duration::from_millis(6000));
     assert_eq!(committed_lines(&out), committed, "output was committed while no checkpoint could be recorded");
     assert!(manifests(&checkpoints) > written, "the job stopped taking checkpoints without a leader");
     // Quorum back: the standby leads, adopts the running attempt, checkpoints complete again.
