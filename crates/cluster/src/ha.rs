@@ -335,14 +335,21 @@ fn step_down(term: u64, why: &str) -> ! {
 }
 
 impl Leadership {
-    /// Puts this leader's address in the leader key, once it serves: workers join it from
-    /// then on (its adoption window starts then too).
-    pub async fn serving(&self, address: &str) -> Result<(), String> {
-        let key = self.config.leader_key();
+    /// Puts `value` at `key` only while this coordinator's term is the leader key's (every
+    /// write a leader makes): a deposed leader's write fails, and it steps down. Tried
+    /// again for up to `within` after a failure: the same value under the same comparison,
+    /// so a retry of a write that landed changes nothing.
+    async fn fenced_put(
+        &self,
+        what: &str,
+        (key, value, lease): (String, String, Option<i64>),
+        within: Duration,
+    ) -> Result<(), String> {
+        let options = lease.map(|lease| PutOptions::new().with_lease(lease));
         let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, self.term as i64)])
-            .and_then([TxnOp::put(key, address, Some(PutOptions::new().with_lease(self.lease)))]);
-        let reply = retrying("publishing the leader's address in etcd", self.config.lease_ttl, || {
+            .when([Compare::create_revision(self.config.leader_key(), CompareOp::Equal, self.term as i64)])
+            .and_then([TxnOp::put(key, value, options)]);
+        let reply = retrying(what, within, || {
             let (mut client, txn) = (self.client.clone(), txn.clone());
             async move { client.txn(txn).await }
         })
@@ -351,6 +358,13 @@ impl Leadership {
             step_down(self.term, "the leader key is no longer this coordinator's (another leads)");
         }
         Ok(())
+    }
+
+    /// Puts this leader's address in the leader key, once it serves: workers join it from
+    /// then on (its adoption window starts then too).
+    pub async fn serving(&self, address: &str) -> Result<(), String> {
+        let put = (self.config.leader_key(), address.to_string(), Some(self.lease));
+        self.fenced_put("publishing the leader's address in etcd", put, self.config.lease_ttl).await
     }
 
     /// The job table kept in etcd, if any.
@@ -368,43 +382,16 @@ impl Leadership {
         }
     }
 
-    /// Replaces the job table, only while this coordinator's term is the leader key's: a
-    /// deposed leader's write fails, and it steps down.
+    /// Replaces the job table (fenced on this leader's term).
     pub async fn save_table(&self, table: &serde_json::Value) -> Result<(), String> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(self.config.leader_key(), CompareOp::Equal, self.term as i64)])
-            .and_then([TxnOp::put(self.config.table_key(), table.to_string(), None)]);
-        // Again after a failure: the same table under the same comparison, so a retry of a
-        // write that landed changes nothing.
-        let reply = retrying("writing the job table to etcd", self.config.lease_ttl, || {
-            let (mut client, txn) = (self.client.clone(), txn.clone());
-            async move { client.txn(txn).await }
-        })
-        .await?;
-        if !reply.succeeded() {
-            step_down(self.term, "the leader key is no longer this coordinator's (another leads)");
-        }
-        Ok(())
+        let put = (self.config.table_key(), table.to_string(), None);
+        self.fenced_put("writing the job table to etcd", put, self.config.lease_ttl).await
     }
-}
 
-impl Leadership {
-    /// Records checkpoint `id` of `job` as complete, under this leader's term (a deposed
-    /// leader's record fails, and it steps down).
+    /// Records checkpoint `id` of `job` as complete, under this leader's term.
     pub async fn record_checkpoint(&self, job: &str, id: u64) -> Result<(), String> {
-        let key = format!("{}{job}", self.checkpoints_prefix());
-        let txn = Txn::new()
-            .when([Compare::create_revision(self.config.leader_key(), CompareOp::Equal, self.term as i64)])
-            .and_then([TxnOp::put(key, id.to_string(), None)]);
-        let reply = retrying("recording a checkpoint in etcd", self.config.lease_ttl / 2, || {
-            let (mut client, txn) = (self.client.clone(), txn.clone());
-            async move { client.txn(txn).await }
-        })
-        .await?;
-        if !reply.succeeded() {
-            step_down(self.term, "the leader key is no longer this coordinator's (another leads)");
-        }
-        Ok(())
+        let put = (format!("{}{job}", self.checkpoints_prefix()), id.to_string(), None);
+        self.fenced_put("recording a checkpoint in etcd", put, self.config.lease_ttl / 2).await
     }
 
     /// The newest checkpoint recorded for each job.
