@@ -171,16 +171,15 @@ pub async fn lead(config: &HaConfig, address: &str) -> Result<Leadership, String
     let key = config.leader_key();
     let ttl = config.lease_ttl.as_secs() as i64;
     let mut announced = None;
+    // What this process's campaigns write: unique to it, so that it recognizes its own key.
+    let token = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let campaign_value = format!("{STARTING}{address} (pid {}, {token})", std::process::id());
     loop {
         let attempt: Result<Option<Leadership>, etcd_client::Error> = async {
             let lease = client.lease_grant(ttl, None).await?.id();
             let txn = Txn::new()
                 .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key.clone(),
-                    format!("{STARTING}{address}"),
-                    Some(PutOptions::new().with_lease(lease)),
-                )])
+                .and_then([TxnOp::put(key.clone(), campaign_value.clone(), Some(PutOptions::new().with_lease(lease)))])
                 .or_else([TxnOp::get(key.clone(), None)]);
             let reply = client.txn(txn).await?;
             if reply.succeeded() {
@@ -197,9 +196,11 @@ pub async fn lead(config: &HaConfig, address: &str) -> Result<Leadership, String
                 _ => None,
             });
             let Some((leader, term, revision)) = leader else { return Ok(None) };
-            if leader == address || leader.strip_prefix(STARTING) == Some(address) {
+            if leader == campaign_value {
                 // Ours, from a campaign whose answer was lost (etcd applied the transaction
-                // but the reply timed out): delete it and campaign again at once.
+                // but the reply timed out): delete it and campaign again at once. Told by
+                // this process's own token, not by the address: a coordinator started again
+                // on a dead (or cut-off) leader's address must not take that leader's key.
                 let delete = Txn::new()
                     .when([Compare::create_revision(key.clone(), CompareOp::Equal, term)])
                     .and_then([TxnOp::delete(key.clone(), None)]);
