@@ -484,25 +484,12 @@ pub fn cluster(
 fn start_etcd(dir: &Path, members: &mut Roles) -> Result<String, String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let clients: Vec<SocketAddr> = (0..3).map(|_| free_address()).collect::<Result<_, _>>()?;
-    let peers: Vec<SocketAddr> = (0..3).map(|_| free_address()).collect::<Result<_, _>>()?;
-    let initial: Vec<String> = peers.iter().enumerate().map(|(i, p)| format!("m{i}=http://{p}")).collect();
+    let address = |_| free_address().map(|a| a.to_string());
+    let clients: Vec<String> = (0..3).map(address).collect::<Result<_, _>>()?;
+    let peers: Vec<String> = (0..3).map(address).collect::<Result<_, _>>()?;
     for i in 0..3 {
         let log = std::fs::File::create(dir.join(format!("m{i}.log"))).map_err(|e| e.to_string())?;
-        let child = Command::new("etcd")
-            .args(["--name", &format!("m{i}")])
-            .arg("--data-dir")
-            .arg(dir.join(format!("m{i}")))
-            .args(["--listen-client-urls", &format!("http://{}", clients[i])])
-            .args(["--advertise-client-urls", &format!("http://{}", clients[i])])
-            .args(["--listen-peer-urls", &format!("http://{}", peers[i])])
-            .args(["--initial-advertise-peer-urls", &format!("http://{}", peers[i])])
-            .args(["--initial-cluster", &initial.join(",")])
-            // Raft heartbeats every 50 ms and elections after 500 ms (etcd's defaults: 100
-            // ms, 1 s): a dead raft leader is replaced well within a coordinator's 2 s
-            // lease, so losing a member never costs the coordinators their leader.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "sluice-cluster"])
+        let child = sluice_cluster::ha::etcd_member(i, dir, &clients, &peers)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -521,6 +508,5 @@ fn start_etcd(dir: &Path, members: &mut Roles) -> Result<String, String> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let urls: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
-    Ok(format!("etcd://{}", urls.join(",")))
+    Ok(format!("etcd://{}", clients.join(",")))
 }

@@ -118,6 +118,34 @@ where
     }
 }
 
+/// The command that starts member `i` of a local etcd cluster (`etcd` from the PATH) on
+/// loopback: clients at `clients[i]`, peers at `peers[i]`, data in `data_dir/m<i>`; stdio
+/// is left to the caller. For `sluice cluster --etcd` and the tests.
+pub fn etcd_member(
+    i: usize,
+    data_dir: &std::path::Path,
+    clients: &[String],
+    peers: &[String],
+) -> std::process::Command {
+    let initial: Vec<String> = peers.iter().enumerate().map(|(i, p)| format!("m{i}=http://{p}")).collect();
+    let mut command = std::process::Command::new("etcd");
+    command
+        .args(["--name", &format!("m{i}")])
+        .arg("--data-dir")
+        .arg(data_dir.join(format!("m{i}")))
+        .args(["--listen-client-urls", &format!("http://{}", clients[i])])
+        .args(["--advertise-client-urls", &format!("http://{}", clients[i])])
+        .args(["--listen-peer-urls", &format!("http://{}", peers[i])])
+        .args(["--initial-advertise-peer-urls", &format!("http://{}", peers[i])])
+        .args(["--initial-cluster", &initial.join(",")])
+        // Raft heartbeats every 50 ms and elections after 500 ms (etcd's defaults: 100 ms,
+        // 1 s): a dead raft leader is replaced well within a coordinator's 2 s lease, so
+        // losing a member never costs the coordinators their leader.
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .args(["--initial-cluster-state", "new", "--initial-cluster-token", "sluice-local"]);
+    command
+}
+
 /// This coordinator's leadership: its term and the client its fenced writes go through.
 #[derive(Clone)]
 pub struct Leadership {

@@ -463,7 +463,7 @@ pub mod harness {
 pub mod etcd {
     use crate::harness::{free_addresses, KillOnDrop};
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use std::time::{Duration, Instant};
 
     /// The members of a running etcd cluster.
@@ -496,26 +496,12 @@ pub mod etcd {
 
         /// Starts member `i` (again: with its data folder, it rejoins as itself).
         fn spawn(&mut self, i: usize) {
-            let initial: Vec<String> = self.peers.iter().enumerate().map(|(i, p)| format!("m{i}=http://{p}")).collect();
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(self.dir.join(format!("m{i}.log")))
                 .expect("an etcd log file");
-            let child = Command::new("etcd")
-                .args(["--name", &format!("m{i}")])
-                .arg("--data-dir")
-                .arg(self.dir.join(format!("m{i}")))
-                .args(["--listen-client-urls", &format!("http://{}", self.clients[i])])
-                .args(["--advertise-client-urls", &format!("http://{}", self.clients[i])])
-                .args(["--listen-peer-urls", &format!("http://{}", self.peers[i])])
-                .args(["--initial-advertise-peer-urls", &format!("http://{}", self.peers[i])])
-                .args(["--initial-cluster", &initial.join(",")])
-                // Raft heartbeats every 50 ms and elections after 500 ms (etcd's defaults: 100
-                // ms, 1 s): a dead raft leader is replaced well within a coordinator's 2 s
-                // lease, so losing a member never costs the coordinators their leader.
-                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                .args(["--initial-cluster-state", "new", "--initial-cluster-token", "sluice-test"])
+            let child = sluice_cluster::ha::etcd_member(i, &self.dir, &self.clients, &self.peers)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
