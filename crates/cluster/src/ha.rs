@@ -9,7 +9,7 @@
 //! Fencing: every write the leader makes (the job table, `/sluice/<cluster>/jobs`) is a
 //! transaction that compares the leader key's create revision with its term, so a deposed
 //! leader's write fails instead of landing. A leader whose lease has not been renewed for
-//! three quarters of its TTL steps down before etcd can elect another (it exits with
+//! seven eighths of its TTL steps down before etcd can elect another (it exits with
 //! [`EXIT_DEPOSED`]: everything it held in memory goes with it, and a supervisor starts it
 //! again as a standby). Workers learn the term at registration and refuse commands of a
 //! lower one.
@@ -142,6 +142,10 @@ pub fn etcd_member(
         // 1 s): a dead raft leader is replaced well within a coordinator's 2 s lease, so
         // losing a member never costs the coordinators their leader.
         .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        // A member that comes back (restarted, or resumed after SIGSTOP) with a higher raft
+        // term would otherwise depose the raft leader at once and stall every renewal for
+        // an election; with a pre-vote it first learns that a leader exists.
+        .arg("--pre-vote=true")
         .args(["--initial-cluster-state", "new", "--initial-cluster-token", "sluice-local"]);
     command
 }
@@ -284,11 +288,15 @@ pub async fn lead(config: &HaConfig, address: &str) -> Result<Leadership, String
     }
 }
 
-/// Renews the lease every quarter of its TTL, on a task of its own; a second task exits
-/// the process once three quarters of the TTL have passed since the last renewal that etcd
+/// Renews the lease every eighth of its TTL, on a task of its own; a second task exits
+/// the process once [`step_down_after`] has passed since the last renewal that etcd
 /// acknowledged (counted from when it was sent), before etcd could have let the lease
 /// lapse. The second task only reads a clock, so no call that hangs (a member that stopped
 /// answering) can hold the step-down back.
+///
+/// Renewing often matters when etcd loses its raft leader: no renewal lands until the
+/// members elect another (0.5-1 s with `sluice cluster --etcd`'s timing), and the time
+/// since the last renewal before that counts against the same budget.
 async fn keep_lease(mut client: Client, config: HaConfig, lease: i64, term: u64) -> Result<(), etcd_client::Error> {
     let (mut keeper, mut replies) = client.lease_keep_alive(lease).await?;
     let mut member = 0;
@@ -309,7 +317,7 @@ async fn keep_lease(mut client: Client, config: HaConfig, lease: i64, term: u64)
                 Ok(Ok(Some(reply))) if reply.ttl() > 0 => {
                     let at = sent.duration_since(started).as_millis() as u64;
                     last.fetch_max(at, std::sync::atomic::Ordering::SeqCst);
-                    tokio::time::sleep((sent + ttl / 4).saturating_duration_since(Instant::now())).await;
+                    tokio::time::sleep((sent + ttl / 8).saturating_duration_since(Instant::now())).await;
                 }
                 Ok(Ok(Some(_))) => step_down(term, "etcd says its lease has expired"),
                 failed => {
@@ -321,7 +329,7 @@ async fn keep_lease(mut client: Client, config: HaConfig, lease: i64, term: u64)
                     // The stream broke or stalled (its member went away): renew again at
                     // once through the next member alone. The balanced client may route a
                     // new stream to the dead member again, so the renewal goes round the
-                    // members itself; a failure costs a few milliseconds, not a quarter of
+                    // members itself; a failure costs a few milliseconds, not an eighth of
                     // the lease.
                     member = (member + 1) % config.endpoints.len();
                     tracing::debug!(term, member = %config.endpoints[member], "renewing the lease failed: {why}; trying again");
@@ -339,7 +347,7 @@ async fn keep_lease(mut client: Client, config: HaConfig, lease: i64, term: u64)
         }
     });
     tokio::spawn(async move {
-        let limit = ttl * 3 / 4;
+        let limit = step_down_after(ttl);
         loop {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let at = started + Duration::from_millis(renewed.load(std::sync::atomic::Ordering::SeqCst));
@@ -354,6 +362,15 @@ async fn keep_lease(mut client: Client, config: HaConfig, lease: i64, term: u64)
         }
     });
     Ok(())
+}
+
+/// How long a leader goes on without an acknowledged renewal before it steps down: seven
+/// eighths of the lease. etcd lets the lease lapse no sooner than one TTL after it received
+/// the last renewal (after this process sent it; a new raft leader even extends every
+/// lease), and a standby campaigns only once the key is gone, so the last eighth (250 ms
+/// of a 2 s lease) is the margin for this process to be scheduled and exit.
+pub fn step_down_after(ttl: Duration) -> Duration {
+    ttl * 7 / 8
 }
 
 /// Ends a leader that can no longer be sure it leads.

@@ -550,5 +550,44 @@ pub mod etcd {
         pub fn kill(&mut self, i: usize) {
             self.members[i] = None;
         }
+
+        /// The member that leads raft now, asked of each running member in turn (etcd's
+        /// JSON gateway, `POST /v3/maintenance/status`): the one whose own id is the leader
+        /// id it reports. Waits up to 10 s for an answer.
+        pub fn raft_leader(&self) -> usize {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                for (i, client) in self.clients.iter().enumerate() {
+                    if self.members[i].is_none() {
+                        continue;
+                    }
+                    let Some(status) = member_status(client) else { continue };
+                    let own = status["header"]["member_id"].as_str().map(str::to_string);
+                    if own.is_some() && own.as_deref() == status["leader"].as_str() {
+                        return i;
+                    }
+                }
+                assert!(Instant::now() < deadline, "no etcd member says it leads raft");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// One member's `maintenance/status` answer, or `None` if it gives none within 1 s.
+    fn member_status(client: &str) -> Option<serde_json::Value> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(client).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        let request = format!(
+            "POST /v3/maintenance/status HTTP/1.1\r\nHost: {client}\r\nContent-Type: application/json\r\n\
+             Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        let body = answer.split_once("\r\n\r\n")?.1;
+        // The gateway may answer in chunks: the JSON object is the part between braces.
+        let json = &body[body.find('{')?..=body.rfind('}')?];
+        serde_json::from_str(json).ok()
     }
 }
