@@ -68,6 +68,10 @@ struct Args {
     /// R1: the worker killed is the one running this process index.
     #[arg(long, default_value_t = 1)]
     kill_process: usize,
+    /// R2: leave the dead leader's lease to lapse (as after a lost machine) instead of
+    /// letting `sluice cluster`, which sees the process die, revoke it.
+    #[arg(long)]
+    let_leases_lapse: bool,
     /// R1: tell what happens as it happens (the README's demo).
     #[arg(long)]
     live: bool,
@@ -503,11 +507,12 @@ fn main() -> ExitCode {
     if args.workload == "r2" {
         return recovery_result("r2", r1::run(&args, true), |m, ms| {
             format!(
-                "elect_ms={} adopt_ms={} caught_up_ms={} restarted={}",
+                "elect_ms={} adopt_ms={} caught_up_ms={} restarted={} lease={}",
                 ms(m.elect_ms),
                 ms(m.adopt_ms),
                 ms(m.caught_up_ms),
-                m.restarted
+                m.restarted,
+                if args.let_leases_lapse { "lapsed" } else { "revoked" }
             )
         });
     }

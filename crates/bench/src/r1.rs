@@ -190,7 +190,11 @@ pub fn run(args: &Args, ha: bool) -> Result<Measured, String> {
     let log_path = dir.join("cluster.log");
     let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     let cluster_dir = dir.join("c");
-    let ha_args: &[&str] = if ha { &["--coordinators", "3", "--etcd"] } else { &[] };
+    let ha_args: &[&str] = match (ha, args.let_leases_lapse) {
+        (false, _) => &[],
+        (true, false) => &["--coordinators", "3", "--etcd"],
+        (true, true) => &["--coordinators", "3", "--etcd", "--let-leases-lapse"],
+    };
     let child = Command::new(&sluice)
         .args(["cluster", "--workers", "3", "--slots", "1", "--dir", cluster_dir.to_str().ok_or("path")?])
         .args(ha_args)
@@ -431,9 +435,12 @@ pub fn run(args: &Args, ha: bool) -> Result<Measured, String> {
         .as_array()
         .map(|e| e.iter().filter_map(|v| v.as_str().map(String::from)).collect())
         .unwrap_or_default();
+    let victim = match ha {
+        true => format!("killed the leading coordinator (pid {worker})"),
+        false => format!("killed worker {worker} (process {})", args.kill_process),
+    };
     let detail = format!(
-        "killed worker {worker} (process {}); output {} records (expected {}); job {}; events:\n  {}",
-        args.kill_process,
+        "{victim}; output {} records (expected {}); job {}; events:\n  {}",
         output.tally.count,
         reference.count,
         finished["state"],

@@ -107,6 +107,12 @@ enum Command {
         /// and run the coordinators with high availability on it.
         #[arg(long)]
         etcd: bool,
+        /// Leave the lease of a coordinator seen to exit to lapse by itself. By default this
+        /// process, which sees its coordinators die for certain, revokes a dead leader's
+        /// lease so that a standby takes over at once; with this flag it takes over one
+        /// lease later, as after the loss of a whole machine (to measure that case).
+        #[arg(long, requires = "etcd")]
+        let_leases_lapse: bool,
         /// Make a CA and a certificate for 127.0.0.1 (in DIR/tls) and run every call and
         /// data connection over TLS 1.3.
         #[arg(long)]
@@ -286,8 +292,9 @@ fn main() -> ExitCode {
         Command::Worker { connection, tls, listen, slots, cache } => {
             cluster::worker(connection, tls, *listen, *slots, cache.as_deref())
         }
-        Command::Cluster { workers, slots, coordinators, etcd, dir, tls, store, failover } => {
-            cluster::cluster((*workers, *slots), (*coordinators, *etcd), dir, *tls, store.as_deref(), failover)
+        Command::Cluster { workers, slots, coordinators, etcd, let_leases_lapse, dir, tls, store, failover } => {
+            let ha = (*coordinators, *etcd, !*let_leases_lapse);
+            cluster::cluster((*workers, *slots), ha, dir, *tls, store.as_deref(), failover)
         }
         Command::Submit { connection, binary, parallelism, name, args } => {
             cluster::submit(connection, binary, name.as_deref(), *parallelism, args.clone())

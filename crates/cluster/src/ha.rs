@@ -194,6 +194,46 @@ pub async fn leader_address(config: &HaConfig) -> Result<String, String> {
     }
 }
 
+/// Ends the lease of a leader known to be dead, so that a standby takes over at once
+/// instead of one lease later. `address` is the gRPC address of a coordinator process that
+/// has exited (its supervisor reaped it): if the leader key names it (serving or still
+/// starting), its lease is revoked and etcd deletes the key. Returns the term ended, if any.
+///
+/// Only a caller that knows the process is gone may call this: revoking a live leader's
+/// lease is safe for etcd (its fenced writes fail from then on) but leaves it commanding
+/// workers until its next renewal tells it. A lost machine still costs one lease: nobody
+/// can know that its coordinator is dead rather than cut off.
+pub async fn revoke_dead_leader(config: &HaConfig, address: &str) -> Result<Option<u64>, String> {
+    let client = config.connect().await?;
+    let key = config.leader_key();
+    let reply = retrying("reading the leader key", config.lease_ttl, || {
+        let (mut client, key) = (client.clone(), key.clone());
+        async move { client.get(key, None).await }
+    })
+    .await?;
+    let Some(kv) = reply.kvs().first() else { return Ok(None) };
+    let value = String::from_utf8_lossy(kv.value());
+    let names_it = value == address || value.starts_with(&format!("{STARTING}{address} "));
+    if !names_it {
+        return Ok(None);
+    }
+    // The lease, not the key: should another coordinator lead by now, its key has a lease
+    // of its own, which this leaves alone.
+    let lease = kv.lease();
+    retrying("revoking the dead leader's lease", config.lease_ttl, || {
+        let mut client = client.clone();
+        async move {
+            match client.lease_revoke(lease).await {
+                // Already gone (it lapsed meanwhile): the same outcome.
+                Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("lease not found") => Ok(()),
+                other => other.map(|_| ()),
+            }
+        }
+    })
+    .await?;
+    Ok(Some(kv.create_revision() as u64))
+}
+
 /// Campaigns until this coordinator (reachable at `address`) leads; a standby waits in
 /// here, watching the leader key. Then keeps the lease alive in the background, and
 /// steps down (exits) when it cannot.
