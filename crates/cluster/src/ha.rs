@@ -470,13 +470,19 @@ impl Leadership {
 
     /// Replaces the job table (fenced on this leader's term).
     pub async fn save_table(&self, table: &serde_json::Value) -> Result<(), String> {
+        // The writer's term goes with the table, so that etcd's history shows who wrote
+        // each version (the HA tests check that no deposed leader's write landed).
+        let mut table = table.clone();
+        if let Some(fields) = table.as_object_mut() {
+            fields.insert("term".into(), self.term.into());
+        }
         let put = (self.config.table_key(), table.to_string(), None);
         self.fenced_put("writing the job table to etcd", put, self.config.lease_ttl).await
     }
 
     /// Records checkpoint `id` of `job` as complete, under this leader's term.
     pub async fn record_checkpoint(&self, job: &str, id: u64) -> Result<(), String> {
-        let put = (format!("{}{job}", self.checkpoints_prefix()), id.to_string(), None);
+        let put = (format!("{}{job}", self.checkpoints_prefix()), format!("{id} (term {})", self.term), None);
         self.fenced_put("recording a checkpoint in etcd", put, self.config.lease_ttl / 2).await
     }
 
@@ -493,7 +499,9 @@ impl Leadership {
             .iter()
             .filter_map(|kv| {
                 let job = String::from_utf8_lossy(kv.key()).strip_prefix(&prefix)?.to_string();
-                Some((job, String::from_utf8_lossy(kv.value()).parse().ok()?))
+                // `<id> (term <term>)`: the id, and the term of the leader that recorded it.
+                let value = String::from_utf8_lossy(kv.value()).into_owned();
+                Some((job, value.split_whitespace().next()?.parse().ok()?))
             })
             .collect())
     }

@@ -573,6 +573,101 @@ pub mod etcd {
         }
     }
 
+    /// One change in etcd's history: a put (with the key's create revision and the value)
+    /// or a delete.
+    #[derive(Debug, Clone)]
+    pub struct Change {
+        /// The revision of the change.
+        pub revision: i64,
+        /// The key changed.
+        pub key: String,
+        /// `None` for a delete.
+        pub value: Option<String>,
+        /// The revision at which the key was created (for a leader key: its term).
+        pub create_revision: i64,
+    }
+
+    impl EtcdCluster {
+        /// [`history`] of this cluster, asked of its running members.
+        pub fn history(&self, prefix: &str) -> Vec<Change> {
+            let endpoints: Vec<String> = (0..self.clients.len())
+                .filter(|i| self.members[*i].is_some())
+                .map(|i| self.clients[i].clone())
+                .collect();
+            history(&endpoints, prefix)
+        }
+    }
+
+    /// Every change under `prefix` since the first revision, oldest first, from the etcd
+    /// members at `endpoints` (`host:port`). etcd keeps its whole history unless told to
+    /// compact, and the etcd clusters of the tests are not.
+    pub fn history(endpoints: &[String], prefix: &str) -> Vec<Change> {
+        let runtime = sluice_cluster::runtime().expect("a runtime");
+        runtime.block_on(async {
+            let mut client = etcd_client::Client::connect(endpoints, None).await.expect("connecting to etcd");
+            let options = etcd_client::WatchOptions::new().with_prefix().with_start_revision(1);
+            let mut stream = client.watch(prefix, Some(options)).await.expect("watching etcd");
+            let mut changes = Vec::new();
+            // A watch from revision 1 replays the history at once, then waits for news:
+            // the history has been read when a second passes without a message.
+            while let Ok(reply) = tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
+                let reply = reply.expect("the watch").expect("the watch went on");
+                for event in reply.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    changes.push(Change {
+                        revision: kv.mod_revision(),
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        value: (event.event_type() == etcd_client::EventType::Put)
+                            .then(|| String::from_utf8_lossy(kv.value()).into_owned()),
+                        create_revision: kv.create_revision(),
+                    });
+                }
+            }
+            changes
+        })
+    }
+
+    /// Checks that every write under `prefix` (the keys of one HA cluster) that a leader
+    /// made, the job table and the checkpoint records, carries the term of the leader key
+    /// in effect at its revision: no deposed leader's write landed. Returns the terms that
+    /// wrote, in order.
+    pub fn assert_writes_fenced(changes: &[Change], prefix: &str) -> Vec<u64> {
+        let leader_key = format!("{prefix}leader");
+        let mut leader: Option<i64> = None;
+        let mut writers: Vec<u64> = Vec::new();
+        for change in changes {
+            if change.key == leader_key {
+                leader = change.value.as_ref().map(|_| change.create_revision);
+                continue;
+            }
+            let Some(value) = &change.value else { continue };
+            let term = if change.key == format!("{prefix}jobs") {
+                let table: serde_json::Value = serde_json::from_str(value).expect("the job table is JSON");
+                table["term"].as_u64()
+            } else {
+                // A checkpoint record: `<id> (term <term>)`.
+                value.split("(term ").nth(1).and_then(|t| t.trim_end_matches(')').parse().ok())
+            };
+            let term = term.unwrap_or_else(|| panic!("no writer's term in {}: {value}", change.key));
+            assert_eq!(
+                Some(term as i64),
+                leader,
+                "revision {}: {} was written by the leader of term {term}, but the leader key then was {leader:?}",
+                change.revision,
+                change.key
+            );
+            if writers.last() != Some(&term) {
+                assert!(
+                    writers.last().is_none_or(|last| *last < term),
+                    "revision {}: the leader of term {term} wrote after a later one ({writers:?})",
+                    change.revision
+                );
+                writers.push(term);
+            }
+        }
+        writers
+    }
+
     /// One member's `maintenance/status` answer, or `None` if it gives none within 1 s.
     fn member_status(client: &str) -> Option<serde_json::Value> {
         use std::io::{Read, Write};

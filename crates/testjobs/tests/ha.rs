@@ -6,7 +6,7 @@
 
 use sluice_testjobs::assert_committed_counts;
 use sluice_testjobs::cluster::{sluice_beside, submit_counts_args};
-use sluice_testjobs::etcd::EtcdCluster;
+use sluice_testjobs::etcd::{assert_writes_fenced, EtcdCluster};
 use sluice_testjobs::harness::{free_addresses, seeded, KillOnDrop};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -197,6 +197,8 @@ fn a_leader_killed_with_sigkill_is_replaced_and_its_running_job_adopted_without_
     let line = cluster.wait_for("job-1", "finished", Duration::from_secs(120));
     assert!(line.contains("attempt 1 "), "seed {seed}: the job was restarted:\n{line}\n{}", cluster.logs());
     assert_committed_counts(&out, n, &format!("seed {seed}: two leaders killed"));
+    let writers = assert_writes_fenced(&etcd.history("/sluice/test/"), "/sluice/test/");
+    assert!(writers.len() >= 3, "seed {seed}: three leaders wrote to etcd, not {writers:?}");
 }
 
 /// How many lines the job has committed to `out` so far.
@@ -238,7 +240,10 @@ fn losing_one_etcd_member_stops_nothing_and_losing_quorum_pauses_checkpoints_unt
     etcd.kill(raft_leader);
     std::thread::sleep(Duration::from_millis(2500));
     let log = cluster.log(&format!("coordinator-{leader}.log"));
-    assert!(!log.contains("stepping down"), "the leader stepped down with a quorum left (etcd member {raft_leader} killed, it led raft):\n{log}");
+    assert!(
+        !log.contains("stepping down"),
+        "the leader stepped down with a quorum left (etcd member {raft_leader} killed, it led raft):\n{log}"
+    );
     assert!(committed_lines(&out) > 0, "checkpoints complete with two members of three");
     // Two of three gone: no quorum, so no lease can be renewed and no checkpoint can be
     // recorded. The leader steps down; the job goes on processing and writing checkpoints,
@@ -268,6 +273,8 @@ fn losing_one_etcd_member_stops_nothing_and_losing_quorum_pauses_checkpoints_unt
         cluster.logs()
     );
     assert_committed_counts(&out, n, "etcd lost one member, then its quorum");
+    let writers = assert_writes_fenced(&etcd.history("/sluice/test/"), "/sluice/test/");
+    assert!(writers.len() >= 2, "two leaders wrote to etcd, not {writers:?}");
 }
 
 /// How many checkpoints of the job have their manifest written (complete or not).
@@ -327,4 +334,86 @@ fn a_leader_cut_off_from_etcd_steps_down_within_its_lease_and_a_standby_adopts_i
     assert!(line.contains("adopted by the leader of term"), "coordinator {next} did not adopt the job:\n{line}");
     cluster.coordinators.clear();
     assert_committed_counts(&out, n, "the leader cut off from etcd");
+    // etcd's history: the cut-off leader's writes all precede its deposition, and it never
+    // wrote again once the next leader had.
+    let writers = assert_writes_fenced(&etcd.history("/sluice/test/"), "/sluice/test/");
+    assert!(writers.len() >= 2, "two leaders wrote to etcd, not {writers:?}");
+}
+
+/// `sluice cluster --coordinators 3 --etcd`: the supervisor sees its leading coordinator
+/// die (SIGKILL), revokes that leader's lease at once, a standby takes over without
+/// waiting for the lease to lapse, adopts the running job, and the output is exact.
+#[test]
+fn a_supervised_leader_killed_with_sigkill_has_its_lease_revoked_and_its_job_adopted_exactly() {
+    let _one = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = sluice_beside(Path::new(env!("CARGO_BIN_EXE_counts")));
+    let cluster = sluice_testjobs::cluster::Cluster::start(
+        &sluice,
+        dir.path(),
+        2,
+        &["--slots", "1", "--coordinators", "3", "--etcd"],
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("c/cluster.json")).unwrap()).unwrap();
+    let url = info["etcd"].as_str().expect("the cluster's etcd").to_string();
+    let client = |args: &[String]| {
+        let output = Command::new(&sluice)
+            .arg(&args[0])
+            .args(["--ha", &url, "--secret-file"])
+            .arg(dir.path().join("c/secret"))
+            .args(&args[1..])
+            .env_remove("SLUICE_COORDINATOR")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let job_line = || {
+        let (_, listing) = client(&["list".to_string()]);
+        let mut lines = listing.lines().skip_while(|l| !l.starts_with("job-1 "));
+        let mut out: Vec<&str> = lines.next().into_iter().collect();
+        out.extend(lines.take_while(|l| l.starts_with("    ")));
+        out.join("\n")
+    };
+    let wait_for = |state: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let line = job_line();
+            if line.split_whitespace().nth(1) == Some(state) {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "job-1 not {state} within {within:?}:\n{line}\n{}", cluster.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 600_000;
+    let counts = env!("CARGO_BIN_EXE_counts");
+    let (ok, text) = client(&submit_counts_args(counts, 2, &out, n, 100_000, Some(&checkpoints), &[]));
+    assert!(ok, "{text}\n{}", cluster.log());
+    wait_for("running", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = cluster.log();
+    let pid: u32 = log
+        .lines()
+        .filter(|l| l.contains("leading the cluster"))
+        .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no leader in the log:\n{log}"));
+    let status = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -KILL {pid}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.log().contains("its lease is revoked") {
+        assert!(Instant::now() < deadline, "the dead leader's lease was not revoked:\n{}", cluster.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let line = wait_for("finished", Duration::from_secs(120));
+    assert!(line.contains("attempt 1 "), "the job was restarted:\n{line}\n{}", cluster.log());
+    assert!(line.contains("adopted by the leader of term"), "no standby adopted the job:\n{line}\n{}", cluster.log());
+    assert_committed_counts(&out, n, "a supervised leader killed");
+    let members: Vec<String> = url.trim_start_matches("etcd://").split(',').map(str::to_string).collect();
+    let writers =
+        assert_writes_fenced(&sluice_testjobs::etcd::history(&members, "/sluice/default/"), "/sluice/default/");
+    assert!(writers.len() >= 2, "two leaders wrote to etcd, not {writers:?}");
 }
