@@ -7,12 +7,15 @@
 //! they do (a window exists only on a keyed stream, a join needs equal key types); the
 //! rest is checked when the graph is built, with an error that names the fix.
 
+mod connect;
 mod env;
 mod join;
 mod keyed;
+mod per_window;
 mod stream;
 mod window;
 
+pub use connect::{ConnectedKeyedStreams, ConnectedStreams, KeyedCoProcessFunction};
 pub use env::StreamEnv;
 pub use join::{IntervalJoin, JoinSide, JoinedStreams, WindowJoin};
 pub use keyed::KeyedStream;

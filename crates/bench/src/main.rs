@@ -13,7 +13,7 @@
 //! `r1` measures recovery after a lost worker on a local cluster ([`r1`]; `r1-job` is the
 //! job it submits, this same binary).
 //! `nexmark-events` writes the first `--n` events of the Nexmark generator ([`nexmark`])
-//! as CSV. `keygroups` prints, for 128 key groups, the fraction of groups that change owner when
+//! as CSV; `nexmark --query qN --events N` runs one of its queries ([`nexmark::run`]). `keygroups` prints, for 128 key groups, the fraction of groups that change owner when
 //! the parallelism goes from p to p-1 and back, under Sluice's assignment and Flink's
 //! contiguous ranges, beside the least any balanced assignment can move.
 //! Every run checks its own output count and fails if it is wrong.
@@ -32,12 +32,21 @@ use std::time::{Duration, Instant};
 #[command(name = "sluice-bench")]
 struct Args {
     /// The workload: w1, w2, w3, w1-baseline, w2-baseline, k1, k1-baseline, k1-fill,
-    /// k1-topic, k1-count, r1 (or r1-job, the job r1 submits), r2 (r1 losing the leading coordinator), keygroups, nexmark-events.
-    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count", "r1", "r1-job", "r2", "keygroups", "nexmark-events"])]
+    /// k1-topic, k1-count, r1 (or r1-job, the job r1 submits), r2 (r1 losing the leading coordinator), keygroups, nexmark-events, nexmark.
+    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count", "r1", "r1-job", "r2", "keygroups", "nexmark-events", "nexmark"])]
     workload: String,
-    /// Records (events) to process; a multiple of the parallelism.
-    #[arg(long, default_value_t = 10_000_000, value_parser = parse_count)]
+    /// Records (events) to process; a multiple of the parallelism (not for nexmark).
+    #[arg(long, visible_alias = "events", default_value_t = 10_000_000, value_parser = parse_count)]
     n: u64,
+    /// nexmark: the query (q0, q1, q2, q3, q4, q5, q7, q8).
+    #[arg(long, value_name = "QUERY", default_value = "q0")]
+    query: String,
+    /// nexmark: write the query's output to FILE (sorted CSV lines, NEXMARK.md section 6).
+    #[arg(long, value_name = "FILE")]
+    dump: Option<std::path::PathBuf>,
+    /// nexmark: take exactly-once checkpoints every MS milliseconds.
+    #[arg(long, value_name = "MS")]
+    checkpoint_every: Option<u64>,
     /// Parallelism of the job.
     #[arg(long, short = 'p', default_value_t = 1, value_parser = parse_parallelism)]
     parallelism: usize,
@@ -100,7 +109,7 @@ fn parse_count(text: &str) -> Result<u64, String> {
 
 fn parse_args() -> Result<Args, String> {
     let args = <Args as clap::Parser>::parse();
-    if args.n == 0 || args.n % args.parallelism as u64 != 0 {
+    if args.workload != "nexmark" && (args.n == 0 || args.n % args.parallelism as u64 != 0) {
         return Err(format!(
             "--n must be a positive multiple of --parallelism (got n={}, p={})",
             args.n, args.parallelism
@@ -499,6 +508,29 @@ fn main() -> ExitCode {
             }
         }
         return ExitCode::SUCCESS;
+    }
+    if args.workload == "nexmark" {
+        let every = args.checkpoint_every.map(Duration::from_millis);
+        return match nexmark::run::run(&args.query, args.n, args.parallelism, args.dump.as_deref(), every) {
+            Ok(outcome) => {
+                let checkpoints =
+                    args.checkpoint_every.map_or(String::new(), |ms| format!(" checkpoint_every_ms={ms}"));
+                println!(
+                    "RESULT workload=nexmark-{} n={} p={} secs={:.3} rate={:.0} rows={}{checkpoints}",
+                    args.query,
+                    args.n,
+                    args.parallelism,
+                    outcome.secs,
+                    args.n as f64 / outcome.secs,
+                    outcome.rows
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if args.workload == "keygroups" {
         key_groups_moved();

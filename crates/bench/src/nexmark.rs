@@ -5,7 +5,18 @@
 //! implementation wrote (`tests/data/nexmark-events-1000.csv`, copied from
 //! `shared/bench/nexmark/events-1000.csv`).
 //!
-//! Only the generator is built so far (issue 12); the queries are not.
+//! The queries of `shared/bench/nexmark/queries.sql` are modules of their own, each a
+//! short DataStream program ([`q0`] to [`q8`]; [`run`] runs one and measures it).
+
+pub mod q0;
+pub mod q1;
+pub mod q2;
+pub mod q3;
+pub mod q4;
+pub mod q5;
+pub mod q7;
+pub mod q8;
+pub mod run;
 
 /// Event time of event 0 (2015-07-15T00:00:00.000Z), in epoch milliseconds.
 pub const BASE_TIME: i64 = 1_436_918_400_000;
@@ -32,7 +43,7 @@ const STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
 const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
 
 /// A person registering.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Person {
     pub id: i64,
     pub name: String,
@@ -45,7 +56,7 @@ pub struct Person {
 }
 
 /// An item put up for auction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Auction {
     pub id: i64,
     pub item_name: String,
@@ -60,7 +71,7 @@ pub struct Auction {
 }
 
 /// A bid on an auction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Bid {
     pub auction: i64,
     pub bidder: i64,
@@ -72,11 +83,22 @@ pub struct Bid {
 }
 
 /// One Nexmark event.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     Person(Person),
     Auction(Auction),
     Bid(Bid),
+}
+
+impl Event {
+    /// The event's time (`dateTime`), in epoch milliseconds.
+    pub fn date_time(&self) -> i64 {
+        match self {
+            Event::Person(p) => p.date_time,
+            Event::Auction(a) => a.date_time,
+            Event::Bid(b) => b.date_time,
+        }
+    }
 }
 
 /// SplitMix64, one stream per event.

@@ -33,8 +33,8 @@ pub use sluice_state as state;
 pub use sluice_types as types;
 
 pub use sluice_api::{
-    DataStream, DataStreamSink, IntervalJoin, JoinSide, KeyedStream, OutputTag, Session, Sliding, StreamEnv, Tumbling,
-    WindowSpec, WindowedStream,
+    ConnectedKeyedStreams, ConnectedStreams, DataStream, DataStreamSink, IntervalJoin, JoinSide,
+    KeyedCoProcessFunction, KeyedStream, OutputTag, Session, Sliding, StreamEnv, Tumbling, WindowSpec, WindowedStream,
 };
 pub use sluice_runtime::{JobError, JobHandle, JobResult};
 
@@ -80,7 +80,8 @@ use std::sync::{Mutex, OnceLock};
 pub mod prelude {
     pub use crate::Execute;
     pub use sluice_api::{
-        DataStream, JoinSide, KeyedStream, OutputTag, Session, Sliding, StreamEnv, Tumbling, WindowSpec, WindowedStream,
+        DataStream, JoinSide, KeyedCoProcessFunction, KeyedStream, OutputTag, Session, Sliding, StreamEnv, Tumbling,
+        WindowSpec, WindowedStream,
     };
     pub use sluice_connectors::{
         CollectionSource, DiscardSink, GeneratorSource, SequenceSource, SocketTextSource, StdoutSink, TextFileSink,

@@ -1,0 +1,63 @@
+//! q3, local item suggestion: an unwindowed inner join of the auctions of category 10 with
+//! their sellers, when those live in Oregon, Idaho or California.
+//!
+//! ```sql
+//! SELECT P.name, P.city, P.state, A.id
+//! FROM auction AS A INNER JOIN person AS P ON A.seller = P.id
+//! WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')
+//! ```
+//!
+//! Both inputs only ever grow (a person or an auction is never updated), so the join's
+//! output is insert-only: a row, once emitted, stays true. It is built on
+//! [`DataStream::connect`]: keyed by the person id, a seller is kept in state once seen,
+//! and an auction that arrives before its seller waits in state for it. As in Flink, the
+//! state grows with the input (nothing says when a seller can no longer sell).
+
+use super::{Auction, Event, Person};
+use sluice::prelude::*;
+
+/// q3's output: (name, city, state, auction id).
+pub type Suggestion = (String, String, String, i64);
+
+/// q3's output.
+pub fn query(events: &DataStream<Event>) -> DataStream<Suggestion> {
+    let sellers = events.filter_map(|event| match event {
+        Event::Person(p) if matches!(p.state.as_str(), "OR" | "ID" | "CA") => Some(p),
+        _ => None,
+    });
+    let auctions = events.filter_map(|event| match event {
+        Event::Auction(a) if a.category == 10 => Some(a),
+        _ => None,
+    });
+    sellers.connect(&auctions).key_by(|p| p.id, |a| a.seller).process(SellerJoin).uid("q3-join")
+}
+
+/// The join: a seller's person record, and the auctions waiting for it.
+#[derive(Clone)]
+struct SellerJoin;
+
+const SELLER: &str = "seller";
+const WAITING: &str = "waiting-auctions";
+
+impl KeyedCoProcessFunction<i64, Person, Auction, Suggestion> for SellerJoin {
+    fn process_element1(&mut self, person: Person, ctx: &mut KeyedContext<'_, i64, Suggestion>) {
+        let waiting = ctx.list_state::<i64>(WAITING).get().to_vec();
+        ctx.list_state::<i64>(WAITING).update(Vec::new());
+        for auction in waiting {
+            ctx.emit((person.name.clone(), person.city.clone(), person.state.clone(), auction));
+        }
+        ctx.value_state::<(String, String, String)>(SELLER).update((person.name, person.city, person.state));
+    }
+
+    fn process_element2(&mut self, auction: Auction, ctx: &mut KeyedContext<'_, i64, Suggestion>) {
+        match ctx.value_state::<(String, String, String)>(SELLER).get().cloned() {
+            Some((name, city, state)) => ctx.emit((name, city, state, auction.id)),
+            None => ctx.list_state::<i64>(WAITING).add(auction.id),
+        }
+    }
+}
+
+/// `name,city,state,id`.
+pub fn csv(row: &Suggestion) -> String {
+    format!("{},{},{},{}", row.0, row.1, row.2, row.3)
+}
