@@ -41,6 +41,28 @@ const CITIES: [&str; 10] =
     ["Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend", "Redmond", "Seattle", "Kent", "Cheyenne"];
 const STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
 const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+/// The URL of each hot channel (its name in lower case).
+const HOT_URLS: [&str; 4] = [
+    "https://www.nexmark.com/hot/google/item.htm?query=1",
+    "https://www.nexmark.com/hot/facebook/item.htm?query=1",
+    "https://www.nexmark.com/hot/baidu/item.htm?query=1",
+    "https://www.nexmark.com/hot/apple/item.htm?query=1",
+];
+
+/// Appends `n` in decimal (what `format!` does, without its machinery).
+fn push_number(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let (mut i, mut rest) = (digits.len(), n);
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).expect("digits are ASCII"));
+}
 
 /// A person registering.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -135,7 +157,8 @@ impl Draws {
 
     fn text(&mut self, max_len: i64) -> String {
         let len = 3 + self.ri(max_len - 3);
-        (0..len).map(|_| (b'a' + self.r(26) as u8) as char).collect()
+        let letters: Vec<u8> = (0..len).map(|_| b'a' + self.r(26) as u8).collect();
+        String::from_utf8(letters).expect("letters are ASCII")
     }
 
     fn extra_len(&mut self, current: i64, average: i64) -> i64 {
@@ -148,8 +171,27 @@ impl Draws {
     }
 }
 
+/// The alphabet over and over, long enough for any `extra` (at most 1.2 times the
+/// average size, 500, plus the 25 letters an offset can skip).
+const LETTERS: [u8; 26 * 26] = {
+    let mut letters = [0u8; 26 * 26];
+    let mut i = 0;
+    while i < letters.len() {
+        letters[i] = b'a' + (i % 26) as u8;
+        i += 1;
+    }
+    letters
+};
+
+/// `extra`: letters from the `n % 26`-th on, cycling: a slice of [`LETTERS`] (copying it
+/// is much cheaper than building the string a letter at a time, and the text is the same).
 fn extra(n: i64, len: i64) -> String {
-    (0..len).map(|k| (b'a' + ((n % 26 + k) % 26) as u8) as char).collect()
+    let start = n.rem_euclid(26) as usize;
+    let (len, room) = (len.max(0) as usize, LETTERS.len() - start);
+    if len <= room {
+        return String::from_utf8(LETTERS[start..start + len].to_vec()).expect("letters are ASCII");
+    }
+    (0..len as i64).map(|k| (b'a' + ((n % 26 + k) % 26) as u8) as char).collect()
 }
 
 /// Event time of event `n`.
@@ -249,16 +291,22 @@ pub fn event(n: u64) -> Event {
             let (channel, url) = match draws.r(HOT_CHANNEL_RATIO) {
                 0 => {
                     let k = draws.r(10_000);
-                    let mut url = format!("https://www.nexmark.com/ch/{k}/item.htm?query=1");
+                    let mut url = String::with_capacity(64);
+                    url.push_str("https://www.nexmark.com/ch/");
+                    push_number(&mut url, k);
+                    url.push_str("/item.htm?query=1");
                     if !k.is_multiple_of(10) {
-                        url.push_str(&format!("&channel_id={k}"));
+                        url.push_str("&channel_id=");
+                        push_number(&mut url, k);
                     }
-                    (format!("channel-{k}"), url)
+                    let mut channel = String::with_capacity(12);
+                    channel.push_str("channel-");
+                    push_number(&mut channel, k);
+                    (channel, url)
                 }
                 _ => {
-                    let channel = HOT_CHANNELS[draws.r(4) as usize];
-                    let url = format!("https://www.nexmark.com/hot/{}/item.htm?query=1", channel.to_lowercase());
-                    (channel.to_string(), url)
+                    let hot = draws.r(4) as usize;
+                    (HOT_CHANNELS[hot].to_string(), HOT_URLS[hot].to_string())
                 }
             };
             let extra = extra(n, draws.extra_len(32, 100));
@@ -315,6 +363,25 @@ mod tests {
             lines += 1;
         }
         assert_eq!(lines, 1000);
+    }
+
+    #[test]
+    fn extra_is_the_cycling_alphabet_of_the_specification() {
+        for n in [0i64, 1, 25, 26, 27, 1_000_003] {
+            for len in [0i64, 1, 30, 499, 651, 652, 700] {
+                let spelled: String = (0..len).map(|k| (b'a' + ((n % 26 + k) % 26) as u8) as char).collect();
+                assert_eq!(extra(n, len), spelled, "n={n} len={len}");
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_as_format_writes_them() {
+        for n in [0u64, 7, 10, 9_999, u64::MAX] {
+            let mut out = String::new();
+            push_number(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 
     #[test]
