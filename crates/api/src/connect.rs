@@ -25,16 +25,15 @@ pub trait KeyedCoProcessFunction<K, A, B, O>: Clone + Send + 'static {
     fn on_timer(&mut self, _time: Timestamp, _ctx: &mut KeyedContext<'_, K, O>) {}
 }
 
-/// Two streams connected, about to be keyed.
+/// Two streams connected, about to be keyed: one stream of records tagged by the input
+/// they belong to.
 pub struct ConnectedStreams<A, B> {
-    first: DataStream<A>,
-    second: DataStream<B>,
+    tagged: DataStream<JoinSide<A, B>>,
 }
 
 /// Two connected streams keyed by one key type: give them a [`KeyedCoProcessFunction`].
 pub struct ConnectedKeyedStreams<K, A, B> {
-    first: DataStream<A>,
-    second: DataStream<B>,
+    tagged: DataStream<JoinSide<A, B>>,
     first_key: KeyFn<A, K>,
     second_key: KeyFn<B, K>,
 }
@@ -79,7 +78,53 @@ impl<A: Data> DataStream<A> {
     /// assert_eq!(values, vec![("Ann".to_string(), 10), ("Ann".to_string(), 11)]);
     /// ```
     pub fn connect<B: Data>(&self, other: &DataStream<B>) -> ConnectedStreams<A, B> {
-        ConnectedStreams { first: self.clone(), second: other.clone() }
+        let first = self.map(JoinSide::Left).internal_name("connect-first");
+        let second = other.map(JoinSide::Right).internal_name("connect-second");
+        ConnectedStreams { tagged: first.union(&second) }
+    }
+
+    /// Splits this stream into the two inputs of a connected operator in one pass: `split`
+    /// says which input a record feeds (or none). Where both inputs come from one stream
+    /// (the persons and the auctions of one event stream), this reads each record once,
+    /// where two filters over the stream and [`DataStream::connect`] would copy every record
+    /// to each filter first.
+    ///
+    /// ```
+    /// # use sluice::prelude::*;
+    /// let env = StreamEnv::new();
+    /// // Orders (positive) and refunds (negative) of one account stream: the net per account.
+    /// let events = env.from_collection(vec![(1u32, 30i64), (1, -10), (2, 5)]);
+    ///
+    /// #[derive(Clone)]
+    /// struct Net;
+    /// impl KeyedCoProcessFunction<u32, (u32, i64), (u32, i64), (u32, i64)> for Net {
+    ///     fn process_element1(&mut self, order: (u32, i64), ctx: &mut KeyedContext<'_, u32, (u32, i64)>) {
+    ///         let net = ctx.value_state::<i64>("net").get().copied().unwrap_or(0) + order.1;
+    ///         ctx.value_state::<i64>("net").update(net);
+    ///         ctx.emit((order.0, net));
+    ///     }
+    ///     fn process_element2(&mut self, refund: (u32, i64), ctx: &mut KeyedContext<'_, u32, (u32, i64)>) {
+    ///         let net = ctx.value_state::<i64>("net").get().copied().unwrap_or(0) + refund.1;
+    ///         ctx.value_state::<i64>("net").update(net);
+    ///         ctx.emit((refund.0, net));
+    ///     }
+    /// }
+    ///
+    /// let net = events
+    ///     .split_connect(|e| Some(if e.1 >= 0 { JoinSide::Left(e) } else { JoinSide::Right(e) }))
+    ///     .key_by(|order| order.0, |refund| refund.0)
+    ///     .process(Net)
+    ///     .collect();
+    /// env.execute("net").unwrap();
+    /// let mut values = net.values();
+    /// values.sort();
+    /// assert_eq!(values, vec![(1, 20), (1, 30), (2, 5)]);
+    /// ```
+    pub fn split_connect<L: Data, R: Data>(
+        &self,
+        split: impl Fn(A) -> Option<JoinSide<L, R>> + Send + Sync + 'static,
+    ) -> ConnectedStreams<L, R> {
+        ConnectedStreams { tagged: self.filter_map(split).internal_name("split-connect") }
     }
 }
 
@@ -91,12 +136,7 @@ impl<A: Data, B: Data> ConnectedStreams<A, B> {
         first: impl Fn(&A) -> K + Send + Sync + 'static,
         second: impl Fn(&B) -> K + Send + Sync + 'static,
     ) -> ConnectedKeyedStreams<K, A, B> {
-        ConnectedKeyedStreams {
-            first: self.first,
-            second: self.second,
-            first_key: Arc::new(first),
-            second_key: Arc::new(second),
-        }
+        ConnectedKeyedStreams { tagged: self.tagged, first_key: Arc::new(first), second_key: Arc::new(second) }
     }
 }
 
@@ -104,10 +144,7 @@ impl<K: Key, A: Data, B: Data> ConnectedKeyedStreams<K, A, B> {
     /// Runs `function` over both inputs (see [`DataStream::connect`] for an example).
     pub fn process<O: Data, F: KeyedCoProcessFunction<K, A, B, O> + Sync>(self, function: F) -> DataStream<O> {
         let (first_key, second_key) = (self.first_key, self.second_key);
-        let first = self.first.map(JoinSide::Left).internal_name("connect-first");
-        let second = self.second.map(JoinSide::Right).internal_name("connect-second");
-        first
-            .union(&second)
+        self.tagged
             .key_by(move |side| match side {
                 JoinSide::Left(a) => first_key(a),
                 JoinSide::Right(b) => second_key(b),

@@ -9,7 +9,7 @@
 //!
 //! Both inputs only ever grow (a person or an auction is never updated), so the join's
 //! output is insert-only: a row, once emitted, stays true. It is built on
-//! [`DataStream::connect`]: keyed by the person id, a seller is kept in state once seen,
+//! [`DataStream::split_connect`]: keyed by the person id, a seller is kept in state once seen,
 //! and an auction that arrives before its seller waits in state for it. As in Flink, the
 //! state grows with the input (nothing says when a seller can no longer sell).
 
@@ -21,15 +21,17 @@ pub type Suggestion = (String, String, String, i64);
 
 /// q3's output.
 pub fn query(events: &DataStream<Event>) -> DataStream<Suggestion> {
-    let sellers = events.filter_map(|event| match event {
-        Event::Person(p) if matches!(p.state.as_str(), "OR" | "ID" | "CA") => Some(p),
-        _ => None,
-    });
-    let auctions = events.filter_map(|event| match event {
-        Event::Auction(a) if a.category == 10 => Some(a),
-        _ => None,
-    });
-    sellers.connect(&auctions).key_by(|p| p.id, |a| a.seller).process(SellerJoin).uid("q3-join")
+    // One pass over the events splits them into the join's two inputs (two filters
+    // would each get a copy of every event first).
+    events
+        .split_connect(|event| match event {
+            Event::Person(p) if matches!(p.state.as_str(), "OR" | "ID" | "CA") => Some(JoinSide::Left(p)),
+            Event::Auction(a) if a.category == 10 => Some(JoinSide::Right(a)),
+            _ => None,
+        })
+        .key_by(|p| p.id, |a| a.seller)
+        .process(SellerJoin)
+        .uid("q3-join")
 }
 
 /// The join: a seller's person record, and the auctions waiting for it.

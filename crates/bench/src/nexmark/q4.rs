@@ -18,7 +18,7 @@
 //! a lower one. `--dump` writes the final result: each category's last upsert. Averages
 //! are integer averages truncated toward zero, as Flink's `AVG` over `BIGINT`.
 //!
-//! The first step is built on [`DataStream::connect`], keyed by auction id: an auction is
+//! The first step is built on [`DataStream::split_connect`], keyed by auction id: an auction is
 //! kept in state with its best price; a bid that arrives before its auction waits in state
 //! for it.
 
@@ -44,13 +44,12 @@ pub struct Average {
 
 /// q4's output: upserts per category.
 pub fn query(events: &DataStream<Event>) -> DataStream<Average> {
-    let auctions = events.filter_map(|event| match event {
-        Event::Auction(a) => Some(a),
-        _ => None,
-    });
-    let bids = super::q0::bids(events);
-    auctions
-        .connect(&bids)
+    events
+        .split_connect(|event| match event {
+            Event::Auction(a) => Some(JoinSide::Left(a)),
+            Event::Bid(b) => Some(JoinSide::Right(b)),
+            Event::Person(_) => None,
+        })
         .key_by(|a| a.id, |b| b.auction)
         .process(WinningBids)
         .uid("q4-winning-bids")

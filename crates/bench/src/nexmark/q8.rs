@@ -24,6 +24,8 @@ pub type NewSeller = (i64, String, i64);
 /// q8's output.
 pub fn query(events: &DataStream<Event>) -> DataStream<NewSeller> {
     let window = Tumbling::event_time(Duration::from_secs(10));
+    // The bids go first, so that the two branches below copy only persons and auctions.
+    let events = events.filter(|event| !matches!(event, Event::Bid(_)));
     let persons = events.filter_map(|event| match event {
         Event::Person(p) => Some((p.id, p.name)),
         _ => None,
