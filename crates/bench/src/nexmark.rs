@@ -61,7 +61,9 @@ fn push_number(out: &mut String, n: u64) {
             break;
         }
     }
-    out.push_str(std::str::from_utf8(&digits[i..]).expect("digits are ASCII"));
+    for digit in &digits[i..] {
+        out.push(*digit as char);
+    }
 }
 
 /// A person registering.
@@ -157,8 +159,11 @@ impl Draws {
 
     fn text(&mut self, max_len: i64) -> String {
         let len = 3 + self.ri(max_len - 3);
-        let letters: Vec<u8> = (0..len).map(|_| b'a' + self.r(26) as u8).collect();
-        String::from_utf8(letters).expect("letters are ASCII")
+        let mut text = String::with_capacity(len as usize);
+        for _ in 0..len {
+            text.push((b'a' + self.r(26) as u8) as char);
+        }
+        text
     }
 
     fn extra_len(&mut self, current: i64, average: i64) -> i64 {
@@ -183,13 +188,17 @@ const LETTERS: [u8; 26 * 26] = {
     letters
 };
 
+/// [`LETTERS`] as text, checked once (a slice of it needs no check: every byte is a char).
+static LETTERS_TEXT: std::sync::LazyLock<&'static str> =
+    std::sync::LazyLock::new(|| std::str::from_utf8(&LETTERS).expect("letters are ASCII"));
+
 /// `extra`: letters from the `n % 26`-th on, cycling: a slice of [`LETTERS`] (copying it
 /// is much cheaper than building the string a letter at a time, and the text is the same).
 fn extra(n: i64, len: i64) -> String {
     let start = n.rem_euclid(26) as usize;
     let (len, room) = (len.max(0) as usize, LETTERS.len() - start);
     if len <= room {
-        return String::from_utf8(LETTERS[start..start + len].to_vec()).expect("letters are ASCII");
+        return LETTERS_TEXT[start..start + len].to_string();
     }
     (0..len as i64).map(|k| (b'a' + ((n % 26 + k) % 26) as u8) as char).collect()
 }
