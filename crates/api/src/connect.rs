@@ -93,7 +93,8 @@ impl<A: Data> DataStream<A> {
     /// # use sluice::prelude::*;
     /// let env = StreamEnv::new();
     /// // Orders (positive) and refunds (negative) of one account stream: the net per account.
-    /// let events = env.from_collection(vec![(1u32, 30i64), (1, -10), (2, 5)]);
+    /// // One source subtask, so that account 1's order then refund stay in that order.
+    /// let events = env.from_collection(vec![(1u32, 30i64), (1, -10), (2, 5)]).parallelism(1);
     ///
     /// #[derive(Clone)]
     /// struct Net;

@@ -336,3 +336,77 @@ fn pending_processing_time_timers_fire_when_the_input_ends_and_periodic_ones_sto
     let fired: Vec<(u32, i64)> = h.take_records().into_iter().map(|(v, _)| v).collect();
     assert_eq!(fired, vec![(1, 1_000), (2, 1_500)]);
 }
+
+/// A sliding count with panes (an incremental aggregate) against the same windows kept
+/// whole (a function over all elements, which does not share panes), over seeded random
+/// input that is out of order, late and within the allowed lateness: the same results,
+/// re-firings and late records after every step. Half way, the pane operator is
+/// snapshotted and restored, and goes on as if nothing happened.
+#[test]
+fn sliding_windows_with_panes_equal_windows_kept_whole_also_across_a_restore() {
+    let seed = std::env::var("SLUICE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
+    let mut state = seed | 1;
+    let mut random = move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    let assigner = WindowAssigner::Sliding { size: 20, slide: 5, offset: 0 };
+    let panes = |restored_from: Option<Vec<sluice_dataflow::snapshot::SubtaskState>>| {
+        let finish = Arc::new(|k: &u32, w: &TimeWindow, n: u64| (*k, w.start, n));
+        let operator = WindowOperator::<_, _, _, LateToSideOutput>::new(
+            key(),
+            assigner,
+            WindowTime::EventTime,
+            7,
+            AggregateWindow { aggregate: Count, finish },
+        );
+        OperatorHarness::restored(operator, restored_from.and_then(restored))
+    };
+    let mut whole = OperatorHarness::new(WindowOperator::<_, _, _, LateToSideOutput>::new(
+        key(),
+        assigner,
+        WindowTime::EventTime,
+        7,
+        ProcessWindow(Arc::new(|k: &u32, w: &TimeWindow, all: &[Pair]| vec![(*k, w.start, all.len() as u64)])),
+    ));
+    let mut paned = panes(None);
+    let sorted = |mut records: Vec<(WindowOutput<(u32, i64, u64), Pair>, Timestamp)>| {
+        records.sort_by_key(|r| format!("{r:?}"));
+        records
+    };
+    let (mut now, mut watermark) = (0i64, i64::MIN);
+    let mut outputs = 0;
+    for step in 0..2_000 {
+        if step == 1_000 {
+            let snapshot = paned.checkpoint(1);
+            paned = panes(Some(snapshot));
+            if watermark != i64::MIN {
+                // A restored subtask hears the watermark again before new records.
+                paned.watermark(watermark);
+                paned.take();
+            }
+        }
+        if random(10) < 7 {
+            now += random(3) as i64;
+            // Mostly near the front of time, sometimes well behind it (late).
+            let behind = if random(4) == 0 { 30 } else { 4 };
+            let time = now - random(behind) as i64;
+            let value = (random(5) as u32, 0);
+            whole.push(value, time);
+            paned.push(value, time);
+        } else {
+            watermark = watermark.max(now - 6);
+            whole.watermark(watermark);
+            paned.watermark(watermark);
+        }
+        let (want, got) = (sorted(whole.take_records()), sorted(paned.take_records()));
+        assert_eq!(got, want, "seed {seed}, step {step}: panes differ from whole windows");
+        outputs += want.len();
+    }
+    whole.watermark(i64::MAX);
+    paned.watermark(i64::MAX);
+    assert_eq!(sorted(paned.take_records()), sorted(whole.take_records()), "seed {seed}: at the end");
+    assert!(outputs > 500, "seed {seed}: only {outputs} outputs; a test of little");
+}

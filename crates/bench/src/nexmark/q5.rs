@@ -9,7 +9,8 @@
 //! JOIN (... the MAX(num) of each window ...) M ON ... AND C.num = M.maxn
 //! ```
 //!
-//! A keyed sliding-window count, then [`DataStream::max_per_window`] over its results.
+//! A keyed sliding-window count (its windows share 2 s panes: each bid is counted once,
+//! not once per window), then [`DataStream::max_per_window`] over its results.
 
 use super::Event;
 use sluice::prelude::*;
@@ -20,8 +21,13 @@ pub type Hot = (i64, i64, i64, u64);
 
 /// q5's output.
 pub fn query(events: &DataStream<Event>) -> DataStream<Hot> {
-    super::q0::bids(events)
-        .key_by(|bid| bid.auction)
+    // Only the auction id is needed: dropping the rest first keeps the window's input small.
+    events
+        .filter_map(|event| match event {
+            Event::Bid(bid) => Some(bid.auction),
+            _ => None,
+        })
+        .key_by(|auction| *auction)
         .window(Sliding::event_time(Duration::from_secs(10), Duration::from_secs(2)))
         .aggregate_with(Count, |auction, window, bids| (window.start, window.end, *auction, bids))
         .uid("q5-counts")

@@ -6,6 +6,12 @@
 //! their state is grouped by window first (`window -> key -> accumulator`): firing walks
 //! the windows in time order and needs no timer per key. Session windows are per key and
 //! merge, so they keep per-key sessions and a per-key timer queue.
+//!
+//! Sliding windows whose size is a multiple of their slide share **panes** (when the
+//! function is incremental, a reduce or an aggregate): a record is added once, to the
+//! slide-long pane it falls in, not copied into each of the `size / slide` windows that
+//! hold it; a window, when it fires, merges the accumulators of its panes. That is one
+//! `add` per record instead of one per window, and one accumulator per key and pane.
 
 use crate::operator::{now_millis, Operator, Output};
 use crate::operators::keyed::{AggregateFunction, KeyFn};
@@ -114,6 +120,12 @@ pub trait WindowFunction<K, T>: Send + 'static {
     fn merge(&self, a: Self::Acc, b: Self::Acc) -> Self::Acc;
     /// Emits the results of a window for a key.
     fn emit(&self, key: &K, window: &TimeWindow, acc: &Self::Acc, out: &mut dyn FnMut(Self::Out));
+    /// Whether sliding windows may keep this function's accumulators per pane and merge
+    /// them when a window fires (true for incremental functions: merging is cheap and
+    /// exact). A function over all elements keeps each window's elements in arrival order.
+    fn shares_panes(&self) -> bool {
+        true
+    }
 }
 
 /// Incremental reduce: keeps one value per key and window.
@@ -200,6 +212,9 @@ where
         for value in (self.0)(key, window, acc) {
             out(value)
         }
+    }
+    fn shares_panes(&self) -> bool {
+        false
     }
 }
 
@@ -288,6 +303,10 @@ pub struct WindowOperator<K, T, W: WindowFunction<K, T>, L> {
     late_dropped: u64,
     /// Keys in the last window that fired (the capacity new windows start with).
     typical_keys: usize,
+    /// With panes (sliding windows, see the module docs): the slide. `aligned` then holds
+    /// panes, and `windows` the windows that hold data, with whether each has fired.
+    pane: Option<i64>,
+    windows: BTreeMap<TimeWindow, bool>,
     _late: PhantomData<fn() -> L>,
 }
 
@@ -299,7 +318,6 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
             assigner,
             time,
             lateness: if time == WindowTime::EventTime { lateness.max(0) } else { 0 },
-            function,
             aligned: BTreeMap::new(),
             sessions: FastMap::default(),
             session_timers: TimerQueue::default(),
@@ -307,6 +325,16 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
             scratch: Vec::new(),
             late_dropped: 0,
             typical_keys: 0,
+            pane: match assigner {
+                WindowAssigner::Sliding { size, slide, .. }
+                    if size > slide && size % slide == 0 && function.shares_panes() =>
+                {
+                    Some(slide)
+                }
+                _ => None,
+            },
+            function,
+            windows: BTreeMap::new(),
             _late: PhantomData,
         }
     }
@@ -370,6 +398,132 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
         self.scratch = windows;
     }
 
+    /// The windows that hold `pane` (sliding windows with panes), oldest first.
+    fn windows_of_pane(&self, pane: &TimeWindow, out: &mut Vec<TimeWindow>) {
+        let WindowAssigner::Sliding { size, slide, .. } = self.assigner else { return };
+        let mut start = pane.start.saturating_sub(size - slide);
+        while start <= pane.start {
+            out.push(TimeWindow::new(start, start.saturating_add(size)));
+            start = start.saturating_add(slide);
+        }
+    }
+
+    /// The panes of `window`, oldest first.
+    fn panes_of_window(&self, window: &TimeWindow) -> impl Iterator<Item = TimeWindow> {
+        let slide = self.pane.unwrap_or(1);
+        let (start, end) = (window.start, window.end);
+        (0..)
+            .map(move |i| start.saturating_add(i * slide))
+            .take_while(move |s| *s < end)
+            .map(move |s| TimeWindow::new(s, s.saturating_add(slide)))
+    }
+
+    /// `key`'s accumulator over `window`: its panes' accumulators merged, oldest first.
+    fn merged(&self, key: &K, window: &TimeWindow) -> Option<W::Acc> {
+        let mut merged: Option<W::Acc> = None;
+        for pane in self.panes_of_window(window) {
+            let Some(acc) = self.aligned.get(&pane).and_then(|b| b.accumulators.get(key)) else { continue };
+            merged = Some(match merged {
+                None => acc.clone(),
+                Some(older) => self.function.merge(older, acc.clone()),
+            });
+        }
+        merged
+    }
+
+    /// Adds a record to its pane (sliding windows with panes).
+    fn add_to_pane(&mut self, slide: i64, key: K, time: Timestamp, value: T, out: &mut Output<L::Out>) {
+        let offset = match self.assigner {
+            WindowAssigner::Sliding { offset, .. } => offset,
+            _ => 0,
+        };
+        let start = window_start(time, offset, slide);
+        let pane = TimeWindow::new(start, start.saturating_add(slide));
+        let mut windows = std::mem::take(&mut self.scratch);
+        windows.clear();
+        self.windows_of_pane(&pane, &mut windows);
+        windows.retain(|w| !self.is_late(w));
+        if windows.is_empty() {
+            self.scratch = windows;
+            return self.reject_late(value, time, out);
+        }
+        let (typical, clock, watermark) = (self.typical_keys, self.time, self.watermark);
+        let bucket = self.aligned.entry(pane).or_insert_with(|| Bucket {
+            accumulators: FastMap::with_capacity_and_hasher(typical, Default::default()),
+            fired: false,
+        });
+        match bucket.accumulators.get_mut(&key) {
+            Some(acc) => self.function.add(acc, value),
+            None => {
+                let mut acc = self.function.create();
+                self.function.add(&mut acc, value);
+                bucket.accumulators.insert(key.clone(), acc);
+            }
+        }
+        for window in &windows {
+            // A window the watermark has already passed (within the allowed lateness) was
+            // due even if this subtask held nothing for it then: it counts as fired.
+            let fired = *self
+                .windows
+                .entry(*window)
+                .or_insert(clock == WindowTime::EventTime && window.max_timestamp() <= watermark);
+            if fired {
+                // A late record within the allowed lateness: fire again with the update.
+                if let Some(acc) = self.merged(&key, window) {
+                    let at = window.max_timestamp();
+                    self.function.emit(&key, window, &acc, &mut |o| out.emit(L::result(o), at));
+                }
+            }
+        }
+        self.scratch = windows;
+    }
+
+    /// Fires the windows (of panes) that end at or before `upto`, and drops the windows and
+    /// panes past their cleanup time.
+    fn advance_panes(&mut self, upto: Timestamp, out: &mut Output<L::Out>) {
+        let due: Vec<TimeWindow> = self.windows.keys().take_while(|w| w.max_timestamp() <= upto).copied().collect();
+        for window in due {
+            if !self.windows[&window] {
+                self.windows.insert(window, true);
+                let mut merged: FastMap<K, W::Acc> =
+                    FastMap::with_capacity_and_hasher(self.typical_keys, Default::default());
+                for pane in self.panes_of_window(&window) {
+                    let Some(bucket) = self.aligned.get(&pane) else { continue };
+                    for (key, acc) in &bucket.accumulators {
+                        match merged.remove(key) {
+                            None => merged.insert(key.clone(), acc.clone()),
+                            Some(older) => merged.insert(key.clone(), self.function.merge(older, acc.clone())),
+                        };
+                    }
+                }
+                self.typical_keys = merged.len();
+                let at = window.max_timestamp();
+                for (key, acc) in &merged {
+                    self.function.emit(key, &window, acc, &mut |o| out.emit(L::result(o), at));
+                }
+            }
+            if window.max_timestamp().saturating_add(self.lateness) <= upto {
+                self.windows.remove(&window);
+            }
+        }
+        // A pane is needed until the last window that holds it (the one starting with it)
+        // is past its cleanup time.
+        let size = match self.assigner {
+            WindowAssigner::Sliding { size, .. } => size,
+            _ => 0,
+        };
+        let lateness = self.lateness;
+        let expired: Vec<TimeWindow> = self
+            .aligned
+            .keys()
+            .take_while(|p| p.start.saturating_add(size - 1).saturating_add(lateness) <= upto)
+            .copied()
+            .collect();
+        for pane in expired {
+            self.aligned.remove(&pane);
+        }
+    }
+
     fn add_to_session(&mut self, key: K, time: Timestamp, value: T, out: &mut Output<L::Out>) {
         let gap = match self.assigner {
             WindowAssigner::Session { gap } => gap,
@@ -409,6 +563,8 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
     fn advance(&mut self, upto: Timestamp, out: &mut Output<L::Out>) {
         if self.assigner.is_merging() {
             self.advance_sessions(upto, out);
+        } else if self.pane.is_some() {
+            self.advance_panes(upto, out);
         } else {
             self.advance_aligned(upto, out);
         }
@@ -492,6 +648,8 @@ where
             let key = (self.key_fn)(&record.value);
             if self.assigner.is_merging() {
                 self.add_to_session(key, time, record.value, out);
+            } else if let Some(slide) = self.pane {
+                self.add_to_pane(slide, key, time, record.value, out);
             } else {
                 self.add_aligned(key, time, record.value, out);
             }
@@ -525,6 +683,15 @@ where
                 chunks.entry(group as u32).or_insert_with(empty).aligned.push((*window, bucket.fired, entries));
             }
         }
+        if self.pane.is_some() {
+            // The windows' fired flags go with every key group that has panes: whichever
+            // subtask restores a group knows which of its windows have fired.
+            for chunk in chunks.values_mut() {
+                for (window, fired) in &self.windows {
+                    chunk.aligned.push((*window, *fired, Vec::new()));
+                }
+            }
+        }
         for (key, sessions) in &self.sessions {
             let sessions = sessions.iter().map(|s| (s.window, &s.acc, s.fired)).collect();
             chunks.entry(key_group_of(key, max_parallelism).0).or_insert_with(empty).sessions.push((key, sessions));
@@ -537,6 +704,38 @@ where
         for (_, bytes) in chunks {
             let chunk: WindowChunk<K, W::Acc> = decode_or_fail(&bytes, "a window");
             for (window, fired, entries) in chunk.aligned {
+                let length = window.end.saturating_sub(window.start);
+                let expected = match self.assigner {
+                    WindowAssigner::Tumbling { size, .. } => Some(size),
+                    WindowAssigner::Sliding { size, .. } => Some(size),
+                    WindowAssigner::Session { .. } => None,
+                };
+                // Windows at the ends of time are cut short (saturated), whatever their kind.
+                let saturated = window.start == Timestamp::MIN || window.end == Timestamp::MAX;
+                if let Some(slide) = self.pane {
+                    // A window's fired flag has no entries; a pane always has some.
+                    if entries.is_empty() {
+                        self.windows.entry(window).or_insert(fired);
+                        continue;
+                    }
+                    if length == slide || saturated {
+                        let bucket = self
+                            .aligned
+                            .entry(window)
+                            .or_insert_with(|| Bucket { accumulators: FastMap::default(), fired: false });
+                        bucket.accumulators.extend(entries);
+                        continue;
+                    }
+                }
+                if self.pane.is_some() || (!saturated && expected.is_some_and(|size| size != length)) {
+                    panic!(
+                        "a window operator restores state of windows [{}, {}) that its assigner ({:?}) does not make: \
+                         the state was written by another window definition (or by a Sluice that kept sliding \
+                         windows whole, before panes); give the changed operator a new uid, or restore with the \
+                         definition and build that wrote it",
+                        window.start, window.end, self.assigner
+                    );
+                }
                 let bucket =
                     self.aligned.entry(window).or_insert_with(|| Bucket { accumulators: FastMap::default(), fired });
                 bucket.accumulators.extend(entries);
