@@ -36,7 +36,7 @@ pub fn query(events: &DataStream<Event>) -> DataStream<NewSeller> {
             _ => None,
         })
         .key_by(|seller| *seller)
-        .window(window.clone())
+        .window(window)
         .aggregate_with(Count, |seller, window, _auctions| (*seller, window.start))
         .uid("q8-sellers");
     persons
