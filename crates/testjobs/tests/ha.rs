@@ -26,6 +26,9 @@ struct HaCluster {
     sluice: PathBuf,
     dir: PathBuf,
     url: String,
+    /// The cluster's name in etcd (`--ha-cluster`).
+    name: String,
+    secret: PathBuf,
     coordinators: Vec<Option<KillOnDrop>>,
     _workers: Vec<KillOnDrop>,
 }
@@ -40,6 +43,8 @@ impl HaCluster {
             sluice,
             dir: dir.to_path_buf(),
             url: etcd.url(),
+            name: "test".into(),
+            secret: dir.join("secret"),
             coordinators: Vec::new(),
             _workers: Vec::new(),
         };
@@ -75,8 +80,8 @@ impl HaCluster {
         let mut command = Command::new(&self.sluice);
         command
             .arg(role)
-            .args(["--ha", url, "--ha-cluster", "test", "--secret-file"])
-            .arg(self.dir.join("secret"))
+            .args(["--ha", url, "--ha-cluster", &self.name, "--secret-file"])
+            .arg(&self.secret)
             .env_remove("SLUICE_SECRET")
             .env_remove("SLUICE_SECRET_FILE")
             .env_remove("SLUICE_COORDINATOR")
@@ -120,8 +125,8 @@ impl HaCluster {
     fn client(&self, args: &[String]) -> (bool, String) {
         let output = Command::new(&self.sluice)
             .arg(&args[0])
-            .args(["--ha", &self.url, "--ha-cluster", "test", "--secret-file"])
-            .arg(self.dir.join("secret"))
+            .args(["--ha", &self.url, "--ha-cluster", &self.name, "--secret-file"])
+            .arg(&self.secret)
             .args(&args[1..])
             .env_remove("SLUICE_COORDINATOR")
             .output()
@@ -357,42 +362,22 @@ fn a_supervised_leader_killed_with_sigkill_has_its_lease_revoked_and_its_job_ado
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("c/cluster.json")).unwrap()).unwrap();
     let url = info["etcd"].as_str().expect("the cluster's etcd").to_string();
-    let client = |args: &[String]| {
-        let output = Command::new(&sluice)
-            .arg(&args[0])
-            .args(["--ha", &url, "--secret-file"])
-            .arg(dir.path().join("c/secret"))
-            .args(&args[1..])
-            .env_remove("SLUICE_COORDINATOR")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), text)
-    };
-    let job_line = || {
-        let (_, listing) = client(&["list".to_string()]);
-        let mut lines = listing.lines().skip_while(|l| !l.starts_with("job-1 "));
-        let mut out: Vec<&str> = lines.next().into_iter().collect();
-        out.extend(lines.take_while(|l| l.starts_with("    ")));
-        out.join("\n")
-    };
-    let wait_for = |state: &str, within: Duration| {
-        let deadline = Instant::now() + within;
-        loop {
-            let line = job_line();
-            if line.split_whitespace().nth(1) == Some(state) {
-                return line;
-            }
-            assert!(Instant::now() < deadline, "job-1 not {state} within {within:?}:\n{line}\n{}", cluster.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    // The command line's view of it: the leader found in etcd, the cluster's own secret.
+    let ha = HaCluster {
+        sluice: sluice.clone(),
+        dir: dir.path().to_path_buf(),
+        url: url.clone(),
+        name: "default".into(),
+        secret: dir.path().join("c/secret"),
+        coordinators: Vec::new(),
+        _workers: Vec::new(),
     };
     let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
     let n = 600_000;
     let counts = env!("CARGO_BIN_EXE_counts");
-    let (ok, text) = client(&submit_counts_args(counts, 2, &out, n, 100_000, Some(&checkpoints), &[]));
+    let (ok, text) = ha.client(&submit_counts_args(counts, 2, &out, n, 100_000, Some(&checkpoints), &[]));
     assert!(ok, "{text}\n{}", cluster.log());
-    wait_for("running", Duration::from_secs(60));
+    ha.wait_for("job-1", "running", Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(1500));
     let log = cluster.log();
     let pid: u32 = log
@@ -408,7 +393,7 @@ fn a_supervised_leader_killed_with_sigkill_has_its_lease_revoked_and_its_job_ado
         assert!(Instant::now() < deadline, "the dead leader's lease was not revoked:\n{}", cluster.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let line = wait_for("finished", Duration::from_secs(120));
+    let line = ha.wait_for("job-1", "finished", Duration::from_secs(120));
     assert!(line.contains("attempt 1 "), "the job was restarted:\n{line}\n{}", cluster.log());
     assert!(line.contains("adopted by the leader of term"), "no standby adopted the job:\n{line}\n{}", cluster.log());
     assert_committed_counts(&out, n, "a supervised leader killed");
