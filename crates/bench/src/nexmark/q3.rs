@@ -13,7 +13,7 @@
 //! and an auction that arrives before its seller waits in state for it. As in Flink, the
 //! state grows with the input (nothing says when a seller can no longer sell).
 
-use super::{Auction, Event, Person};
+use super::Event;
 use sluice::prelude::*;
 
 /// q3's output: (name, city, state, auction id).
@@ -25,11 +25,14 @@ pub fn query(events: &DataStream<Event>) -> DataStream<Suggestion> {
     // would each get a copy of every event first).
     events
         .split_connect(|event| match event {
-            Event::Person(p) if matches!(p.state.as_str(), "OR" | "ID" | "CA") => Some(JoinSide::Left(p)),
-            Event::Auction(a) if a.category == 10 => Some(JoinSide::Right(a)),
+            // Only what the query reads travels on: (id, name, city, state) and (id, seller).
+            Event::Person(p) if matches!(p.state.as_str(), "OR" | "ID" | "CA") => {
+                Some(JoinSide::Left((p.id, p.name, p.city, p.state)))
+            }
+            Event::Auction(a) if a.category == 10 => Some(JoinSide::Right((a.id, a.seller))),
             _ => None,
         })
-        .key_by(|p| p.id, |a| a.seller)
+        .key_by(|p| p.0, |a| a.1)
         .process(SellerJoin)
         .uid("q3-join")
 }
@@ -41,20 +44,23 @@ struct SellerJoin;
 const SELLER: &str = "seller";
 const WAITING: &str = "waiting-auctions";
 
-impl KeyedCoProcessFunction<i64, Person, Auction, Suggestion> for SellerJoin {
-    fn process_element1(&mut self, person: Person, ctx: &mut KeyedContext<'_, i64, Suggestion>) {
+/// A seller: (id, name, city, state).
+type Seller = (i64, String, String, String);
+
+impl KeyedCoProcessFunction<i64, Seller, (i64, i64), Suggestion> for SellerJoin {
+    fn process_element1(&mut self, (_, name, city, state): Seller, ctx: &mut KeyedContext<'_, i64, Suggestion>) {
         let waiting = ctx.list_state::<i64>(WAITING).get().to_vec();
         ctx.list_state::<i64>(WAITING).update(Vec::new());
         for auction in waiting {
-            ctx.emit((person.name.clone(), person.city.clone(), person.state.clone(), auction));
+            ctx.emit((name.clone(), city.clone(), state.clone(), auction));
         }
-        ctx.value_state::<(String, String, String)>(SELLER).update((person.name, person.city, person.state));
+        ctx.value_state::<(String, String, String)>(SELLER).update((name, city, state));
     }
 
-    fn process_element2(&mut self, auction: Auction, ctx: &mut KeyedContext<'_, i64, Suggestion>) {
+    fn process_element2(&mut self, (auction, _seller): (i64, i64), ctx: &mut KeyedContext<'_, i64, Suggestion>) {
         match ctx.value_state::<(String, String, String)>(SELLER).get().cloned() {
-            Some((name, city, state)) => ctx.emit((name, city, state, auction.id)),
-            None => ctx.list_state::<i64>(WAITING).add(auction.id),
+            Some((name, city, state)) => ctx.emit((name, city, state, auction)),
+            None => ctx.list_state::<i64>(WAITING).add(auction),
         }
     }
 }

@@ -22,7 +22,7 @@
 //! kept in state with its best price; a bid that arrives before its auction waits in state
 //! for it.
 
-use super::{Auction, Bid, Event};
+use super::Event;
 use serde::{Deserialize, Serialize};
 use sluice::prelude::*;
 
@@ -45,9 +45,16 @@ pub struct Average {
 /// q4's output: upserts per category.
 pub fn query(events: &DataStream<Event>) -> DataStream<Average> {
     events
+        // Only the fields the query reads travel on (as Flink's planner projects them): the
+        // events' strings are dropped where they were made.
         .split_connect(|event| match event {
-            Event::Auction(a) => Some(JoinSide::Left(a)),
-            Event::Bid(b) => Some(JoinSide::Right(b)),
+            Event::Auction(a) => Some(JoinSide::Left(AuctionTerms {
+                id: a.id,
+                category: a.category,
+                start: a.date_time,
+                expires: a.expires,
+            })),
+            Event::Bid(b) => Some(JoinSide::Right(BidPrice { auction: b.auction, price: b.price, at: b.date_time })),
             Event::Person(_) => None,
         })
         .key_by(|a| a.id, |b| b.auction)
@@ -56,6 +63,23 @@ pub fn query(events: &DataStream<Event>) -> DataStream<Average> {
         .key_by(|change| change.category)
         .process(Averages)
         .uid("q4-averages")
+}
+
+/// What q4 reads of an auction.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuctionTerms {
+    pub id: i64,
+    pub category: i64,
+    pub start: i64,
+    pub expires: i64,
+}
+
+/// What q4 reads of a bid.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BidPrice {
+    pub auction: i64,
+    pub price: i64,
+    pub at: i64,
 }
 
 #[derive(Clone)]
@@ -79,9 +103,9 @@ impl WinningBids {
     }
 }
 
-impl KeyedCoProcessFunction<i64, Auction, Bid, WinnerChanged> for WinningBids {
-    fn process_element1(&mut self, auction: Auction, ctx: &mut KeyedContext<'_, i64, WinnerChanged>) {
-        let (start, expires) = (auction.date_time, auction.expires);
+impl KeyedCoProcessFunction<i64, AuctionTerms, BidPrice, WinnerChanged> for WinningBids {
+    fn process_element1(&mut self, auction: AuctionTerms, ctx: &mut KeyedContext<'_, i64, WinnerChanged>) {
+        let (start, expires) = (auction.start, auction.expires);
         ctx.value_state::<(i64, i64, i64)>(AUCTION).update((auction.category, start, expires));
         let early = ctx.list_state::<(i64, i64)>(EARLY).get().to_vec();
         ctx.list_state::<(i64, i64)>(EARLY).update(Vec::new());
@@ -91,14 +115,14 @@ impl KeyedCoProcessFunction<i64, Auction, Bid, WinnerChanged> for WinningBids {
         }
     }
 
-    fn process_element2(&mut self, bid: Bid, ctx: &mut KeyedContext<'_, i64, WinnerChanged>) {
+    fn process_element2(&mut self, bid: BidPrice, ctx: &mut KeyedContext<'_, i64, WinnerChanged>) {
         match ctx.value_state::<(i64, i64, i64)>(AUCTION).get().copied() {
             Some((category, start, expires)) => {
-                if (start..=expires).contains(&bid.date_time) {
+                if (start..=expires).contains(&bid.at) {
                     Self::offer(bid.price, ctx, category);
                 }
             }
-            None => ctx.list_state::<(i64, i64)>(EARLY).add((bid.price, bid.date_time)),
+            None => ctx.list_state::<(i64, i64)>(EARLY).add((bid.price, bid.at)),
         }
     }
 }
