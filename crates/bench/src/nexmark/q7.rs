@@ -15,16 +15,38 @@
 //! auction); then, per window, those of the highest price overall
 //! ([`DataStream::max_per_window`], over a few records per auction).
 
-use super::{Bid, Event};
+use super::Event;
+use serde::{Deserialize, Serialize};
 use sluice::prelude::*;
 use std::time::Duration;
+
+/// The columns of a bid that q7 selects (the channel and URL are dropped where the event
+/// was made, as Flink's planner projects them away).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Bid {
+    pub auction: i64,
+    pub price: i64,
+    pub bidder: i64,
+    pub date_time: i64,
+    pub extra: String,
+}
 
 /// q7's output: the winning bids, with their window.
 pub type Highest = (i64, i64, Bid);
 
 /// q7's output.
 pub fn query(events: &DataStream<Event>) -> DataStream<Highest> {
-    super::q0::bids(events)
+    events
+        .filter_map(|event| match event {
+            Event::Bid(b) => Some(Bid {
+                auction: b.auction,
+                price: b.price,
+                bidder: b.bidder,
+                date_time: b.date_time,
+                extra: b.extra,
+            }),
+            _ => None,
+        })
         .key_by(|bid| bid.auction)
         .window(Tumbling::event_time(Duration::from_secs(10)))
         .aggregate_with(HighestBids, |_auction, window, bids| (window.start, window.end, bids))
