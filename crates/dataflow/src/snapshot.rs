@@ -49,7 +49,7 @@ pub enum Restored {
     Plain(Vec<u8>),
 }
 
-pub use sluice_state::codec::{decode, decode_or_fail, encode};
+pub use sluice_state::codec::{decode, decode_or_fail, encode, encode_into};
 
 /// The first bytes of every state file.
 pub const STATE_MAGIC: &[u8; 4] = b"SLST";

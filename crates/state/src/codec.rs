@@ -29,6 +29,13 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("in-memory state always serializes")
 }
 
+/// [`encode`], appended to `out`: for state written in pieces into one buffer (the pieces,
+/// one after another, decode as the sequence or struct they make up).
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    let buffer = std::mem::take(out);
+    *out = postcard::to_extend(value, buffer).expect("in-memory state always serializes");
+}
+
 /// How many bytes `value` takes encoded (what it would weigh on a network or in a
 /// checkpoint), computed without writing it.
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {

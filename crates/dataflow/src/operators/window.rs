@@ -15,7 +15,7 @@
 
 use crate::operator::{now_millis, Operator, Output};
 use crate::operators::keyed::{AggregateFunction, KeyFn};
-use crate::snapshot::{decode_or_fail, encode, OperatorState, Restored};
+use crate::snapshot::{decode_or_fail, encode_into, OperatorState, Restored};
 use serde::{Deserialize, Serialize};
 use sluice_state::TimerQueue;
 use sluice_types::{key_group_of, Data, FastMap, Key, Record, TimeWindow, Timestamp, MIN_WATERMARK, NO_TIMESTAMP};
@@ -268,13 +268,6 @@ impl<T: Send + 'static, O: Send + 'static> LatePolicy<T, O> for LateToSideOutput
 struct WindowChunk<K, A> {
     aligned: Vec<(TimeWindow, bool, Vec<(K, A)>)>,
     sessions: Vec<(K, Vec<(TimeWindow, A, bool)>)>,
-}
-
-/// The same, borrowed from the operator, for writing.
-#[derive(Serialize)]
-struct WindowChunkRef<'a, K, A> {
-    aligned: Vec<(TimeWindow, bool, Vec<(&'a K, &'a A)>)>,
-    sessions: Vec<(&'a K, Vec<(TimeWindow, &'a A, bool)>)>,
 }
 
 struct Bucket<K, A> {
@@ -669,34 +662,65 @@ where
         }
     }
 
+    /// Writes each key group's [`WindowChunk`] straight into a buffer of its own, window by
+    /// window (postcard's pieces concatenate into the struct they make up): no vector of
+    /// references per window and group, no chunk struct to build, then encode, then drop.
+    /// The snapshot is taken at the barrier, on the task's thread, so its cost is the
+    /// pause the stream sees.
     fn snapshot(&mut self, max_parallelism: usize) -> Option<OperatorState> {
-        let mut chunks: BTreeMap<u32, WindowChunkRef<'_, K, W::Acc>> = BTreeMap::new();
-        let empty = || WindowChunkRef { aligned: Vec::new(), sessions: Vec::new() };
-        // One slot per key group, reused for every window.
+        /// One key group's aligned windows so far, encoded, and how many.
+        struct Written {
+            windows: usize,
+            body: Vec<u8>,
+        }
+        let mut written: BTreeMap<u32, Written> = BTreeMap::new();
+        // One slot per key group, reused for every window; `touched` lists the slots in use.
         let mut by_group: Vec<Vec<(&K, &W::Acc)>> = (0..max_parallelism).map(|_| Vec::new()).collect();
+        let mut touched: Vec<usize> = Vec::new();
         for (window, bucket) in &self.aligned {
             for (key, acc) in &bucket.accumulators {
-                by_group[key_group_of(key, max_parallelism).0 as usize].push((key, acc));
+                let group = key_group_of(key, max_parallelism).0 as usize;
+                if by_group[group].is_empty() {
+                    touched.push(group);
+                }
+                by_group[group].push((key, acc));
             }
-            for (group, entries) in by_group.iter_mut().enumerate().filter(|(_, e)| !e.is_empty()) {
-                let entries = std::mem::take(entries);
-                chunks.entry(group as u32).or_insert_with(empty).aligned.push((*window, bucket.fired, entries));
+            for group in touched.drain(..) {
+                let out = written.entry(group as u32).or_insert_with(|| Written { windows: 0, body: Vec::new() });
+                encode_into(&(window, bucket.fired, &by_group[group][..]), &mut out.body);
+                out.windows += 1;
+                by_group[group].clear();
             }
         }
         if self.pane.is_some() {
             // The windows' fired flags go with every key group that has panes: whichever
             // subtask restores a group knows which of its windows have fired.
-            for chunk in chunks.values_mut() {
+            let none: &[(&K, &W::Acc)] = &[];
+            for out in written.values_mut() {
                 for (window, fired) in &self.windows {
-                    chunk.aligned.push((*window, *fired, Vec::new()));
+                    encode_into(&(window, *fired, none), &mut out.body);
+                    out.windows += 1;
                 }
             }
         }
-        for (key, sessions) in &self.sessions {
-            let sessions = sessions.iter().map(|s| (s.window, &s.acc, s.fired)).collect();
-            chunks.entry(key_group_of(key, max_parallelism).0).or_insert_with(empty).sessions.push((key, sessions));
+        type SessionsRef<'a, K, A> = Vec<(&'a K, Vec<(TimeWindow, &'a A, bool)>)>;
+        let mut sessions: BTreeMap<u32, SessionsRef<'_, K, W::Acc>> = BTreeMap::new();
+        for (key, list) in &self.sessions {
+            let list = list.iter().map(|s| (s.window, &s.acc, s.fired)).collect();
+            sessions.entry(key_group_of(key, max_parallelism).0).or_default().push((key, list));
         }
-        Some(OperatorState::Keyed(chunks.into_iter().map(|(g, c)| (g, encode(&c))).collect()))
+        let groups: std::collections::BTreeSet<u32> = written.keys().chain(sessions.keys()).copied().collect();
+        let mut chunks = BTreeMap::new();
+        for group in groups {
+            // A WindowChunk: the aligned windows (a count, then each), then the sessions.
+            let (count, body) = written.remove(&group).map_or((0, Vec::new()), |w| (w.windows, w.body));
+            let mut bytes = Vec::with_capacity(body.len() + 16);
+            encode_into(&count, &mut bytes);
+            bytes.extend_from_slice(&body);
+            encode_into(&sessions.remove(&group).unwrap_or_default(), &mut bytes);
+            chunks.insert(group, bytes);
+        }
+        Some(OperatorState::Keyed(chunks))
     }
 
     fn restore(&mut self, state: Restored) {
