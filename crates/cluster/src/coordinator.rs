@@ -862,9 +862,26 @@ impl CoordinatorService {
     /// timeout are lost.
     async fn watch_heartbeats(self) {
         let mut tick = tokio::time::interval(self.detection.heartbeat_interval / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut previous_check = Instant::now();
         loop {
             tick.tick().await;
             let timeout = self.detection.heartbeat_timeout;
+            let held_up = previous_check.elapsed();
+            previous_check = Instant::now();
+            if crate::detectors::detector_held_up(held_up, self.detection.heartbeat_interval) {
+                let mut state = self.state();
+                tracing::warn!(
+                    held_up_ms = held_up.as_millis() as u64,
+                    workers = state.workers.len(),
+                    "this coordinator was stopped or starved for longer than a heartbeat interval: its workers' \
+                     silence is its own, so each gets one more timeout before it is declared lost"
+                );
+                for worker in state.workers.values_mut() {
+                    worker.last_heartbeat = worker.last_heartbeat.max(previous_check);
+                }
+                continue;
+            }
             let lost = crate::detectors::silent_workers(
                 self.state().workers.iter().map(|(id, w)| (*id, w.last_heartbeat)),
                 Instant::now(),
@@ -996,6 +1013,7 @@ impl Coordinator for CoordinatorService {
             worker_id: id,
             artifact_store: self.store.location().to_string(),
             heartbeat_interval_ms: self.detection.heartbeat_interval.as_millis() as u64,
+            heartbeat_timeout_ms: self.detection.heartbeat_timeout.as_millis() as u64,
             term: self.term,
         }))
     }
@@ -1375,7 +1393,7 @@ pub async fn run(config: CoordinatorConfig) -> Result<(), String> {
     if let Some(http) = config.http {
         serve_http(http, service.clone(), config.tls.as_ref().map(|t| t.blocking().clone()))?;
     }
-    tracing::info!(address = %address, tls = config.tls.is_some(), term, "coordinator listening");
+    tracing::info!(address = %address, tls = config.tls.is_some(), term, pid = std::process::id(), "coordinator listening");
     let server = CoordinatorServer::with_interceptor(service, config.secret.check());
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {

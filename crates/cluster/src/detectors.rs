@@ -22,6 +22,17 @@ pub fn silent_workers(
     silent
 }
 
+/// Whether the heartbeat detector itself was held up (the coordinator stopped with SIGSTOP,
+/// a paused machine, a starved process): its previous check, due every half heartbeat
+/// interval, was more than a whole interval ago. Every worker then looks silent for as
+/// long as the coordinator was, through no fault of its own, and the heartbeats that
+/// queued up meanwhile have not been read yet. The coordinator gives every worker one more
+/// timeout from then instead of declaring them lost; a worker that died meanwhile is still
+/// caught by its closed connection at once, or by its silence one timeout later.
+pub fn detector_held_up(since_previous_check: Duration, heartbeat_interval: Duration) -> bool {
+    since_previous_check > heartbeat_interval
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +75,15 @@ mod tests {
         let early = clock.0;
         last[0].1 = clock.advance(5);
         assert!(silent_workers(vec![last[0]], early, timeout).is_empty());
+    }
+
+    #[test]
+    fn a_detector_held_up_past_the_timeout_is_told_apart_from_silent_workers() {
+        let interval = Duration::from_millis(100);
+        // Checked every half interval: on time, or late by less than another half.
+        assert!(!detector_held_up(Duration::from_millis(50), interval));
+        assert!(!detector_held_up(interval, interval));
+        assert!(detector_held_up(Duration::from_millis(101), interval));
+        assert!(detector_held_up(Duration::from_secs(2), interval));
     }
 }

@@ -11,6 +11,7 @@ use crate::auth::{AuthedChannel, ClusterTls, Secret};
 use crate::proto::coordinator_client::CoordinatorClient;
 use crate::proto::worker_server::{Worker, WorkerServer};
 use crate::proto::*;
+use sluice_runtime::processes::PULSE_TIMEOUT;
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -48,10 +49,47 @@ type Leader = Arc<Mutex<CoordinatorClient<AuthedChannel>>>;
 type Processes = Arc<Mutex<HashMap<(String, u64, u32), Child>>>;
 
 /// How often a worker tells its job processes it is alive (a byte on their stdin): a job
-/// process that hears nothing for [`sluice_runtime::processes::PULSE_TIMEOUT`] stops
+/// process that hears nothing for [`PULSE_TIMEOUT`] stops
 /// itself, so that a worker that hangs (SIGSTOP, a frozen machine) has no process left
 /// writing for an attempt the coordinator has replaced.
 const PULSE_EVERY: Duration = Duration::from_millis(50);
+
+/// What the pulse thread does on one turn.
+#[derive(Debug, PartialEq, Eq)]
+enum PulseTurn {
+    /// Tells every job process that its worker is alive.
+    Pulse,
+    /// Skips this turn: the coordinator has not answered for a while (without HA).
+    Hold,
+    /// Closes every job process's pulse for good: this worker was stopped or starved.
+    Release,
+}
+
+/// Decides a pulse turn from the time since the previous turn, the time since the
+/// coordinator last answered a heartbeat, and (without HA) after how long without an
+/// answer the processes must be left to stop.
+///
+/// - The previous turn longer ago than the processes' [`PULSE_TIMEOUT`]: this worker was
+///   frozen (SIGSTOP, a paused machine) or starved. Its processes, by their own rule, are
+///   stale by now; but a process frozen with it would take a pulse sent now as fresh, and
+///   go on for an attempt the coordinator may have replaced meanwhile. So their pulses end.
+/// - Without HA, no answer from the coordinator for its heartbeat timeout less the pulse
+///   timeout: the coordinator (if it runs) is about to declare this worker lost and place
+///   its processes elsewhere; a worker cut off from it (a partition) must not keep a whole
+///   attempt going on its own, committing beside the next one. Holding the pulse makes the
+///   processes stop by the time the coordinator gives up on the worker, as Flink's task
+///   managers fail their tasks when the job manager's heartbeats time out. With HA,
+///   workers keep their processes while no leader answers: a checkpoint is complete only
+///   once the leader records it in etcd, so nothing of theirs is committed meanwhile.
+fn pulse_turn(since_last_turn: Duration, since_contact: Duration, cut_off_after: Option<Duration>) -> PulseTurn {
+    if since_last_turn > PULSE_TIMEOUT {
+        PulseTurn::Release
+    } else if cut_off_after.is_some_and(|after| since_contact > after) {
+        PulseTurn::Hold
+    } else {
+        PulseTurn::Pulse
+    }
+}
 
 /// With HA: a worker that sees a new leader in etcd but cannot join it for this long stops
 /// its job processes. The new leader restarts a job whose processes it cannot account for
@@ -498,17 +536,62 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
             .spawn(move || carry_checkpoint_records(control, processes, leader, term, runtime))
             .map_err(|e| e.to_string())?;
     }
-    let pulses = processes.clone();
+    // When the coordinator last answered a heartbeat: without HA, the pulse is only as
+    // fresh as that (see `pulse_turn`).
+    let contact = Arc::new(Mutex::new(std::time::Instant::now()));
+    let cut_off_after = match (&config.ha, reply.heartbeat_timeout_ms) {
+        (None, timeout) if timeout > 0 => Some(Duration::from_millis(timeout).saturating_sub(PULSE_TIMEOUT)),
+        _ => None,
+    };
+    let (pulses, last_contact) = (processes.clone(), contact.clone());
     std::thread::Builder::new()
         .name("sluice:pulse".into())
-        .spawn(move || loop {
-            for child in pulses.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
-                if let Some(stdin) = child.stdin.as_mut() {
-                    // A process that has exited closed its end: nothing to tell it.
-                    let _ = stdin.write_all(b".");
+        .spawn(move || {
+            let mut last_turn = std::time::Instant::now();
+            let mut holding = false;
+            loop {
+                let since_contact = last_contact.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+                let turn = pulse_turn(last_turn.elapsed(), since_contact, cut_off_after);
+                last_turn = std::time::Instant::now();
+                let mut children = pulses.lock().unwrap_or_else(|e| e.into_inner());
+                match turn {
+                    PulseTurn::Pulse => {
+                        if std::mem::take(&mut holding) {
+                            tracing::info!("the coordinator answers again: pulsing the job processes");
+                        }
+                        for child in children.values_mut() {
+                            if let Some(stdin) = child.stdin.as_mut() {
+                                // A process that has exited closed its end: nothing to tell it.
+                                let _ = stdin.write_all(b".");
+                            }
+                        }
+                    }
+                    PulseTurn::Hold => {
+                        let pulsed = children.values().filter(|c| c.stdin.is_some()).count();
+                        if pulsed > 0 && !std::mem::replace(&mut holding, true) {
+                            tracing::warn!(
+                                silent_ms = since_contact.as_millis() as u64,
+                                processes = pulsed,
+                                "no answer from the coordinator: not pulsing the job processes, which stop \
+                                 themselves unless it answers again (it may be placing their attempt elsewhere)"
+                            );
+                        }
+                    }
+                    PulseTurn::Release => {
+                        let released = children.values_mut().filter_map(|c| c.stdin.take()).count();
+                        if released > 0 {
+                            tracing::warn!(
+                                processes = released,
+                                "this worker was stopped or starved for longer than its job processes' pulse \
+                                 timeout: their attempt may have been replaced meanwhile, so they get no pulse \
+                                 again and stop themselves"
+                            );
+                        }
+                    }
                 }
+                drop(children);
+                std::thread::sleep(PULSE_EVERY);
             }
-            std::thread::sleep(PULSE_EVERY);
         })
         .map_err(|e| e.to_string())?;
     let mut heartbeats = coordinator.clone();
@@ -540,6 +623,7 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
             let look_for_leader = match answer {
                 Ok(reply) if reply.get_ref().known => {
                     rtt = sent.elapsed();
+                    *contact.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
                     other_leader_since = None;
                     false
                 }
@@ -650,4 +734,25 @@ pub async fn run(config: WorkerConfig) -> Result<(), String> {
         .serve_with_incoming(incoming)
         .await
         .map_err(|e| format!("the worker's gRPC server on {address}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_worker_pulses_while_its_coordinator_answers_holds_when_cut_off_and_releases_after_a_freeze() {
+        let cut_off_after = Some(200 * MS);
+        assert_eq!(pulse_turn(50 * MS, 90 * MS, cut_off_after), PulseTurn::Pulse);
+        // No answer for longer than the heartbeat timeout less the pulse timeout.
+        assert_eq!(pulse_turn(50 * MS, 201 * MS, cut_off_after), PulseTurn::Hold);
+        // With HA (no cut-off) the processes go on while no leader answers.
+        assert_eq!(pulse_turn(50 * MS, 10_000 * MS, None), PulseTurn::Pulse);
+        // The previous turn longer ago than the processes wait: frozen, whatever else.
+        assert_eq!(pulse_turn(PULSE_TIMEOUT + MS, Duration::ZERO, cut_off_after), PulseTurn::Release);
+        assert_eq!(pulse_turn(PULSE_TIMEOUT + MS, Duration::ZERO, None), PulseTurn::Release);
+        assert_eq!(pulse_turn(PULSE_TIMEOUT, Duration::ZERO, None), PulseTurn::Pulse);
+    }
 }

@@ -284,6 +284,16 @@ pub mod cluster {
                 .unwrap_or_else(|| panic!("no registration of worker {id} in the log:\n{log}"))
         }
 
+        /// The pid of the coordinator that started listening last, from the log.
+        pub fn coordinator_pid(&self) -> u32 {
+            let log = self.log();
+            log.lines()
+                .filter(|l| l.contains("coordinator listening"))
+                .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
+                .last()
+                .unwrap_or_else(|| panic!("no coordinator in the log:\n{log}"))
+        }
+
         /// The line of `sluice list` for `job`, with its events below it.
         pub fn job(&self, job: &str) -> String {
             let (_, listing) = self.client(&["list"], None);

@@ -139,6 +139,54 @@ fn a_worker_stopped_with_sigstop_is_detected_by_its_heartbeat_and_writes_nothing
 }
 
 #[test]
+fn workers_cut_off_from_their_coordinator_let_their_processes_stop_and_the_job_resumes_exactly() {
+    // SIGSTOP of the coordinator (no HA) cuts every worker off from it, as a partition
+    // would: the workers stop pulsing their job processes, which stop themselves, so no
+    // attempt goes on committing on its own; resumed, the coordinator does not declare its
+    // workers lost for its own silence, and restarts the job from its latest checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path(), 3);
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 500_000;
+    submit_counts(&cluster, &out, &checkpoints, n, 100_000);
+    wait_for_attempt(&cluster, "job-1", 1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(800));
+    let coordinator = cluster.coordinator_pid();
+    kill(coordinator, "-STOP");
+    let stopped_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = cluster.log();
+        // One process stops for want of a pulse; its peer may stop first for the closed
+        // connection.
+        let exited = log.matches("job process exited job=job-1 attempt=1 ").count();
+        let held = log.contains("no answer from the coordinator: not pulsing the job processes");
+        if held && log.contains("has been silent for") && exited == 2 {
+            break;
+        }
+        if Instant::now() > deadline {
+            kill(coordinator, "-CONT");
+            panic!("the job processes did not stop while their coordinator was silent:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Cut off for longer than the heartbeat timeout, as a partition that lasts would be.
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(stopped_at.elapsed()));
+    kill(coordinator, "-CONT");
+    let line = cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    let attempt: u64 = line
+        .split("attempt ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no attempt in {line}"));
+    assert!(attempt >= 2, "the job restarted after its processes stopped: {line}");
+    let log = cluster.log();
+    assert!(log.contains("this coordinator was stopped or starved"), "{log}");
+    assert!(!log.contains("worker lost: no heartbeat"), "no worker was blamed for the coordinator's silence:\n{log}");
+    assert_committed_counts(&out, n, "the coordinator stopped with SIGSTOP, then resumed");
+}
+
+#[test]
 fn a_job_process_killed_alone_restarts_the_attempt_and_the_output_stays_exact() {
     let dir = tempfile::tempdir().unwrap();
     // Job processes log at info too: how they read their state back is an info line.

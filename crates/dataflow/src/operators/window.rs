@@ -662,7 +662,7 @@ where
         }
     }
 
-    /// Writes each key group's [`WindowChunk`] straight into a buffer of its own, window by
+    /// Writes each key group's `WindowChunk` straight into a buffer of its own, window by
     /// window (postcard's pieces concatenate into the struct they make up): no vector of
     /// references per window and group, no chunk struct to build, then encode, then drop.
     /// The snapshot is taken at the barrier, on the task's thread, so its cost is the
