@@ -15,7 +15,7 @@ use crate::recovery::pick_restorable;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{ObjectStore, PutMode, PutPayload};
 use sluice_dataflow::snapshot::{read_state, write_state, OperatorState, SubtaskState};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -372,8 +372,25 @@ impl CheckpointStore {
             parallelism,
             states: entries,
         };
-        self.put(&format!("{}/{MANIFEST}", self.folder(id, savepoint)), manifest.to_json())?;
-        Ok(manifest)
+        // Written only if no manifest is there yet: an attempt that was replaced while it
+        // wrote (a worker frozen, then resumed; one cut off from its coordinator) may still
+        // reach here with an id the attempt that replaced it has used, and must not put its
+        // manifest over the other's (whose state files it would then name in its place).
+        let path = format!("{}/{MANIFEST}", self.folder(id, savepoint));
+        let written = block_on(self.store.put_opts(
+            &Path::from(path.as_str()),
+            PutPayload::from(manifest.to_json()),
+            PutMode::Create.into(),
+        ));
+        match written {
+            Ok(_) => Ok(manifest),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StoreError::Invalid(format!(
+                "checkpoint {id} of job '{}' already has a manifest ({path}), written by another attempt of the \
+                 job: this one's checkpoint {id} is not complete (was this attempt replaced while it wrote?)",
+                self.job
+            ))),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
     }
 
     /// Reads checkpoint `id`, verifying every file.
@@ -711,6 +728,27 @@ mod tests {
         let meta =
             CheckpointMeta { id, savepoint: false, finished: false, timestamp_ms: 0, max_parallelism: 8, parallelism };
         store.write(meta, &states(id as u8)).unwrap();
+    }
+
+    #[test]
+    fn a_second_manifest_for_the_same_checkpoint_is_refused_and_the_first_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path().to_str().unwrap(), "job").unwrap();
+        write(&store, 1);
+        let first = store.load(1).unwrap().manifest;
+        // Another attempt (one replaced while it wrote) with the same id and other states.
+        let meta = CheckpointMeta {
+            id: 1,
+            savepoint: false,
+            finished: true,
+            timestamp_ms: 7,
+            max_parallelism: 8,
+            parallelism: BTreeMap::from([("src".to_string(), 1), ("win".to_string(), 1)]),
+        };
+        let entry = store.put_state(1, false, "a2-p0-1", &states(9)[0]).unwrap();
+        let err = store.write_manifest(meta, vec![entry]).unwrap_err().to_string();
+        assert!(err.contains("already has a manifest") && err.contains("another attempt"), "{err}");
+        assert_eq!(store.load(1).unwrap().manifest, first, "the first manifest is the one that stays");
     }
 
     #[test]

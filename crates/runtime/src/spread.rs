@@ -111,17 +111,32 @@ impl Held {
         self.parts.retain(|_, (_, last)| *last);
     }
 
-    fn upload(&self, cp: &Checkpointing, process: u32, id: u64, keys: &[u64]) -> Result<Vec<StateEntry>, String> {
+    fn upload(
+        &self,
+        cp: &Checkpointing,
+        (attempt, process): (u64, u32),
+        id: u64,
+        keys: &[u64],
+    ) -> Result<Vec<StateEntry>, String> {
         if let Some(fp) = &cp.config.failpoint {
             fp("upload", id)?;
         }
         keys.iter()
             .map(|key| {
                 let (state, _) = self.parts.get(key).ok_or_else(|| format!("process {process} holds no part {key}"))?;
-                cp.store.put_state(id, false, &format!("p{process}-{key}"), state).map_err(|e| e.to_string())
+                cp.store.put_state(id, false, &part_name(attempt, process, *key), state).map_err(|e| e.to_string())
             })
             .collect()
     }
+}
+
+/// The name of a state file that process `process` of attempt `attempt` writes for its
+/// part `key`. The attempt is in it so that an attempt replaced while it wrote (a frozen
+/// worker that resumed) cannot overwrite the files of the one that replaced it, even with
+/// the same checkpoint id; its manifest cannot replace the other's either
+/// (`CheckpointStore::write_manifest` writes only where none is).
+fn part_name(attempt: u64, process: u32, key: u64) -> String {
+    format!("a{attempt}-p{process}-{key}")
 }
 
 fn send(network: &Network, to: u32, message: &Control) -> TaskResult {
@@ -389,9 +404,10 @@ fn coordinate(
                             parallelism: shape.1.clone(),
                         };
                         crate::pause_points::pause_at(crate::pause_points::BEFORE_UPLOAD, id);
-                        let written = held.upload(cp, 0, id, &mine).and_then(|mut entries| {
+                        let attempt = network.placement.identity.attempt;
+                        let written = held.upload(cp, (attempt, 0), id, &mine).and_then(|mut entries| {
                             for (process, key, state) in &inline {
-                                let name = format!("p{process}-{key}");
+                                let name = part_name(attempt, *process, *key);
                                 entries.push(cp.store.put_state(id, false, &name, state).map_err(|e| e.to_string())?);
                             }
                             Ok(entries)
@@ -540,7 +556,7 @@ fn take_part(
             }
             Some((_, Control::Upload { id, keys })) => {
                 let result = match checkpointing {
-                    Some(cp) => held.upload(cp, me, id, &keys),
+                    Some(cp) => held.upload(cp, (network.placement.identity.attempt, me), id, &keys),
                     None => Err("this process has no checkpoint store".into()),
                 };
                 send(network, 0, &Control::Uploaded { id, result })?;

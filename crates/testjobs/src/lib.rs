@@ -288,9 +288,9 @@ pub mod cluster {
         pub fn coordinator_pid(&self) -> u32 {
             let log = self.log();
             log.lines()
+                .rev()
                 .filter(|l| l.contains("coordinator listening"))
-                .filter_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
-                .last()
+                .find_map(|l| l.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok())
                 .unwrap_or_else(|| panic!("no coordinator in the log:\n{log}"))
         }
 
