@@ -1224,6 +1224,17 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(RecordCheckpointReply {}))
     }
 
+    async fn report_detection(&self, request: Request<DetectionRequest>) -> Result<Response<DetectionReply>, Status> {
+        let r = request.into_inner();
+        let mut state = self.state();
+        if let Some(job) = state.jobs.get_mut(&r.job_id) {
+            // A line from an attempt that has been replaced since is history too, but
+            // not of the attempt running now: it says which one it came from.
+            job.event(&r.job_id, format!("attempt {}, process {}: {}", r.attempt, r.index, r.text));
+        }
+        Ok(Response::new(DetectionReply {}))
+    }
+
     async fn process_exited(
         &self,
         request: Request<ProcessExitedRequest>,

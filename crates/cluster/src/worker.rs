@@ -54,6 +54,29 @@ type Processes = Arc<Mutex<HashMap<(String, u64, u32), Child>>>;
 /// writing for an attempt the coordinator has replaced.
 const PULSE_EVERY: Duration = Duration::from_millis(50);
 
+/// The text of a job process's log line that names the detector that fired, without the
+/// log's time stamp and level: what goes into the job's history. Lines without a detector
+/// give `None`.
+fn detection_of(line: &str) -> Option<String> {
+    if !line.contains("(detector: ") {
+        return None;
+    }
+    let mut text = line.trim();
+    // `2026-12-03T06:48:32.764578Z  WARN ...`: the stamp, then the level.
+    if let Some((stamp, rest)) = text.split_once("Z ") {
+        if stamp.len() >= 19 && stamp.starts_with(|c: char| c.is_ascii_digit()) && !stamp.contains(' ') {
+            text = rest.trim_start();
+            for level in ["ERROR ", "WARN ", "INFO ", "DEBUG ", "TRACE "] {
+                if let Some(rest) = text.strip_prefix(level) {
+                    text = rest.trim_start();
+                    break;
+                }
+            }
+        }
+    }
+    Some(text.to_string())
+}
+
 /// What the pulse thread does on one turn.
 #[derive(Debug, PartialEq, Eq)]
 enum PulseTurn {
@@ -260,11 +283,21 @@ impl Worker for WorkerService {
         std::thread::Builder::new()
             .name(format!("sluice:job-{}", r.index))
             .spawn(move || {
-                // Forward the job process's log, keeping its last line for a failure report.
+                // Forward the job process's log, keeping its last line for a failure report
+                // and sending the detections that do not end it to the job's history.
                 let mut last: Option<String> = None;
                 if let Some(stderr) = stderr {
                     for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
                         eprintln!("{label} {line}");
+                        if let Some(text) = detection_of(&line) {
+                            let mut client = coordinator.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                            let report = DetectionRequest { job_id: key.0.clone(), attempt, index: key.2, text };
+                            runtime.spawn(async move {
+                                if let Err(e) = client.report_detection(report).await {
+                                    tracing::warn!(error = %e.message(), "could not report a detection to the coordinator");
+                                }
+                            });
+                        }
                         last = Some(line);
                     }
                 }
@@ -741,6 +774,21 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_detection_in_a_job_process_log_is_told_apart_and_stripped_of_stamp_and_level() {
+        let line = "2026-12-03T06:48:32.764578Z  WARN skipping checkpoint 4: state file x is corrupted \
+                    (detector: corrupted state) location=/tmp/c";
+        assert_eq!(
+            detection_of(line).unwrap(),
+            "skipping checkpoint 4: state file x is corrupted (detector: corrupted state) location=/tmp/c"
+        );
+        assert_eq!(
+            detection_of("subtask 1 stalled (detector: stalled subtask)").unwrap(),
+            "subtask 1 stalled (detector: stalled subtask)"
+        );
+        assert_eq!(detection_of("2026-12-03T06:48:32.764578Z  INFO attempt started"), None);
+    }
 
     #[test]
     fn a_worker_pulses_while_its_coordinator_answers_holds_when_cut_off_and_releases_after_a_freeze() {

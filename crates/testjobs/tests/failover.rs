@@ -351,6 +351,16 @@ fn a_job_process_with_a_stalled_task_exits_and_the_job_restarts_exactly() {
 /// manifests and commits the sinks) while it is paused. Returns the cluster and the id of
 /// the checkpoint it was paused in.
 fn kill_worker_paused_at(dir: &Path, point: &str, submit: impl FnOnce(&Cluster)) -> (Cluster, u64) {
+    kill_worker_paused_at_after(dir, point, submit, |_| {})
+}
+
+/// [`kill_worker_paused_at`], calling `before_kill` with the paused checkpoint's id first.
+fn kill_worker_paused_at_after(
+    dir: &Path,
+    point: &str,
+    submit: impl FnOnce(&Cluster),
+    before_kill: impl FnOnce(u64),
+) -> (Cluster, u64) {
     let marker = dir.join("paused");
     let pause = format!("{point}@{}", marker.display());
     let sluice = sluice_beside(Path::new(env!("CARGO_BIN_EXE_counts")));
@@ -367,11 +377,58 @@ fn kill_worker_paused_at(dir: &Path, point: &str, submit: impl FnOnce(&Cluster))
         assert!(Instant::now() < deadline, "no process paused at {point}:\n{}", cluster.log());
         std::thread::sleep(Duration::from_millis(10));
     };
+    before_kill(checkpoint);
     let victim = workers_of(&cluster, "job-1")[0];
     kill(cluster.worker_pid(victim), "-KILL");
     let line = wait_for_attempt(&cluster, "job-1", 2, Duration::from_secs(30));
     assert!(line.contains(&format!("worker {victim} lost")), "{line}");
     (cluster, checkpoint)
+}
+
+/// Flips a byte in every state file of checkpoint `id` under `root`: in checkpoint
+/// storage and in the workers' local copies alike. Returns how many it damaged.
+fn damage_checkpoint(root: &Path, id: u64) -> usize {
+    let folder = format!("chk-{id:012}");
+    let mut damaged = 0;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "state") && dir.file_name().is_some_and(|n| *n == *folder) {
+                let mut bytes = std::fs::read(&path).unwrap();
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 0xff;
+                std::fs::write(&path, bytes).unwrap();
+                damaged += 1;
+            }
+        }
+    }
+    damaged
+}
+
+#[test]
+fn a_corrupted_checkpoint_found_at_a_restore_is_passed_over_and_named_in_the_job_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, checkpoints) = (dir.path().join("out"), dir.path().join("checkpoints"));
+    let n = 400_000;
+    let root = dir.path().to_path_buf();
+    // Complete, not committed yet: damaged, it can be passed over without duplicates.
+    let (cluster, id) = kill_worker_paused_at_after(
+        dir.path(),
+        "before-commit",
+        |cluster| submit_counts(cluster, &out, &checkpoints, n, 100_000),
+        |id| assert!(damage_checkpoint(&root, id) >= 2, "checkpoint {id}'s state files were not found"),
+    );
+    cluster.wait_for("job-1", "finished", Duration::from_secs(120));
+    let history = cluster.job("job-1");
+    let named = history
+        .lines()
+        .find(|l| l.contains("(detector: corrupted state)") && l.contains(&format!("checkpoint {id}")))
+        .unwrap_or_else(|| panic!("checkpoint {id}'s corruption is not in the history:\n{history}"));
+    assert!(named.contains("attempt 2, process 0:"), "{named}");
+    assert_committed_counts(&out, n, &format!("checkpoint {id} corrupted, then passed over at the restore"));
 }
 
 /// Whether checkpoint `id` of the job under `checkpoints` has its manifest written.
