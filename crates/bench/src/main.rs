@@ -79,6 +79,15 @@ struct Args {
     /// R1: seconds from the schedule's start to the SIGKILL of a worker.
     #[arg(long, default_value_t = 25.0)]
     kill_after_secs: f64,
+    /// R1/R2: the kill comes a seeded random 0..N ms after --kill-after-secs, so that runs
+    /// sample every moment of the 1 s checkpoint cycle (an adopted job's output becomes
+    /// visible at its next commit, so where the kill falls in that cycle is most of R2's
+    /// caught-up time). Default: 1000 for R2, 0 for R1.
+    #[arg(long, value_name = "MS")]
+    kill_spread_ms: Option<u64>,
+    /// R1/R2: the seed of that offset (printed with the result); default from the clock.
+    #[arg(long)]
+    seed: Option<u64>,
     /// R1: the worker killed is the one running this process index.
     #[arg(long, default_value_t = 1)]
     kill_process: usize,
@@ -544,12 +553,14 @@ fn main() -> ExitCode {
     if args.workload == "r2" {
         return recovery_result("r2", r1::run(&args, true), |m, ms| {
             format!(
-                "elect_ms={} adopt_ms={} caught_up_ms={} restarted={} lease={}",
+                "elect_ms={} adopt_ms={} caught_up_ms={} restarted={} lease={} kill_offset_ms={} seed={}",
                 ms(m.elect_ms),
                 ms(m.adopt_ms),
                 ms(m.caught_up_ms),
                 m.restarted,
-                if args.let_leases_lapse { "lapsed" } else { "revoked" }
+                if args.let_leases_lapse { "lapsed" } else { "revoked" },
+                m.kill_offset.0,
+                m.kill_offset.1
             )
         });
     }

@@ -67,6 +67,22 @@ pub struct Measured {
     pub caught_up_ms: Option<u64>,
     pub exactly_once: bool,
     pub detail: String,
+    /// The kill's offset after `--kill-after-secs` (ms), and the seed that chose it.
+    pub kill_offset: (u64, u64),
+}
+
+/// The kill's seeded offset in `0..spread` ms (`--kill-spread-ms`), and the seed.
+fn kill_offset(args: &Args, ha: bool) -> (u64, u64) {
+    let spread = args.kill_spread_ms.unwrap_or(if ha { 1000 } else { 0 });
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+    });
+    // SplitMix64: one well-mixed draw from the seed.
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (if spread == 0 { 0 } else { z % spread }, seed)
 }
 
 /// Kills the cluster's process group when dropped.
@@ -272,7 +288,9 @@ pub fn run(args: &Args, ha: bool) -> Result<Measured, String> {
             args.n, args.rate, args.parallelism
         ),
     );
-    let kill_at_ms = t0 + (args.kill_after_secs * 1000.0) as i64;
+    let offset = kill_offset(args, ha);
+    eprintln!("the kill comes {} ms after {} s (seed {})", offset.0, args.kill_after_secs, offset.1);
+    let kill_at_ms = t0 + (args.kill_after_secs * 1000.0) as i64 + offset.0 as i64;
     let mut next_report = t0 + 2000;
     let mut told = (false, false, false);
     let mut output = Output::default();
@@ -473,6 +491,7 @@ pub fn run(args: &Args, ha: bool) -> Result<Measured, String> {
         caught_up_ms: since(caught_up_at),
         exactly_once,
         detail,
+        kill_offset: offset,
     })
 }
 

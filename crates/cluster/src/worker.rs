@@ -481,7 +481,7 @@ fn carry_checkpoint_records(
                             term: term.load(std::sync::atomic::Ordering::SeqCst),
                         };
                         let mut client = leader.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                        let call = tokio::time::timeout(Duration::from_millis(500), client.record_checkpoint(request));
+                        let call = tokio::time::timeout(RECORD_CALL_WITHIN, client.record_checkpoint(request));
                         let reason = match call.await {
                             Ok(Ok(_)) => break Ok(()),
                             Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
@@ -505,6 +505,13 @@ fn carry_checkpoint_records(
         }
     }
 }
+
+/// How long one call to record a checkpoint may take before it is made again, to the
+/// leader known then. Not shorter: the leader answers only once etcd has the record, and
+/// etcd syncs its log to disk first, which on a loaded machine takes tens of milliseconds
+/// and sometimes hundreds. A call given up on is cancelled in the leader too, so a timeout
+/// below etcd's write latency would make every try fail and no checkpoint complete.
+const RECORD_CALL_WITHIN: Duration = Duration::from_millis(500);
 
 /// How long a worker keeps trying to have a checkpoint recorded while no coordinator
 /// answers; below the job process's wait (`sluice_runtime`'s 5 s), so that the process
