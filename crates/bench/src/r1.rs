@@ -71,9 +71,15 @@ pub struct Measured {
     pub kill_offset: (u64, u64),
 }
 
-/// The kill's seeded offset in `0..spread` ms (`--kill-spread-ms`), and the seed.
+/// Over how many ms after `--kill-after-secs` the kill may fall: `--kill-spread-ms`, by
+/// default the checkpoint interval for R2 and nothing for R1.
+fn kill_spread(args: &Args, ha: bool) -> u64 {
+    args.kill_spread_ms.unwrap_or(if ha { 1000 } else { 0 })
+}
+
+/// The kill's seeded offset in `0..spread` ms (see [`kill_spread`]), and the seed.
 fn kill_offset(args: &Args, ha: bool) -> (u64, u64) {
-    let spread = args.kill_spread_ms.unwrap_or(if ha { 1000 } else { 0 });
+    let spread = kill_spread(args, ha);
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
@@ -289,7 +295,9 @@ pub fn run(args: &Args, ha: bool) -> Result<Measured, String> {
         ),
     );
     let offset = kill_offset(args, ha);
-    eprintln!("the kill comes {} ms after {} s (seed {})", offset.0, args.kill_after_secs, offset.1);
+    if kill_spread(args, ha) > 0 {
+        eprintln!("the kill comes {} ms after {} s (seed {})", offset.0, args.kill_after_secs, offset.1);
+    }
     let kill_at_ms = t0 + (args.kill_after_secs * 1000.0) as i64 + offset.0 as i64;
     let mut next_report = t0 + 2000;
     let mut told = (false, false, false);
