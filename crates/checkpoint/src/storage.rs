@@ -723,11 +723,14 @@ mod tests {
         ]
     }
 
-    fn write(store: &CheckpointStore, id: u64) {
+    /// The description of checkpoint `id` of the two-operator job of [`states`].
+    fn meta(id: u64) -> CheckpointMeta {
         let parallelism = BTreeMap::from([("src".to_string(), 1), ("win".to_string(), 1)]);
-        let meta =
-            CheckpointMeta { id, savepoint: false, finished: false, timestamp_ms: 0, max_parallelism: 8, parallelism };
-        store.write(meta, &states(id as u8)).unwrap();
+        CheckpointMeta { id, savepoint: false, finished: false, timestamp_ms: 0, max_parallelism: 8, parallelism }
+    }
+
+    fn write(store: &CheckpointStore, id: u64) {
+        store.write(meta(id), &states(id as u8)).unwrap();
     }
 
     #[test]
@@ -737,16 +740,8 @@ mod tests {
         write(&store, 1);
         let first = store.load(1).unwrap().manifest;
         // Another attempt (one replaced while it wrote) with the same id and other states.
-        let meta = CheckpointMeta {
-            id: 1,
-            savepoint: false,
-            finished: true,
-            timestamp_ms: 7,
-            max_parallelism: 8,
-            parallelism: BTreeMap::from([("src".to_string(), 1), ("win".to_string(), 1)]),
-        };
         let entry = store.put_state(1, false, "a2-p0-1", &states(9)[0]).unwrap();
-        let err = store.write_manifest(meta, vec![entry]).unwrap_err().to_string();
+        let err = store.write_manifest(meta(1), vec![entry]).unwrap_err().to_string();
         assert!(err.contains("already has a manifest") && err.contains("another attempt"), "{err}");
         assert_eq!(store.load(1).unwrap().manifest, first, "the first manifest is the one that stays");
     }

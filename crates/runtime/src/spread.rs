@@ -26,7 +26,7 @@ use crate::attempt::{
     Checkpointing, Flags, SavepointRequests,
 };
 use crate::coordinator::{Action, CheckpointCoordinator, Part};
-use crate::processes::Network;
+use crate::processes::{Network, Placement};
 use serde::{Deserialize, Serialize};
 use sluice_checkpoint::{CheckpointMeta, RestorePlan, StateEntry};
 use sluice_dataflow::snapshot::{Barrier, OperatorState, SubtaskState};
@@ -114,10 +114,11 @@ impl Held {
     fn upload(
         &self,
         cp: &Checkpointing,
-        (attempt, process): (u64, u32),
+        placement: &Placement,
         id: u64,
         keys: &[u64],
     ) -> Result<Vec<StateEntry>, String> {
+        let (attempt, process) = (placement.identity.attempt, placement.process);
         if let Some(fp) = &cp.config.failpoint {
             fp("upload", id)?;
         }
@@ -405,7 +406,7 @@ fn coordinate(
                         };
                         crate::pause_points::pause_at(crate::pause_points::BEFORE_UPLOAD, id);
                         let attempt = network.placement.identity.attempt;
-                        let written = held.upload(cp, (attempt, 0), id, &mine).and_then(|mut entries| {
+                        let written = held.upload(cp, &network.placement, id, &mine).and_then(|mut entries| {
                             for (process, key, state) in &inline {
                                 let name = part_name(attempt, *process, *key);
                                 entries.push(cp.store.put_state(id, false, &name, state).map_err(|e| e.to_string())?);
@@ -540,7 +541,6 @@ fn take_part(
     reports: &Receiver<TaskReport>,
     barriers: &[(usize, std::sync::mpsc::Sender<Barrier>)],
 ) -> TaskResult {
-    let me = network.placement.process;
     let mut held = Held::default();
     loop {
         while let Ok(TaskReport { task, checkpoint, states }) = reports.try_recv() {
@@ -556,7 +556,7 @@ fn take_part(
             }
             Some((_, Control::Upload { id, keys })) => {
                 let result = match checkpointing {
-                    Some(cp) => held.upload(cp, (network.placement.identity.attempt, me), id, &keys),
+                    Some(cp) => held.upload(cp, &network.placement, id, &keys),
                     None => Err("this process has no checkpoint store".into()),
                 };
                 send(network, 0, &Control::Uploaded { id, result })?;
