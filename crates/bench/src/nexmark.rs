@@ -18,6 +18,9 @@ pub mod q7;
 pub mod q8;
 pub mod run;
 
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
 /// Event time of event 0 (2015-07-15T00:00:00.000Z), in epoch milliseconds.
 pub const BASE_TIME: i64 = 1_436_918_400_000;
 
@@ -66,17 +69,25 @@ fn push_number(out: &mut String, n: u64) {
     }
 }
 
+/// Text of an event. Where the specification draws a field from a finite set (names,
+/// cities, states, channels and their URLs) or cuts it from the cycling alphabet (`extra`),
+/// the generator borrows it from a static table, as the constants of a Java generator are
+/// shared strings; only text drawn letter by letter (e-mail addresses, credit cards, item
+/// names, descriptions) is allocated. The values are the same either way: serialized, a
+/// borrowed text is the same string, and it comes back owned.
+pub type Text = Cow<'static, str>;
+
 /// A person registering.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Person {
     pub id: i64,
-    pub name: String,
+    pub name: Text,
     pub email_address: String,
     pub credit_card: String,
-    pub city: String,
-    pub state: String,
+    pub city: Text,
+    pub state: Text,
     pub date_time: i64,
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// An item put up for auction.
@@ -91,7 +102,7 @@ pub struct Auction {
     pub expires: i64,
     pub seller: i64,
     pub category: i64,
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// A bid on an auction.
@@ -100,17 +111,19 @@ pub struct Bid {
     pub auction: i64,
     pub bidder: i64,
     pub price: i64,
-    pub channel: String,
-    pub url: String,
+    pub channel: Text,
+    pub url: Text,
     pub date_time: i64,
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// One Nexmark event.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
-    Person(Person),
-    Auction(Auction),
+    // Boxed: a bid is 23 of every 25 events, and an event is moved a few times on its way
+    // (into the source's batch, out of it at the first filter); a person is half as big again.
+    Person(Box<Person>),
+    Auction(Box<Auction>),
     Bid(Bid),
 }
 
@@ -152,18 +165,27 @@ impl Draws {
     }
 
     fn price(&mut self) -> i64 {
-        let digits = self.r(6) as u32;
+        let digits = self.r(6) as usize;
         let mantissa = 100 + self.ri(900);
-        mantissa * 10i64.pow(digits)
+        mantissa * POWERS_OF_TEN[digits]
     }
 
     fn text(&mut self, max_len: i64) -> String {
-        let len = 3 + self.ri(max_len - 3);
-        let mut text = String::with_capacity(len as usize);
-        for _ in 0..len {
-            text.push((b'a' + self.r(26) as u8) as char);
-        }
+        let mut text = String::with_capacity(max_len as usize);
+        self.push_text(&mut text, max_len);
         text
+    }
+
+    /// Appends 3 to `max_len - 1` random lowercase letters.
+    fn push_text(&mut self, out: &mut String, max_len: i64) {
+        let len = 3 + self.ri(max_len - 3);
+        // The longest text (a description) is 99 letters: built on the stack, copied once.
+        let mut letters = [0u8; 128];
+        let letters = &mut letters[..len as usize];
+        for letter in letters.iter_mut() {
+            *letter = b'a' + self.r(26) as u8;
+        }
+        out.push_str(std::str::from_utf8(letters).expect("lowercase letters are text"));
     }
 
     fn extra_len(&mut self, current: i64, average: i64) -> i64 {
@@ -188,20 +210,50 @@ const LETTERS: [u8; 26 * 26] = {
     letters
 };
 
-/// [`LETTERS`] as text, checked once (a slice of it needs no check: every byte is a char).
-static LETTERS_TEXT: std::sync::LazyLock<&'static str> =
-    std::sync::LazyLock::new(|| std::str::from_utf8(&LETTERS).expect("letters are ASCII"));
+/// [`LETTERS`] as text (checked when compiling: every byte is a letter).
+const LETTERS_TEXT: &str = match std::str::from_utf8(&LETTERS) {
+    Ok(text) => text,
+    Err(_) => panic!("letters are ASCII"),
+};
 
-/// `extra`: letters from the `n % 26`-th on, cycling: a slice of [`LETTERS`] (copying it
-/// is much cheaper than building the string a letter at a time, and the text is the same).
-fn extra(n: i64, len: i64) -> String {
+/// `extra`: letters from the `n % 26`-th on, cycling: a slice of [`LETTERS`] (the text is
+/// the same as building it a letter at a time, and borrowing it costs nothing).
+fn extra(n: i64, len: i64) -> Text {
     let start = n.rem_euclid(26) as usize;
     let (len, room) = (len.max(0) as usize, LETTERS.len() - start);
     if len <= room {
-        return LETTERS_TEXT[start..start + len].to_string();
+        return Cow::Borrowed(&LETTERS_TEXT[start..start + len]);
     }
-    (0..len as i64).map(|k| (b'a' + ((n % 26 + k) % 26) as u8) as char).collect()
+    Cow::Owned((0..len as i64).map(|k| (b'a' + ((n % 26 + k) % 26) as u8) as char).collect())
 }
+
+/// Every person's name there can be, `"{first} {last}"`, at `first * 9 + last`.
+static NAMES: LazyLock<Vec<String>> = LazyLock::new(|| {
+    FIRST_NAMES.iter().flat_map(|first| LAST_NAMES.iter().map(move |last| format!("{first} {last}"))).collect()
+});
+
+/// The 10,000 channels that are not hot: `(channel-k, its URL)` at `k`.
+static CHANNELS: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
+    (0..10_000u64)
+        .map(|k| {
+            let mut url = String::with_capacity(64);
+            url.push_str("https://www.nexmark.com/ch/");
+            push_number(&mut url, k);
+            url.push_str("/item.htm?query=1");
+            if !k.is_multiple_of(10) {
+                url.push_str("&channel_id=");
+                push_number(&mut url, k);
+            }
+            let mut channel = String::with_capacity(12);
+            channel.push_str("channel-");
+            push_number(&mut channel, k);
+            (channel, url)
+        })
+        .collect()
+});
+
+/// `10^digits` for the digits a price can have.
+const POWERS_OF_TEN: [i64; 6] = [1, 10, 100, 1_000, 10_000, 100_000];
 
 /// Event time of event `n`.
 pub fn date_time(n: i64) -> i64 {
@@ -223,14 +275,21 @@ fn last_auction0(n: i64) -> i64 {
 
 fn random_person0(n: i64, draws: &mut Draws) -> i64 {
     let num = last_person0(n) + 1;
-    let active = num.min(NUM_ACTIVE_PEOPLE);
-    num - active + draws.ri(active + PERSON_ID_LEAD)
+    // Past the first 50,000 events the bound is always the same: spelled as a constant,
+    // the remainder is a multiplication instead of a 64-bit division (the same value).
+    if num >= NUM_ACTIVE_PEOPLE {
+        return num - NUM_ACTIVE_PEOPLE + draws.ri(NUM_ACTIVE_PEOPLE + PERSON_ID_LEAD);
+    }
+    draws.ri(num + PERSON_ID_LEAD)
 }
 
 fn random_auction0(n: i64, draws: &mut Draws) -> i64 {
     let hi = last_auction0(n);
-    let lo = (hi - NUM_IN_FLIGHT_AUCTIONS).max(0);
-    lo + draws.ri(hi - lo + 1 + AUCTION_ID_LEAD)
+    // As in `random_person0`: once 100 auctions are in flight, the bound is a constant.
+    if hi >= NUM_IN_FLIGHT_AUCTIONS {
+        return hi - NUM_IN_FLIGHT_AUCTIONS + draws.ri(NUM_IN_FLIGHT_AUCTIONS + 1 + AUCTION_ID_LEAD);
+    }
+    draws.ri(hi + 1 + AUCTION_ID_LEAD)
 }
 
 /// Event `n` of the global sequence.
@@ -240,16 +299,30 @@ pub fn event(n: u64) -> Event {
     let time = date_time(n);
     match n % 50 {
         0 => {
-            let name = format!("{} {}", FIRST_NAMES[draws.r(11) as usize], LAST_NAMES[draws.r(9) as usize]);
-            let email_address = format!("{}@{}.com", draws.text(7), draws.text(5));
-            let groups: Vec<String> = (0..4).map(|_| format!("{:04}", draws.r(10_000))).collect();
-            let credit_card = groups.join(" ");
-            let city = CITIES[draws.r(10) as usize].to_string();
-            let state = STATES[draws.r(6) as usize].to_string();
+            let (first, last) = (draws.r(11) as usize, draws.r(9) as usize);
+            let name = Cow::Borrowed(NAMES[first * LAST_NAMES.len() + last].as_str());
+            let mut email_address = String::with_capacity(16);
+            draws.push_text(&mut email_address, 7);
+            email_address.push('@');
+            draws.push_text(&mut email_address, 5);
+            email_address.push_str(".com");
+            // Four groups of four digits (zeros in front), a space between.
+            let mut credit_card = String::with_capacity(19);
+            for group in 0..4 {
+                if group > 0 {
+                    credit_card.push(' ');
+                }
+                let digits = draws.r(10_000);
+                for power in [1000, 100, 10, 1] {
+                    credit_card.push((b'0' + (digits / power % 10) as u8) as char);
+                }
+            }
+            let city = Cow::Borrowed(CITIES[draws.r(10) as usize]);
+            let state = Cow::Borrowed(STATES[draws.r(6) as usize]);
             let size =
-                8 + [&name, &email_address, &credit_card, &city, &state].iter().map(|s| s.len() as i64).sum::<i64>();
+                8 + [&*name, &email_address, &credit_card, &city, &state].iter().map(|s| s.len() as i64).sum::<i64>();
             let extra = extra(n, draws.extra_len(size, 200));
-            Event::Person(Person {
+            Event::Person(Box::new(Person {
                 id: FIRST_PERSON_ID + last_person0(n),
                 name,
                 email_address,
@@ -258,7 +331,7 @@ pub fn event(n: u64) -> Event {
                 state,
                 date_time: time,
                 extra,
-            })
+            }))
         }
         1..=3 => {
             let seller0 = match draws.r(HOT_SELLER_RATIO) {
@@ -274,7 +347,7 @@ pub fn event(n: u64) -> Event {
             let reserve = initial_bid + draws.price();
             let size = 8 + item_name.len() as i64 + description.len() as i64 + 40;
             let extra = extra(n, draws.extra_len(size, 500));
-            Event::Auction(Auction {
+            Event::Auction(Box::new(Auction {
                 id: FIRST_AUCTION_ID + last_auction0(n),
                 item_name,
                 description,
@@ -285,7 +358,7 @@ pub fn event(n: u64) -> Event {
                 seller: FIRST_PERSON_ID + seller0,
                 category,
                 extra,
-            })
+            }))
         }
         _ => {
             let auction0 = match draws.r(HOT_AUCTION_RATIO) {
@@ -299,23 +372,12 @@ pub fn event(n: u64) -> Event {
             let price = draws.price();
             let (channel, url) = match draws.r(HOT_CHANNEL_RATIO) {
                 0 => {
-                    let k = draws.r(10_000);
-                    let mut url = String::with_capacity(64);
-                    url.push_str("https://www.nexmark.com/ch/");
-                    push_number(&mut url, k);
-                    url.push_str("/item.htm?query=1");
-                    if !k.is_multiple_of(10) {
-                        url.push_str("&channel_id=");
-                        push_number(&mut url, k);
-                    }
-                    let mut channel = String::with_capacity(12);
-                    channel.push_str("channel-");
-                    push_number(&mut channel, k);
-                    (channel, url)
+                    let (channel, url) = &CHANNELS[draws.r(10_000) as usize];
+                    (Cow::Borrowed(channel.as_str()), Cow::Borrowed(url.as_str()))
                 }
                 _ => {
                     let hot = draws.r(4) as usize;
-                    (HOT_CHANNELS[hot].to_string(), HOT_URLS[hot].to_string())
+                    (Cow::Borrowed(HOT_CHANNELS[hot]), Cow::Borrowed(HOT_URLS[hot]))
                 }
             };
             let extra = extra(n, draws.extra_len(32, 100));
@@ -398,6 +460,6 @@ mod tests {
         // Generated out of order, event 777 is the same event.
         let _ = event(5);
         assert_eq!(event(777), event(777));
-        assert!(matches!(event(50), Event::Person(Person { id: 1001, .. })));
+        assert!(matches!(event(50), Event::Person(p) if p.id == 1001));
     }
 }

@@ -5,7 +5,7 @@
 //! SELECT auction, bidder, 0.908 * price AS price, dateTime, extra FROM bid
 //! ```
 
-use super::Event;
+use super::{Event, Text};
 use serde::{Deserialize, Serialize};
 use sluice::prelude::*;
 
@@ -17,7 +17,7 @@ pub struct Converted {
     /// The price in thousandths of a euro.
     pub price_milli: i64,
     pub date_time: i64,
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// q1's output.

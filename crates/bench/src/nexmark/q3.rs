@@ -13,11 +13,11 @@
 //! and an auction that arrives before its seller waits in state for it. As in Flink, the
 //! state grows with the input (nothing says when a seller can no longer sell).
 
-use super::Event;
+use super::{Event, Text};
 use sluice::prelude::*;
 
 /// q3's output: (name, city, state, auction id).
-pub type Suggestion = (String, String, String, i64);
+pub type Suggestion = (Text, Text, Text, i64);
 
 /// q3's output.
 pub fn query(events: &DataStream<Event>) -> DataStream<Suggestion> {
@@ -26,7 +26,7 @@ pub fn query(events: &DataStream<Event>) -> DataStream<Suggestion> {
     events
         .split_connect(|event| match event {
             // Only what the query reads travels on: (id, name, city, state) and (id, seller).
-            Event::Person(p) if matches!(p.state.as_str(), "OR" | "ID" | "CA") => {
+            Event::Person(p) if matches!(&*p.state, "OR" | "ID" | "CA") => {
                 Some(JoinSide::Left((p.id, p.name, p.city, p.state)))
             }
             Event::Auction(a) if a.category == 10 => Some(JoinSide::Right((a.id, a.seller))),
@@ -45,7 +45,7 @@ const SELLER: &str = "seller";
 const WAITING: &str = "waiting-auctions";
 
 /// A seller: (id, name, city, state).
-type Seller = (i64, String, String, String);
+type Seller = (i64, Text, Text, Text);
 
 impl KeyedCoProcessFunction<i64, Seller, (i64, i64), Suggestion> for SellerJoin {
     fn process_element1(&mut self, (_, name, city, state): Seller, ctx: &mut KeyedContext<'_, i64, Suggestion>) {
@@ -54,11 +54,11 @@ impl KeyedCoProcessFunction<i64, Seller, (i64, i64), Suggestion> for SellerJoin 
         for auction in waiting {
             ctx.emit((name.clone(), city.clone(), state.clone(), auction));
         }
-        ctx.value_state::<(String, String, String)>(SELLER).update((name, city, state));
+        ctx.value_state::<(Text, Text, Text)>(SELLER).update((name, city, state));
     }
 
     fn process_element2(&mut self, (auction, _seller): (i64, i64), ctx: &mut KeyedContext<'_, i64, Suggestion>) {
-        match ctx.value_state::<(String, String, String)>(SELLER).get().cloned() {
+        match ctx.value_state::<(Text, Text, Text)>(SELLER).get().cloned() {
             Some((name, city, state)) => ctx.emit((name, city, state, auction)),
             None => ctx.list_state::<i64>(WAITING).add(auction),
         }

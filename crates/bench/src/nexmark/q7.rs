@@ -15,7 +15,7 @@
 //! auction); then, per window, those of the highest price overall
 //! ([`DataStream::max_per_window`], over a few records per auction).
 
-use super::Event;
+use super::{Event, Text};
 use serde::{Deserialize, Serialize};
 use sluice::prelude::*;
 use std::time::Duration;
@@ -28,7 +28,7 @@ pub struct Bid {
     pub price: i64,
     pub bidder: i64,
     pub date_time: i64,
-    pub extra: String,
+    pub extra: Text,
 }
 
 /// q7's output: the winning bids, with their window.

@@ -14,12 +14,12 @@
 //! side: a seller with three auctions in a window counts once), then a window join pairs
 //! them with the persons of the same window.
 
-use super::Event;
+use super::{Event, Text};
 use sluice::prelude::*;
 use std::time::Duration;
 
 /// q8's output: (person id, name, window start).
-pub type NewSeller = (i64, String, i64);
+pub type NewSeller = (i64, Text, i64);
 
 /// q8's output.
 pub fn query(events: &DataStream<Event>) -> DataStream<NewSeller> {

@@ -139,14 +139,14 @@ mod tests {
 
     fn persons(events: &[Event]) -> impl Iterator<Item = &Person> {
         events.iter().filter_map(|e| match e {
-            Event::Person(p) => Some(p),
+            Event::Person(p) => Some(&**p),
             _ => None,
         })
     }
 
     fn auctions(events: &[Event]) -> impl Iterator<Item = &Auction> {
         events.iter().filter_map(|e| match e {
-            Event::Auction(a) => Some(a),
+            Event::Auction(a) => Some(&**a),
             _ => None,
         })
     }
@@ -174,10 +174,8 @@ mod tests {
                 bids(events).filter(|b| b.auction % 123 == 0).map(|b| format!("{},{}", b.auction, b.price)).collect()
             }
             "q3" => {
-                let sellers: HashMap<i64, &Person> = persons(events)
-                    .filter(|p| ["OR", "ID", "CA"].contains(&p.state.as_str()))
-                    .map(|p| (p.id, p))
-                    .collect();
+                let sellers: HashMap<i64, &Person> =
+                    persons(events).filter(|p| ["OR", "ID", "CA"].contains(&&*p.state)).map(|p| (p.id, p)).collect();
                 auctions(events)
                     .filter(|a| a.category == 10)
                     .filter_map(|a| {
