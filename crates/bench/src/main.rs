@@ -52,6 +52,11 @@ struct Args {
     /// nexmark: take exactly-once checkpoints every MS milliseconds.
     #[arg(long, value_name = "MS")]
     checkpoint_every: Option<u64>,
+    /// nexmark: fail once (a panic) when this many events have entered the query, resume
+    /// from the latest checkpoint (taken every 50 ms, the events paced at --rate), and write
+    /// the exactly-once output to --dump, to diff with a run without the failure.
+    #[arg(long, value_name = "EVENT")]
+    fail_at: Option<u64>,
     /// Parallelism of the job.
     #[arg(long, short = 'p', default_value_t = 1, value_parser = parse_parallelism)]
     parallelism: usize,
@@ -73,7 +78,7 @@ struct Args {
     /// for 127.0.0.1 made for the run), to measure what encryption costs.
     #[arg(long, requires = "cluster")]
     tls: bool,
-    /// R1: events per second of the wall-clock schedule.
+    /// R1: events per second of the wall-clock schedule; nexmark with --fail-at: the pace.
     #[arg(long, default_value_t = 200_000.0)]
     rate: f64,
     /// R1: seconds from the schedule's start to the SIGKILL of a worker.
@@ -114,6 +119,43 @@ fn parse_parallelism(text: &str) -> Result<usize, String> {
         Ok(p) if (1..=1024).contains(&p) => Ok(p),
         _ => Err(format!("'{text}' is not a parallelism from 1 to 1024")),
     }
+}
+
+/// `nexmark --fail-at`: the run that fails once and resumes, its output written to
+/// `--dump` as a run without failure writes it; returns its RESULT line.
+fn nexmark_failing_once(args: &Args) -> Result<String, String> {
+    let (Some(fail_at), Some(dump)) = (args.fail_at, args.dump.as_deref()) else {
+        return Err(
+            "nexmark --fail-at: give --dump FILE too (the output to diff with a run without the failure)".into()
+        );
+    };
+    if fail_at >= args.n {
+        return Err(format!("nexmark --fail-at {fail_at}: give an event below --events ({})", args.n));
+    }
+    let scratch = std::env::temp_dir().join(format!("sluice-nexmark-fail-{}", std::process::id()));
+    let (out, checkpoints) = (scratch.join("out"), scratch.join("checkpoints"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let started = Instant::now();
+    let result =
+        nexmark::run::run_failing_once(&args.query, args.n, args.parallelism, args.rate, fail_at, &out, &checkpoints);
+    let secs = started.elapsed().as_secs_f64();
+    let committed = result.and_then(|result| {
+        let lines = sluice::connectors::committed_lines(&out).map_err(|e| format!("reading {}: {e}", out.display()))?;
+        Ok((result, lines))
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (result, lines) = committed?;
+    let lines = nexmark::run::final_lines(&args.query, lines)?;
+    nexmark::run::write_dump(dump, &lines)?;
+    let restored = result.restored_from.map_or("none".to_string(), |id| id.to_string());
+    Ok(format!(
+        "RESULT workload=nexmark-{}-failing-once n={} p={} secs={secs:.3} rows={} restarts={} restored_from={restored}",
+        args.query,
+        args.n,
+        args.parallelism,
+        lines.len(),
+        result.restarts
+    ))
 }
 
 /// A count, with `_` allowed between digits (`10_000_000`).
@@ -522,6 +564,18 @@ fn main() -> ExitCode {
             }
         }
         return ExitCode::SUCCESS;
+    }
+    if args.workload == "nexmark" && args.fail_at.is_some() {
+        return match nexmark_failing_once(&args) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if args.workload == "nexmark" {
         let every = args.checkpoint_every.map(Duration::from_millis);

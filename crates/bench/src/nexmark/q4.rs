@@ -165,3 +165,9 @@ pub fn finalize(rows: Vec<Average>) -> Vec<Average> {
 pub fn csv(row: &Average) -> String {
     format!("{},{}", row.category, row.average)
 }
+
+/// An upsert as a line: `category,avg_final,version` (the output of a run into files,
+/// where each upsert is a line and the final result is each category's highest version).
+pub fn upsert_csv(row: &Average) -> String {
+    format!("{},{},{}", row.category, row.average, row.version)
+}

@@ -42,24 +42,8 @@ pub fn run(
         let _ = std::fs::remove_dir_all(&checkpoints);
         env.enable_checkpointing(interval, &checkpoints.to_string_lossy());
     }
-    let source = env
-        .source(
-            GeneratorSource::new(0..events, event),
-            Watermarks::bounded(Duration::from_secs(4)).with_timestamps(|e: &Event| e.date_time()),
-        )
-        .uid("nexmark-events");
-    let collect = dump.is_some();
-    let output = match query {
-        "q0" => Output::of(super::q0::query(&source), super::q0::csv, keep, collect),
-        "q1" => Output::of(super::q1::query(&source), super::q1::csv, keep, collect),
-        "q2" => Output::of(super::q2::query(&source), super::q2::csv, keep, collect),
-        "q3" => Output::of(super::q3::query(&source), super::q3::csv, keep, collect),
-        "q4" => Output::of(super::q4::query(&source), super::q4::csv, super::q4::finalize, collect),
-        "q5" => Output::of(super::q5::query(&source), super::q5::csv, keep, collect),
-        "q7" => Output::of(super::q7::query(&source), super::q7::csv, keep, collect),
-        "q8" => Output::of(super::q8::query(&source), super::q8::csv, keep, collect),
-        other => return Err(format!("--query {other}: give one of {}", QUERIES.join(", "))),
-    };
+    let source = events_source(&env, GeneratorSource::new(0..events, event));
+    let output = build(query, &source, if dump.is_some() { Rows::Collect } else { Rows::Discard })?;
     env.execute(&format!("nexmark-{query}")).map_err(|e| format!("nexmark {query}: {e}"))?;
     let secs = started.elapsed().as_secs_f64();
     if checkpoint_every.is_some() {
@@ -67,13 +51,98 @@ pub fn run(
     }
     let (rows, lines) = output.finish();
     if let (Some(path), Some(lines)) = (dump, &lines) {
-        let mut text = lines.join("\n");
-        if !text.is_empty() {
-            text.push('\n');
-        }
-        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        write_dump(path, lines)?;
     }
     Ok(Outcome { secs, rows })
+}
+
+/// Writes sorted output lines as NEXMARK.md section 6 says: a line each, `\n` after each.
+pub fn write_dump(path: &Path, lines: &[String]) -> Result<(), String> {
+    let mut text = lines.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Runs `query` over events `0..events` paced at `per_second`, checkpointed every 50 ms,
+/// failing once (a panic) when `fail_at` events have entered the query, and resuming from
+/// its latest checkpoint; its rows go exactly once into files in `out`, one CSV line each
+/// (q4: its upserts, `category,average,version`). What the tests of restored runs compare
+/// with their references ([`sluice::connectors::committed_lines`] reads the files).
+pub fn run_failing_once(
+    query: &str,
+    events: u64,
+    parallelism: usize,
+    per_second: f64,
+    fail_at: u64,
+    out: &Path,
+    checkpoints: &Path,
+) -> Result<sluice::JobResult, String> {
+    let env = StreamEnv::new();
+    env.set_parallelism(parallelism);
+    env.enable_checkpointing(Duration::from_millis(50), &checkpoints.to_string_lossy());
+    env.set_restart_strategy(RestartStrategy::FixedDelay { attempts: 2, delay: Duration::from_millis(10) });
+    let source = events_source(&env, GeneratorSource::new(0..events, event).with_rate_limit(per_second));
+    // Counted over every subtask and attempt: the panic comes once, at the `fail_at`-th event.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failing = source
+        .map(move |event| {
+            if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == fail_at {
+                panic!("injected failure at event {fail_at}");
+            }
+            event
+        })
+        .uid("nexmark-failure");
+    build(query, &failing, Rows::Files(out))?;
+    env.execute(&format!("nexmark-{query}-failing-once")).map_err(|e| format!("nexmark {query}: {e}"))
+}
+
+/// The final result from the lines [`run_failing_once`] committed, sorted as `--dump`
+/// writes it: the lines themselves, or for q4 each category's upsert of the highest
+/// version, without the version.
+pub fn final_lines(query: &str, mut lines: Vec<String>) -> Result<Vec<String>, String> {
+    if query == "q4" {
+        let mut last: std::collections::HashMap<&str, (u64, &str)> = std::collections::HashMap::new();
+        for line in &lines {
+            let bad = || format!("q4: {line:?} is no upsert line (category,average,version)");
+            let (row, version) = line.rsplit_once(',').ok_or_else(bad)?;
+            let category = row.split_once(',').ok_or_else(bad)?.0;
+            let version: u64 = version.parse().map_err(|_| bad())?;
+            let entry = last.entry(category).or_insert((version, row));
+            if version >= entry.0 {
+                *entry = (version, row);
+            }
+        }
+        lines = last.into_values().map(|(_, row)| row.to_string()).collect();
+    }
+    lines.sort_unstable();
+    Ok(lines)
+}
+
+/// The generator as the queries' source: event time `dateTime`, watermark `dateTime - 4 s`.
+fn events_source<F>(env: &StreamEnv, generator: GeneratorSource<F>) -> DataStream<Event>
+where
+    GeneratorSource<F>: Source<Event>,
+{
+    env.source(generator, Watermarks::bounded(Duration::from_secs(4)).with_timestamps(|e: &Event| e.date_time()))
+        .uid("nexmark-events")
+}
+
+/// `query` over `events`, its rows sent where `rows` says.
+fn build(query: &str, events: &DataStream<Event>, rows: Rows<'_>) -> Result<Output, String> {
+    use super::{q0, q1, q2, q3, q4, q5, q7, q8};
+    Ok(match query {
+        "q0" => Output::of(q0::query(events), q0::csv, q0::csv, keep, rows),
+        "q1" => Output::of(q1::query(events), q1::csv, q1::csv, keep, rows),
+        "q2" => Output::of(q2::query(events), q2::csv, q2::csv, keep, rows),
+        "q3" => Output::of(q3::query(events), q3::csv, q3::csv, keep, rows),
+        "q4" => Output::of(q4::query(events), q4::csv, q4::upsert_csv, q4::finalize, rows),
+        "q5" => Output::of(q5::query(events), q5::csv, q5::csv, keep, rows),
+        "q7" => Output::of(q7::query(events), q7::csv, q7::csv, keep, rows),
+        "q8" => Output::of(q8::query(events), q8::csv, q8::csv, keep, rows),
+        other => return Err(format!("--query {other}: give one of {}", QUERIES.join(", "))),
+    })
 }
 
 /// Every row as it came (all queries but q4, whose output is upserts).
@@ -81,24 +150,44 @@ fn keep<R>(rows: Vec<R>) -> Vec<R> {
     rows
 }
 
-/// A query's sink: discarding (counted), or collecting for the dump.
+/// Where a query's rows go.
+enum Rows<'a> {
+    /// Counted and dropped (what the benchmark measures).
+    Discard,
+    /// Collected in memory for `--dump`.
+    Collect,
+    /// Exactly once into files in this folder, a line per row (q4: per upsert).
+    Files(&'a Path),
+}
+
+/// A query's sink: discarding (counted), collecting for the dump, or files.
 enum Output {
     Discarded(DiscardHandle),
     Collected(Box<dyn FnOnce() -> Vec<String>>),
+    Files,
 }
 
 impl Output {
     fn of<R: Data>(
         stream: DataStream<R>,
         csv: fn(&R) -> String,
+        change_csv: fn(&R) -> String,
         finalize: fn(Vec<R>) -> Vec<R>,
-        collect: bool,
+        rows: Rows<'_>,
     ) -> Self {
-        match collect {
-            false => Output::Discarded(stream.discard()),
-            true => {
+        match rows {
+            Rows::Discard => Output::Discarded(stream.discard()),
+            Rows::Collect => {
                 let handle = stream.collect();
                 Output::Collected(Box::new(move || finalize(handle.values()).iter().map(csv).collect()))
+            }
+            Rows::Files(dir) => {
+                stream
+                    .map(move |row| change_csv(&row))
+                    .uid("nexmark-lines")
+                    .sink(TransactionalFileSink::new(dir))
+                    .uid("nexmark-files");
+                Output::Files
             }
         }
     }
@@ -112,6 +201,7 @@ impl Output {
                 lines.sort_unstable();
                 (lines.len() as u64, Some(lines))
             }
+            Output::Files => (0, None),
         }
     }
 }
@@ -265,44 +355,67 @@ mod tests {
         }
     }
 
-    #[test]
-    fn q0_equals_the_reference() {
-        check("q0");
+    /// The run that fails at event 25,000 of 40,000 (paced over a second, checkpointed
+    /// every 50 ms, so a dozen checkpoints lie before the failure) resumes from one of them;
+    /// its committed output equals the reference, nothing lost and nothing twice.
+    fn check_restored(query: &str) {
+        let want = reference(query, &all_events());
+        for parallelism in [1, 3] {
+            let scratch = std::env::temp_dir()
+                .join(format!("sluice-nexmark-restored-{query}-{parallelism}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&scratch);
+            let (out, checkpoints) = (scratch.join("out"), scratch.join("checkpoints"));
+            let result = run_failing_once(query, EVENTS, parallelism, 40_000.0, 25_000, &out, &checkpoints).unwrap();
+            let committed = sluice::connectors::committed_lines(&out).unwrap();
+            let _ = std::fs::remove_dir_all(&scratch);
+            let at = format!("{query} at parallelism {parallelism}");
+            assert_eq!(result.restarts, 1, "{at}: the injected failure restarted the job once");
+            assert!(result.restored_from.is_some(), "{at}: the restart resumed from a checkpoint, not from the start");
+            if query == "q4" {
+                // Upserts: every version of a category committed once, none skipped.
+                let mut versions: HashMap<String, Vec<u64>> = HashMap::new();
+                for line in &committed {
+                    let (row, version) = line.rsplit_once(',').unwrap();
+                    let category = row.split_once(',').unwrap().0;
+                    versions.entry(category.to_string()).or_default().push(version.parse().unwrap());
+                }
+                for (category, mut seen) in versions {
+                    seen.sort_unstable();
+                    let expected: Vec<u64> = (1..=seen.len() as u64).collect();
+                    assert_eq!(seen, expected, "{at}: the versions of category {category}'s upserts");
+                }
+            }
+            let got = final_lines(query, committed).unwrap();
+            assert_eq!(got.len(), want.len(), "{at}, restored: rows");
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g, w, "{at}, restored: line {i} of the sorted output");
+            }
+        }
     }
 
-    #[test]
-    fn q1_equals_the_reference() {
-        check("q1");
+    macro_rules! query_tests {
+        ($($query:ident: $plain:ident, $restored:ident;)*) => {$(
+            #[test]
+            fn $plain() {
+                check(stringify!($query));
+            }
+
+            #[test]
+            fn $restored() {
+                check_restored(stringify!($query));
+            }
+        )*};
     }
 
-    #[test]
-    fn q2_equals_the_reference() {
-        check("q2");
-    }
-
-    #[test]
-    fn q3_equals_the_reference() {
-        check("q3");
-    }
-
-    #[test]
-    fn q4_equals_the_reference() {
-        check("q4");
-    }
-
-    #[test]
-    fn q5_equals_the_reference() {
-        check("q5");
-    }
-
-    #[test]
-    fn q7_equals_the_reference() {
-        check("q7");
-    }
-
-    #[test]
-    fn q8_equals_the_reference() {
-        check("q8");
+    query_tests! {
+        q0: q0_equals_the_reference, q0_restored_from_a_mid_run_checkpoint_equals_the_reference;
+        q1: q1_equals_the_reference, q1_restored_from_a_mid_run_checkpoint_equals_the_reference;
+        q2: q2_equals_the_reference, q2_restored_from_a_mid_run_checkpoint_equals_the_reference;
+        q3: q3_equals_the_reference, q3_restored_from_a_mid_run_checkpoint_equals_the_reference;
+        q4: q4_equals_the_reference, q4_restored_from_a_mid_run_checkpoint_equals_the_reference;
+        q5: q5_equals_the_reference, q5_restored_from_a_mid_run_checkpoint_equals_the_reference;
+        q7: q7_equals_the_reference, q7_restored_from_a_mid_run_checkpoint_equals_the_reference;
+        q8: q8_equals_the_reference, q8_restored_from_a_mid_run_checkpoint_equals_the_reference;
     }
 
     #[test]
