@@ -300,6 +300,11 @@ pub struct WindowOperator<K, T, W: WindowFunction<K, T>, L> {
     /// panes, and `windows` the windows that hold data, with whether each has fired.
     pane: Option<i64>,
     windows: BTreeMap<TimeWindow, bool>,
+    /// With panes: the pane of the last record, if all of its windows are in `windows`,
+    /// none has fired and none is late. Records come in bursts of one pane, and the next of
+    /// this one needs no window looked up (forgotten whenever time advances or state is
+    /// restored: then a window may have fired).
+    open_pane: Option<TimeWindow>,
     _late: PhantomData<fn() -> L>,
 }
 
@@ -328,6 +333,7 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
             },
             function,
             windows: BTreeMap::new(),
+            open_pane: None,
             _late: PhantomData,
         }
     }
@@ -432,15 +438,46 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
         };
         let start = window_start(time, offset, slide);
         let pane = TimeWindow::new(start, start.saturating_add(slide));
+        if self.open_pane == Some(pane) {
+            self.add_to_bucket(pane, key, value);
+            return;
+        }
         let mut windows = std::mem::take(&mut self.scratch);
         windows.clear();
         self.windows_of_pane(&pane, &mut windows);
+        let holding = windows.len();
         windows.retain(|w| !self.is_late(w));
+        let none_late = windows.len() == holding;
         if windows.is_empty() {
             self.scratch = windows;
             return self.reject_late(value, time, out);
         }
-        let (typical, clock, watermark) = (self.typical_keys, self.time, self.watermark);
+        let (clock, watermark) = (self.time, self.watermark);
+        self.add_to_bucket(pane, key.clone(), value);
+        let mut any_fired = false;
+        for window in &windows {
+            // A window the watermark has already passed (within the allowed lateness) was
+            // due even if this subtask held nothing for it then: it counts as fired.
+            let fired = *self
+                .windows
+                .entry(*window)
+                .or_insert(clock == WindowTime::EventTime && window.max_timestamp() <= watermark);
+            if fired {
+                any_fired = true;
+                // A late record within the allowed lateness: fire again with the update.
+                if let Some(acc) = self.merged(&key, window) {
+                    let at = window.max_timestamp();
+                    self.function.emit(&key, window, &acc, &mut |o| out.emit(L::result(o), at));
+                }
+            }
+        }
+        self.open_pane = (!any_fired && none_late).then_some(pane);
+        self.scratch = windows;
+    }
+
+    /// Adds `value` to `key`'s accumulator in `pane` (both made if new).
+    fn add_to_bucket(&mut self, pane: TimeWindow, key: K, value: T) {
+        let typical = self.typical_keys;
         let bucket = self.aligned.entry(pane).or_insert_with(|| Bucket {
             accumulators: FastMap::with_capacity_and_hasher(typical, Default::default()),
             fired: false,
@@ -450,25 +487,9 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
             None => {
                 let mut acc = self.function.create();
                 self.function.add(&mut acc, value);
-                bucket.accumulators.insert(key.clone(), acc);
+                bucket.accumulators.insert(key, acc);
             }
         }
-        for window in &windows {
-            // A window the watermark has already passed (within the allowed lateness) was
-            // due even if this subtask held nothing for it then: it counts as fired.
-            let fired = *self
-                .windows
-                .entry(*window)
-                .or_insert(clock == WindowTime::EventTime && window.max_timestamp() <= watermark);
-            if fired {
-                // A late record within the allowed lateness: fire again with the update.
-                if let Some(acc) = self.merged(&key, window) {
-                    let at = window.max_timestamp();
-                    self.function.emit(&key, window, &acc, &mut |o| out.emit(L::result(o), at));
-                }
-            }
-        }
-        self.scratch = windows;
     }
 
     /// Fires the windows (of panes) that end at or before `upto`, and drops the windows and
@@ -554,6 +575,7 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
 
     /// Fires windows whose end is at or before `upto` and drops state past its cleanup time.
     fn advance(&mut self, upto: Timestamp, out: &mut Output<L::Out>) {
+        self.open_pane = None;
         if self.assigner.is_merging() {
             self.advance_sessions(upto, out);
         } else if self.pane.is_some() {
@@ -724,6 +746,7 @@ where
     }
 
     fn restore(&mut self, state: Restored) {
+        self.open_pane = None;
         let Restored::Keyed(chunks) = state else { return };
         for (_, bytes) in chunks {
             let chunk: WindowChunk<K, W::Acc> = decode_or_fail(&bytes, "a window");
