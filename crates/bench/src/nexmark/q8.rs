@@ -24,16 +24,21 @@ pub type NewSeller = (i64, Text, i64);
 /// q8's output.
 pub fn query(events: &DataStream<Event>) -> DataStream<NewSeller> {
     let window = Tumbling::event_time(Duration::from_secs(10));
-    // The bids go first, so that the two branches below copy only persons and auctions.
-    let events = events.filter(|event| !matches!(event, Event::Bid(_)));
-    let persons = events.filter_map(|event| match event {
-        Event::Person(p) => Some((p.id, p.name)),
-        _ => None,
+    // One pass keeps what either side reads, (id, name) of a person and the seller of an
+    // auction, and drops the bids: the two branches below then copy only these small rows.
+    let sides = events.filter_map(|event| match event {
+        Event::Person(p) => Some(JoinSide::Left((p.id, p.name))),
+        Event::Auction(a) => Some(JoinSide::Right(a.seller)),
+        Event::Bid(_) => None,
     });
-    let sellers = events
-        .filter_map(|event| match event {
-            Event::Auction(a) => Some(a.seller),
-            _ => None,
+    let persons = sides.filter_map(|side| match side {
+        JoinSide::Left(person) => Some(person),
+        JoinSide::Right(_) => None,
+    });
+    let sellers = sides
+        .filter_map(|side| match side {
+            JoinSide::Right(seller) => Some(seller),
+            JoinSide::Left(_) => None,
         })
         .key_by(|seller| *seller)
         .window(window)
