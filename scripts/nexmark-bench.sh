@@ -2,7 +2,8 @@
 # Runs each Nexmark query at parallelism 1 at the N of issue 12's Flink 2.3 table, RUNS
 # times (default 3), interleaved, and prints every RESULT line, each query's median rate and
 # its ratio to Flink's; w2-baseline (the plain-Rust loop of WORKLOADS.md) is run too, to
-# tell how fast the machine is (31-32 M/s at p = 2 on the machine Flink's figures are from).
+# tell how fast the machine is (31-32 M/s at p = 2 on the machine Flink's figures are from),
+# and nexmark-baseline (the generator alone in a plain loop: the bound of every query at p = 1).
 #   scripts/nexmark-bench.sh [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ bin=target/release/sluice-bench
 out=$(mktemp)
 for _ in $(seq "$runs"); do
   "$bin" w2-baseline --n 100000000 -p 2 | tee -a "$out"
+  "$bin" nexmark-baseline --n 20000000 | tee -a "$out"
   for q in q0:20000000 q1:20000000 q2:30000000 q3:30000000 q4:5000000 q5:10000000 q7:5000000 q8:20000000; do
     "$bin" nexmark --query "${q%%:*}" --events "${q##*:}" -p 1 | tee -a "$out"
   done
@@ -26,6 +28,9 @@ for line in open(sys.argv[1]):
         rates.setdefault(m["workload"], []).append(float(m["rate"]) / 1e6)
 for w, r in sorted(rates.items()):
     q = w.removeprefix("nexmark-")
+    gen = statistics.median(rates["nexmark-baseline"]) if "nexmark-baseline" in rates else None
     ratio = f"  {statistics.median(r) / flink[q]:5.1f}x Flink 2.3 ({flink[q]} M/s)" if q in flink else ""
+    if q in flink and gen:
+        ratio += f", {statistics.median(r) / gen:.2f} of the generator alone"
     print(f"  {w:18} {statistics.median(r):7.2f} M/s median of {len(r)}{ratio}")
 PY

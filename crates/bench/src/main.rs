@@ -13,7 +13,9 @@
 //! `r1` measures recovery after a lost worker on a local cluster ([`r1`]; `r1-job` is the
 //! job it submits, this same binary).
 //! `nexmark-events` writes the first `--n` events of the Nexmark generator ([`nexmark`])
-//! as CSV; `nexmark --query qN --events N` runs one of its queries ([`nexmark::run`]). `keygroups` prints, for 128 key groups, the fraction of groups that change owner when
+//! as CSV; `nexmark --query qN --events N` runs one of its queries ([`nexmark::run`]);
+//! `nexmark-baseline` generates and drops `--n` events in a plain loop on one thread (what
+//! any query at parallelism 1 pays before its own work). `keygroups` prints, for 128 key groups, the fraction of groups that change owner when
 //! the parallelism goes from p to p-1 and back, under Sluice's assignment and Flink's
 //! contiguous ranges, beside the least any balanced assignment can move.
 //! Every run checks its own output count and fails if it is wrong.
@@ -37,8 +39,8 @@ use std::time::{Duration, Instant};
 #[command(name = "sluice-bench")]
 struct Args {
     /// The workload: w1, w2, w3, w1-baseline, w2-baseline, k1, k1-baseline, k1-fill,
-    /// k1-topic, k1-count, r1 (or r1-job, the job r1 submits), r2 (r1 losing the leading coordinator), keygroups, nexmark-events, nexmark.
-    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count", "r1", "r1-job", "r2", "keygroups", "nexmark-events", "nexmark"])]
+    /// k1-topic, k1-count, r1 (or r1-job, the job r1 submits), r2 (r1 losing the leading coordinator), keygroups, nexmark-events, nexmark-baseline, nexmark.
+    #[arg(value_parser = ["w1", "w2", "w3", "w1-baseline", "w2-baseline", "k1", "k1-baseline", "k1-fill", "k1-topic", "k1-count", "r1", "r1-job", "r2", "keygroups", "nexmark-events", "nexmark-baseline", "nexmark"])]
     workload: String,
     /// Records (events) to process; a multiple of the parallelism (not for nexmark).
     #[arg(long, visible_alias = "events", default_value_t = 10_000_000, value_parser = parse_count)]
@@ -563,6 +565,17 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        return ExitCode::SUCCESS;
+    }
+    if args.workload == "nexmark-baseline" {
+        let started = Instant::now();
+        let mut checksum = 0i64;
+        for n in 0..args.n {
+            checksum = checksum.wrapping_add(std::hint::black_box(nexmark::event(n)).date_time());
+        }
+        let secs = started.elapsed().as_secs_f64();
+        std::hint::black_box(checksum);
+        println!("RESULT workload=nexmark-baseline n={} p=1 secs={secs:.3} rate={:.0}", args.n, args.n as f64 / secs);
         return ExitCode::SUCCESS;
     }
     if args.workload == "nexmark" && args.fail_at.is_some() {
