@@ -305,6 +305,9 @@ pub struct WindowOperator<K, T, W: WindowFunction<K, T>, L> {
     /// this one needs no window looked up (forgotten whenever time advances or state is
     /// restored: then a window may have fired).
     open_pane: Option<TimeWindow>,
+    /// The size of each key group's chunk in the last snapshot: the next one's buffers
+    /// start that big (window state changes little from one checkpoint to the next).
+    snapshot_sizes: FastMap<u32, usize>,
     _late: PhantomData<fn() -> L>,
 }
 
@@ -334,6 +337,7 @@ impl<K: Key, T: Data, W: WindowFunction<K, T>, L: LatePolicy<T, W::Out>> WindowO
             function,
             windows: BTreeMap::new(),
             open_pane: None,
+            snapshot_sizes: FastMap::default(),
             _late: PhantomData,
         }
     }
@@ -686,31 +690,54 @@ where
 
     /// Writes each key group's `WindowChunk` straight into a buffer of its own, window by
     /// window (postcard's pieces concatenate into the struct they make up): no vector of
-    /// references per window and group, no chunk struct to build, then encode, then drop.
-    /// The snapshot is taken at the barrier, on the task's thread, so its cost is the
-    /// pause the stream sees.
+    /// references per window and group, no chunk struct to build, then encode, then drop,
+    /// and no copy of a chunk's body to put its window count in front. The snapshot is
+    /// taken at the barrier, on the task's thread, so its cost is the pause the stream sees.
     fn snapshot(&mut self, max_parallelism: usize) -> Option<OperatorState> {
-        /// One key group's aligned windows so far, encoded, and how many.
-        struct Written {
-            windows: usize,
-            body: Vec<u8>,
-        }
-        let mut written: BTreeMap<u32, Written> = BTreeMap::new();
-        // One slot per key group, reused for every window; `touched` lists the slots in use.
-        let mut by_group: Vec<Vec<(&K, &W::Acc)>> = (0..max_parallelism).map(|_| Vec::new()).collect();
+        // Pass 1: the key group of every entry, in the order pass 2 visits them, and how many
+        // windows each group has entries in. The count comes first in a group's chunk, so
+        // knowing it first lets pass 2 write each chunk once, into a buffer sized from the
+        // last snapshot (no copy of the body behind its count, no regrowth).
+        let mut groups_in_order: Vec<u32> =
+            Vec::with_capacity(self.aligned.values().map(|b| b.accumulators.len()).sum());
+        let mut windows_per_group: Vec<usize> = vec![0; max_parallelism];
+        let mut seen_in_window: Vec<bool> = vec![false; max_parallelism];
         let mut touched: Vec<usize> = Vec::new();
+        for bucket in self.aligned.values() {
+            for key in bucket.accumulators.keys() {
+                let group = key_group_of(key, max_parallelism).0;
+                groups_in_order.push(group);
+                if !std::mem::replace(&mut seen_in_window[group as usize], true) {
+                    touched.push(group as usize);
+                }
+            }
+            for group in touched.drain(..) {
+                seen_in_window[group] = false;
+                windows_per_group[group] += 1;
+            }
+        }
+        let fired_flags = if self.pane.is_some() { self.windows.len() } else { 0 };
+        let mut bodies: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+        for (group, windows) in windows_per_group.iter().enumerate().filter(|(_, w)| **w > 0) {
+            let mut body = Vec::with_capacity(self.snapshot_sizes.get(&(group as u32)).map_or(0, |s| s + s / 8));
+            encode_into(&(windows + fired_flags), &mut body);
+            bodies.insert(group as u32, body);
+        }
+        // Pass 2: each window's entries, group by group. One slot per key group, reused for
+        // every window; `touched` lists the slots in use.
+        let mut by_group: Vec<Vec<(&K, &W::Acc)>> = (0..max_parallelism).map(|_| Vec::new()).collect();
+        let mut groups = groups_in_order.iter();
         for (window, bucket) in &self.aligned {
-            for (key, acc) in &bucket.accumulators {
-                let group = key_group_of(key, max_parallelism).0 as usize;
+            for entry in &bucket.accumulators {
+                let group = *groups.next().expect("pass 2 visits the entries of pass 1") as usize;
                 if by_group[group].is_empty() {
                     touched.push(group);
                 }
-                by_group[group].push((key, acc));
+                by_group[group].push(entry);
             }
             for group in touched.drain(..) {
-                let out = written.entry(group as u32).or_insert_with(|| Written { windows: 0, body: Vec::new() });
-                encode_into(&(window, bucket.fired, &by_group[group][..]), &mut out.body);
-                out.windows += 1;
+                let body = bodies.get_mut(&(group as u32)).expect("pass 1 counted the group");
+                encode_into(&(window, bucket.fired, &by_group[group][..]), body);
                 by_group[group].clear();
             }
         }
@@ -718,10 +745,9 @@ where
             // The windows' fired flags go with every key group that has panes: whichever
             // subtask restores a group knows which of its windows have fired.
             let none: &[(&K, &W::Acc)] = &[];
-            for out in written.values_mut() {
+            for body in bodies.values_mut() {
                 for (window, fired) in &self.windows {
-                    encode_into(&(window, *fired, none), &mut out.body);
-                    out.windows += 1;
+                    encode_into(&(window, *fired, none), body);
                 }
             }
         }
@@ -731,17 +757,19 @@ where
             let list = list.iter().map(|s| (s.window, &s.acc, s.fired)).collect();
             sessions.entry(key_group_of(key, max_parallelism).0).or_default().push((key, list));
         }
-        let groups: std::collections::BTreeSet<u32> = written.keys().chain(sessions.keys()).copied().collect();
+        let groups: std::collections::BTreeSet<u32> = bodies.keys().chain(sessions.keys()).copied().collect();
         let mut chunks = BTreeMap::new();
         for group in groups {
             // A WindowChunk: the aligned windows (a count, then each), then the sessions.
-            let (count, body) = written.remove(&group).map_or((0, Vec::new()), |w| (w.windows, w.body));
-            let mut bytes = Vec::with_capacity(body.len() + 16);
-            encode_into(&count, &mut bytes);
-            bytes.extend_from_slice(&body);
+            let mut bytes = bodies.remove(&group).unwrap_or_else(|| {
+                let mut none = Vec::new();
+                encode_into(&0usize, &mut none);
+                none
+            });
             encode_into(&sessions.remove(&group).unwrap_or_default(), &mut bytes);
             chunks.insert(group, bytes);
         }
+        self.snapshot_sizes = chunks.iter().map(|(group, bytes)| (*group, bytes.len())).collect();
         Some(OperatorState::Keyed(chunks))
     }
 
