@@ -171,3 +171,16 @@ pub fn csv(row: &Average) -> String {
 pub fn upsert_csv(row: &Average) -> String {
     format!("{},{},{}", row.category, row.average, row.version)
 }
+
+/// An upsert back from its line ([`upsert_csv`]).
+pub fn parse_upsert(line: &str) -> Result<Average, String> {
+    let bad = || format!("q4: {line:?} is no upsert line (category,average,version)");
+    let mut fields = line.split(',');
+    let mut next = || fields.next().ok_or_else(bad);
+    let (category, average, version) = (next()?, next()?, next()?);
+    Ok(Average {
+        category: category.parse().map_err(|_| bad())?,
+        average: average.parse().map_err(|_| bad())?,
+        version: version.parse().map_err(|_| bad())?,
+    })
+}

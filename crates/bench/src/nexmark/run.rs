@@ -103,18 +103,8 @@ pub fn run_failing_once(
 /// version, without the version.
 pub fn final_lines(query: &str, mut lines: Vec<String>) -> Result<Vec<String>, String> {
     if query == "q4" {
-        let mut last: std::collections::HashMap<&str, (u64, &str)> = std::collections::HashMap::new();
-        for line in &lines {
-            let bad = || format!("q4: {line:?} is no upsert line (category,average,version)");
-            let (row, version) = line.rsplit_once(',').ok_or_else(bad)?;
-            let category = row.split_once(',').ok_or_else(bad)?.0;
-            let version: u64 = version.parse().map_err(|_| bad())?;
-            let entry = last.entry(category).or_insert((version, row));
-            if version >= entry.0 {
-                *entry = (version, row);
-            }
-        }
-        lines = last.into_values().map(|(_, row)| row.to_string()).collect();
+        let upserts = lines.iter().map(|line| super::q4::parse_upsert(line)).collect::<Result<Vec<_>, _>>()?;
+        lines = super::q4::finalize(upserts).iter().map(super::q4::csv).collect();
     }
     lines.sort_unstable();
     Ok(lines)
@@ -373,11 +363,10 @@ mod tests {
             assert!(result.restored_from.is_some(), "{at}: the restart resumed from a checkpoint, not from the start");
             if query == "q4" {
                 // Upserts: every version of a category committed once, none skipped.
-                let mut versions: HashMap<String, Vec<u64>> = HashMap::new();
+                let mut versions: HashMap<i64, Vec<u64>> = HashMap::new();
                 for line in &committed {
-                    let (row, version) = line.rsplit_once(',').unwrap();
-                    let category = row.split_once(',').unwrap().0;
-                    versions.entry(category.to_string()).or_default().push(version.parse().unwrap());
+                    let upsert = super::super::q4::parse_upsert(line).unwrap();
+                    versions.entry(upsert.category).or_default().push(upsert.version);
                 }
                 for (category, mut seen) in versions {
                     seen.sort_unstable();
