@@ -172,6 +172,14 @@ impl StreamEnv {
         self.checkpointing("set_tolerable_checkpoint_failures", |c| c.tolerable_failures = failures)
     }
 
+    /// Whether window state is copied at a barrier and encoded on another thread (default:
+    /// yes, the stream pauses only for the copy) or encoded at the barrier (no second copy
+    /// of the state in memory while it is encoded). See
+    /// [`CheckpointConfig::asynchronous_snapshots`](sluice_dataflow::CheckpointConfig::asynchronous_snapshots).
+    pub fn set_asynchronous_snapshots(&self, asynchronous: bool) -> &Self {
+        self.checkpointing("set_asynchronous_snapshots", |c| c.asynchronous_snapshots = asynchronous)
+    }
+
     /// Completed checkpoints kept (default 3); older ones are deleted.
     pub fn set_retained_checkpoints(&self, count: usize) -> &Self {
         self.checkpointing("set_retained_checkpoints", |c| c.retain = count.max(1))

@@ -59,6 +59,10 @@ struct Args {
     /// the exactly-once output to --dump, to diff with a run without the failure.
     #[arg(long, value_name = "EVENT")]
     fail_at: Option<u64>,
+    /// w3: encode window state at each barrier instead of copying it there and encoding
+    /// the copy on another thread (the default), to compare the two.
+    #[arg(long)]
+    synchronous_snapshots: bool,
     /// Parallelism of the job.
     #[arg(long, short = 'p', default_value_t = 1, value_parser = parse_parallelism)]
     parallelism: usize,
@@ -357,13 +361,19 @@ fn w2(n: u64, parallelism: usize, batch_size: usize) -> Result<Tally, String> {
 
 /// W3: W2 with aligned exactly-once checkpoints every second into a fresh local folder.
 /// Returns the output and the (duration, bytes) of each checkpoint.
-fn w3(n: u64, parallelism: usize, batch_size: usize) -> Result<(Tally, Vec<(Duration, u64)>), String> {
+fn w3(
+    n: u64,
+    parallelism: usize,
+    batch_size: usize,
+    asynchronous_snapshots: bool,
+) -> Result<(Tally, Vec<(Duration, u64)>), String> {
     let dir = std::env::temp_dir().join(format!("sluice-w3-{}", std::process::id()));
     let env = StreamEnv::new();
     env.set_parallelism(parallelism)
         .set_batch_size(batch_size)
         .set_watermark_interval(Duration::from_millis(200))
         .enable_checkpointing(Duration::from_millis(1000), dir.to_str().ok_or("temp dir is not UTF-8")?)
+        .set_asynchronous_snapshots(asynchronous_snapshots)
         .start_from(StartFrom::Fresh);
     let (sink, out) = tally_sink(w2_fingerprint);
     env.source(SequenceSource::new(0..n), Watermarks::monotonic().with_timestamps(|i: &u64| *i as i64))
@@ -652,14 +662,16 @@ fn main() -> ExitCode {
         _ if args.cluster.is_some() => cluster(&args),
         "w1" => w1(args.n, args.parallelism, args.batch_size).map(|t| (t.count, Some(t))),
         "w2" => w2(args.n, args.parallelism, args.batch_size).map(|t| (t.count, Some(t))),
-        "w3" => w3(args.n, args.parallelism, args.batch_size).map(|(tally, checkpoints)| {
-            // The periodic checkpoints are what the stream pays while running.
-            let periodic = &checkpoints[..checkpoints.len() - 1];
-            let ms = median(periodic.iter().map(|c| c.0.as_micros() as u64).collect()).unwrap_or(0) as f64 / 1000.0;
-            let bytes = median(periodic.iter().map(|c| c.1).collect()).unwrap_or(0);
-            eprintln!("CHECKPOINTS count={} median_ms={ms:.1} median_bytes={bytes}", periodic.len());
-            (tally.count, Some(tally))
-        }),
+        "w3" => {
+            w3(args.n, args.parallelism, args.batch_size, !args.synchronous_snapshots).map(|(tally, checkpoints)| {
+                // The periodic checkpoints are what the stream pays while running.
+                let periodic = &checkpoints[..checkpoints.len() - 1];
+                let ms = median(periodic.iter().map(|c| c.0.as_micros() as u64).collect()).unwrap_or(0) as f64 / 1000.0;
+                let bytes = median(periodic.iter().map(|c| c.1).collect()).unwrap_or(0);
+                eprintln!("CHECKPOINTS count={} median_ms={ms:.1} median_bytes={bytes}", periodic.len());
+                (tally.count, Some(tally))
+            })
+        }
         "w1-baseline" => Ok((w1_baseline(args.n), None)),
         "w2-baseline" => Ok((w2_baseline(args.n), None)),
         other => {

@@ -6,7 +6,7 @@
 use crate::error::{TaskError, TaskResult};
 use crate::message::{Ending, Envelope, Message};
 use crate::operator::Input;
-use crate::snapshot::{Barrier, SubtaskState};
+use crate::snapshot::{Barrier, BarrierStates};
 use sluice_types::{subtask_for_key_group, KeyGroup, Record, Timestamp};
 use std::any::Any;
 use std::sync::mpsc::SyncSender;
@@ -385,10 +385,10 @@ impl<T: Clone + Send + serde::Serialize + 'static> Input<T> for ExchangeOutput<T
     fn flush(&mut self) -> TaskResult {
         self.each(|e| e.flush())
     }
-    fn barrier(&mut self, barrier: Barrier, _states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn barrier(&mut self, barrier: Barrier, _states: &mut BarrierStates) -> TaskResult {
         self.each(|e| e.signal(|| Message::Barrier(barrier)))
     }
-    fn end(&mut self, ending: Ending, _states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn end(&mut self, ending: Ending, _states: &mut BarrierStates) -> TaskResult {
         self.each(|e| e.signal(|| Message::End(ending)))
     }
 }
@@ -406,10 +406,10 @@ pub trait ErasedInput: Send {
     /// Nothing is waiting in the inbox: pass buffered records on.
     fn flush(&mut self) -> TaskResult;
     /// Barriers arrived on every input (aligned): snapshot the chain, pass the barrier on.
-    fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult;
+    fn barrier(&mut self, barrier: Barrier, states: &mut BarrierStates) -> TaskResult;
     /// Every input has ended: finish the chain (if the input is exhausted), collecting its
     /// final state.
-    fn end(&mut self, ending: Ending, states: &mut Vec<SubtaskState>) -> TaskResult;
+    fn end(&mut self, ending: Ending, states: &mut BarrierStates) -> TaskResult;
 }
 
 pub(crate) struct Head<T>(pub(crate) Box<dyn Input<T>>);
@@ -431,10 +431,10 @@ impl<T: Send + 'static> ErasedInput for Head<T> {
     fn flush(&mut self) -> TaskResult {
         self.0.flush()
     }
-    fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn barrier(&mut self, barrier: Barrier, states: &mut BarrierStates) -> TaskResult {
         self.0.barrier(barrier, states)
     }
-    fn end(&mut self, ending: Ending, states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn end(&mut self, ending: Ending, states: &mut BarrierStates) -> TaskResult {
         self.0.end(ending, states)
     }
 }

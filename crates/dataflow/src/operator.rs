@@ -7,7 +7,7 @@
 
 use crate::error::{TaskError, TaskResult};
 use crate::message::Ending;
-use crate::snapshot::{Barrier, OperatorState, Restored, SubtaskState};
+use crate::snapshot::{Barrier, BarrierSnapshot, BarrierStates, OperatorState, Restored, SubtaskState};
 use sluice_types::{Record, Timestamp};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -34,6 +34,9 @@ pub struct SubtaskInfo {
     pub batch_size: usize,
     /// Bytes per batch between tasks, at most ([`crate::JobConfig::max_batch_bytes`]).
     pub max_batch_bytes: usize,
+    /// Whether the operator's state at a barrier may be a copy encoded later
+    /// ([`crate::CheckpointConfig::asynchronous_snapshots`]).
+    pub asynchronous_snapshots: bool,
 }
 
 /// The receiving end of a stage in a chain: the next operator, a sink or an exchange.
@@ -49,10 +52,10 @@ pub trait Input<T>: Send {
     /// Send whatever is buffered (the task has nothing else to do right now).
     fn flush(&mut self) -> TaskResult;
     /// A checkpoint barrier: add this stage's state to `states`, then pass the barrier on.
-    fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult;
+    fn barrier(&mut self, barrier: Barrier, states: &mut BarrierStates) -> TaskResult;
     /// End of input: finish (if the input is exhausted, not when the job stops), add the
     /// final state to `states`, and pass the end on.
-    fn end(&mut self, ending: Ending, states: &mut Vec<SubtaskState>) -> TaskResult;
+    fn end(&mut self, ending: Ending, states: &mut BarrierStates) -> TaskResult;
 }
 
 /// What an operator emits into: buffers single records into batches and passes batches on.
@@ -136,6 +139,14 @@ pub trait Operator<In, Out>: Send {
     fn snapshot(&mut self, _max_parallelism: usize) -> Option<OperatorState> {
         None
     }
+    /// The operator's state at a checkpoint barrier, where the stream waits for it. An
+    /// operator with much state returns [`BarrierSnapshot::Copied`]: a copy of its maps
+    /// (cheap next to encoding them) and the function that encodes the copy on another
+    /// thread, so the stream pauses only for the copy. By default, [`Operator::snapshot`],
+    /// encoded at once. The final state at the end of input is always [`Operator::snapshot`].
+    fn snapshot_at_barrier(&mut self, max_parallelism: usize) -> Option<BarrierSnapshot> {
+        self.snapshot(max_parallelism).map(BarrierSnapshot::Encoded)
+    }
     /// Takes over state from a checkpoint, before the first record.
     fn restore(&mut self, _state: Restored) {}
 }
@@ -215,16 +226,27 @@ impl<In: Send, Out: Send + 'static> Input<In> for Link<In, Out> {
         self.output.next()?.flush()
     }
 
-    fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn barrier(&mut self, barrier: Barrier, states: &mut BarrierStates) -> TaskResult {
         self.output.settle()?;
         let (op, max_parallelism) = (&mut self.operator, self.info.max_parallelism);
-        if let Some(state) = guard_panic(&self.info, || op.snapshot(max_parallelism))? {
-            states.push(SubtaskState { operator: self.info.state_id.to_string(), subtask: self.info.index, state });
+        let (operator, subtask) = (self.info.state_id.to_string(), self.info.index);
+        let asynchronous = self.info.asynchronous_snapshots;
+        let snapshot = guard_panic(&self.info, || match asynchronous {
+            true => op.snapshot_at_barrier(max_parallelism),
+            false => op.snapshot(max_parallelism).map(BarrierSnapshot::Encoded),
+        })?;
+        match snapshot {
+            Some(BarrierSnapshot::Encoded(state)) => states.push(SubtaskState { operator, subtask, state }),
+            Some(BarrierSnapshot::Copied(encode)) => {
+                let info = self.info.clone();
+                states.push_copy(operator, subtask, Box::new(move || guard_panic(&info, encode)));
+            }
+            None => {}
         }
         self.output.next.barrier(barrier, states)
     }
 
-    fn end(&mut self, ending: Ending, states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn end(&mut self, ending: Ending, states: &mut BarrierStates) -> TaskResult {
         if ending == Ending::Finished {
             let (op, out) = (&mut self.operator, &mut self.output);
             guard_panic(&self.info, || op.finish(out))?;

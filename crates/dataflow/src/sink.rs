@@ -4,7 +4,7 @@ use crate::error::{TaskError, TaskResult};
 use crate::graph::JobConfig;
 use crate::message::Ending;
 use crate::operator::{guard_panic, Input, SubtaskInfo};
-use crate::snapshot::{Barrier, OperatorState, SubtaskState};
+use crate::snapshot::{Barrier, BarrierStates, OperatorState, SubtaskState};
 use sluice_types::{Record, Timestamp};
 use std::io;
 
@@ -86,7 +86,7 @@ impl<T> SinkInput<T> {
 }
 
 impl<T> SinkInput<T> {
-    fn push_committable(&self, committable: Option<Vec<u8>>, states: &mut Vec<SubtaskState>) {
+    fn push_committable(&self, committable: Option<Vec<u8>>, states: &mut BarrierStates) {
         if let Some(bytes) = committable {
             states.push(SubtaskState {
                 operator: self.info.state_id.to_string(),
@@ -113,12 +113,12 @@ impl<T: Send> Input<T> for SinkInput<T> {
     fn flush(&mut self) -> TaskResult {
         self.call("flushing", |w| w.flush())
     }
-    fn barrier(&mut self, barrier: Barrier, states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn barrier(&mut self, barrier: Barrier, states: &mut BarrierStates) -> TaskResult {
         let committable = self.call("pre-committing", |w| w.pre_commit(Some(barrier.id)))?;
         self.push_committable(committable, states);
         Ok(())
     }
-    fn end(&mut self, _ending: Ending, states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn end(&mut self, _ending: Ending, states: &mut BarrierStates) -> TaskResult {
         self.call("finishing", |w| w.finish())?;
         let committable = self.call("pre-committing", |w| w.pre_commit(None))?;
         self.push_committable(committable, states);

@@ -2,10 +2,17 @@
 //! back on restore.
 //!
 //! Keyed state is cut by key group, so a restore at another parallelism hands each new
-//! subtask exactly the groups it owns. Everything is serialized with `postcard` at the
-//! barrier (a copy of the state); writing it to storage happens elsewhere, in the
-//! background.
+//! subtask exactly the groups it owns. Everything is serialized with `postcard`; writing it
+//! to storage happens elsewhere, in the background.
+//!
+//! An operator whose state is large copies it at the barrier instead of encoding it there
+//! ([`BarrierSnapshot::Copied`], Flink's asynchronous snapshot): copying the maps costs a
+//! tenth of encoding them, and the copy is encoded on a thread of its own
+//! ([`crate::TaskControl::report`]) while the task goes on with the records after the
+//! barrier. The task's report to the coordinator is sent once the copy is encoded, so the
+//! checkpoint still completes only with every state in it.
 
+use crate::error::TaskResult;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -47,6 +54,76 @@ pub enum Restored {
     Keyed(Vec<(u32, Vec<u8>)>),
     /// The subtask's own state.
     Plain(Vec<u8>),
+}
+
+/// An operator's state taken at a checkpoint barrier
+/// ([`crate::Operator::snapshot_at_barrier`]).
+pub enum BarrierSnapshot {
+    /// Encoded at the barrier, on the task's thread.
+    Encoded(OperatorState),
+    /// A copy of the state, taken at the barrier, and what encodes it: the encoding happens
+    /// later, on another thread, while the task goes on (the copy no longer changes).
+    Copied(Box<dyn FnOnce() -> OperatorState + Send>),
+}
+
+/// A copy still to be encoded, with the operator and subtask it belongs to. `encode`
+/// reports a panic as the task error of that operator (see [`crate::guard_panic`]).
+struct PendingCopy {
+    operator: String,
+    subtask: usize,
+    encode: Box<dyn FnOnce() -> TaskResult<OperatorState> + Send>,
+}
+
+/// The states the stages of one task hand over at a barrier or at the end: the encoded ones,
+/// and the copies still to be encoded ([`BarrierStates::encode`]).
+#[derive(Default)]
+pub struct BarrierStates {
+    encoded: Vec<SubtaskState>,
+    copies: Vec<PendingCopy>,
+}
+
+impl BarrierStates {
+    /// No states yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an encoded state.
+    pub fn push(&mut self, state: SubtaskState) {
+        self.encoded.push(state);
+    }
+
+    /// Adds a copy of `operator`'s state (subtask `subtask`) that `encode` will encode.
+    pub fn push_copy(
+        &mut self,
+        operator: String,
+        subtask: usize,
+        encode: Box<dyn FnOnce() -> TaskResult<OperatorState> + Send>,
+    ) {
+        self.copies.push(PendingCopy { operator, subtask, encode });
+    }
+
+    /// Whether some state is still a copy to encode (worth a thread of its own).
+    pub fn has_copies(&self) -> bool {
+        !self.copies.is_empty()
+    }
+
+    /// Encodes the copies (on the calling thread) and returns every state; the error is the
+    /// first encoding that failed.
+    pub fn encode(self) -> TaskResult<Vec<SubtaskState>> {
+        let mut states = self.encoded;
+        states.reserve(self.copies.len());
+        for PendingCopy { operator, subtask, encode } in self.copies {
+            states.push(SubtaskState { operator, subtask, state: encode()? });
+        }
+        Ok(states)
+    }
+}
+
+impl From<Vec<SubtaskState>> for BarrierStates {
+    fn from(encoded: Vec<SubtaskState>) -> Self {
+        BarrierStates { encoded, copies: Vec::new() }
+    }
 }
 
 pub use sluice_state::codec::{decode, decode_or_fail, encode, encode_into};

@@ -4,13 +4,14 @@
 use crate::error::{TaskError, TaskResult};
 use crate::message::Ending;
 use crate::operator::{guard_panic, now_millis, Input, SubtaskInfo};
-use crate::snapshot::{Barrier, OperatorState, SubtaskState};
+use crate::snapshot::{Barrier, BarrierStates, OperatorState, SubtaskState};
 use sluice_types::{Record, Timestamp, MAX_TIMESTAMP, MAX_WATERMARK, MIN_TIMESTAMP, MIN_WATERMARK, NO_TIMESTAMP};
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// What a poll of a source reader produced.
@@ -266,6 +267,10 @@ pub struct TaskReport {
     pub states: Vec<SubtaskState>,
 }
 
+/// What the runtime does with a task error found off the task's thread (it fails the
+/// attempt as the task's own error would).
+pub type FailureHandler = Arc<dyn Fn(TaskError) + Send + Sync>;
+
 /// A task's link to the checkpoint coordinator.
 pub struct TaskControl {
     /// The task's index in the job.
@@ -274,13 +279,59 @@ pub struct TaskControl {
     pub barriers: Option<Receiver<Barrier>>,
     /// Where reports go.
     pub reports: Sender<TaskReport>,
+    /// The thread encoding the copies of the last report, if it had any; the next report
+    /// waits for it, so that the coordinator gets a task's reports in order.
+    encoding: Mutex<Option<JoinHandle<TaskResult>>>,
+    /// Where an encoding that fails goes (without one, the task's next report returns it).
+    on_failure: Option<FailureHandler>,
 }
 
 impl TaskControl {
-    /// Reports a passed barrier (or the end, with `checkpoint` `None`) and the states.
-    pub fn report(&self, checkpoint: Option<u64>, states: Vec<SubtaskState>) {
+    /// The link of task `task`.
+    pub fn new(task: usize, barriers: Option<Receiver<Barrier>>, reports: Sender<TaskReport>) -> Self {
+        TaskControl { task, barriers, reports, encoding: Mutex::new(None), on_failure: None }
+    }
+
+    /// Sends a failure to encode a copied state to `handler` as soon as it happens, rather
+    /// than leaving it for the task's next report (which a checkpoint that never completes
+    /// may hold off for a long time).
+    pub fn on_failure(&mut self, handler: FailureHandler) {
+        self.on_failure = Some(handler);
+    }
+
+    /// Reports a passed barrier (or the end, with `checkpoint` `None`) and the states. States
+    /// copied at the barrier are encoded on a thread of their own, and the report sent from
+    /// there, while the task goes on; a report first waits for the encoding of the one
+    /// before it. The error is that earlier encoding's failure.
+    pub fn report(&self, checkpoint: Option<u64>, states: BarrierStates) -> TaskResult {
+        let mut encoding = self.encoding.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(earlier) = encoding.take() {
+            earlier.join().unwrap_or_else(|_| unreachable!("an encoding reports its panic as an error"))?;
+        }
+        let (task, reports) = (self.task, self.reports.clone());
         // The coordinator is gone only when the job is being torn down.
-        let _ = self.reports.send(TaskReport { task: self.task, checkpoint, states });
+        let send = move |states| drop(reports.send(TaskReport { task, checkpoint, states }));
+        if !states.has_copies() {
+            send(states.encode()?);
+            return Ok(());
+        }
+        let on_failure = self.on_failure.clone();
+        let encode = move || match states.encode() {
+            Ok(states) => Ok(send(states)),
+            Err(error) => match on_failure {
+                Some(fail) => Ok(fail(error)),
+                None => Err(error),
+            },
+        };
+        match std::thread::Builder::new().name(format!("sluice:encode#{task}")).spawn(encode) {
+            Ok(thread) => *encoding = Some(thread),
+            Err(e) => {
+                return Err(TaskError::Checkpoint(format!(
+                    "could not start a thread to encode the state of task {task}: {e}"
+                )))
+            }
+        }
+        Ok(())
     }
 }
 
@@ -311,16 +362,16 @@ pub struct SourceRunner<T> {
 }
 
 impl<T: Send + 'static> SourceRunner<T> {
-    fn position(&self) -> Vec<SubtaskState> {
-        self.reader
-            .position()
-            .map(|p| SubtaskState {
+    fn position(&self) -> BarrierStates {
+        let mut states = BarrierStates::new();
+        if let Some(p) = self.reader.position() {
+            states.push(SubtaskState {
                 operator: self.info.state_id.to_string(),
                 subtask: self.info.index,
                 state: OperatorState::Plain(p),
-            })
-            .into_iter()
-            .collect()
+            });
+        }
+        states
     }
 
     /// Passes a checkpoint barrier down the chain with the reader's position (rare next to
@@ -330,16 +381,14 @@ impl<T: Send + 'static> SourceRunner<T> {
     fn inject(&mut self, barrier: Barrier, control: &TaskControl) -> TaskResult {
         let mut states = self.position();
         self.output.barrier(barrier, &mut states)?;
-        control.report(Some(barrier.id), states);
-        Ok(())
+        control.report(Some(barrier.id), states)
     }
 
     /// Ends the stream and reports the final state.
     fn finish(&mut self, ending: Ending, control: &TaskControl) -> TaskResult {
         let mut states = self.position();
         self.output.end(ending, &mut states)?;
-        control.report(None, states);
-        Ok(())
+        control.report(None, states)
     }
 }
 

@@ -13,7 +13,7 @@
 use crate::error::TaskResult;
 use crate::message::Ending;
 use crate::operator::{Input, Link, Operator, SubtaskInfo};
-use crate::snapshot::{Barrier, Restored, SubtaskState};
+use crate::snapshot::{Barrier, BarrierStates, Restored, SubtaskState};
 use sluice_types::{Record, Timestamp};
 use std::sync::{Arc, Mutex};
 
@@ -60,10 +60,10 @@ impl<T: Send> Input<T> for Capture<T> {
     fn flush(&mut self) -> TaskResult {
         Ok(())
     }
-    fn barrier(&mut self, barrier: Barrier, _states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn barrier(&mut self, barrier: Barrier, _states: &mut BarrierStates) -> TaskResult {
         self.push(Event::Barrier(barrier.id))
     }
-    fn end(&mut self, _ending: Ending, _states: &mut Vec<SubtaskState>) -> TaskResult {
+    fn end(&mut self, _ending: Ending, _states: &mut BarrierStates) -> TaskResult {
         self.push(Event::End)
     }
 }
@@ -94,6 +94,8 @@ impl<In: Send + 'static, Out: Send + 'static> OperatorHarness<In, Out> {
             max_parallelism: sluice_types::DEFAULT_MAX_PARALLELISM,
             batch_size: 1024,
             max_batch_bytes: crate::graph::DEFAULT_MAX_BATCH_BYTES,
+            // As a job's default: a copy at the barrier, encoded when the test asks.
+            asynchronous_snapshots: true,
         };
         let link = Link::new(Box::new(operator), Box::new(Capture(events.clone())), info);
         OperatorHarness { link, events }
@@ -128,14 +130,22 @@ impl<In: Send + 'static, Out: Send + 'static> OperatorHarness<In, Out> {
 
     /// Ends the input as `ending` says; returns the final state.
     pub fn end_with(&mut self, ending: Ending) -> Vec<SubtaskState> {
-        let mut states = Vec::new();
+        let mut states = BarrierStates::new();
         self.link.end(ending, &mut states).expect("operator failed");
-        states
+        states.encode().expect("encoding the state failed")
     }
 
     /// Passes a checkpoint barrier; returns the operator's state at it.
     pub fn checkpoint(&mut self, id: u64) -> Vec<SubtaskState> {
-        let mut states = Vec::new();
+        // A copy taken at the barrier is encoded here, as the task's encoder thread would.
+        self.barrier(id).encode().expect("encoding the state failed")
+    }
+
+    /// Passes a checkpoint barrier; returns the operator's state as the task hands it on: a
+    /// state the operator copied is not encoded yet ([`BarrierStates::encode`] does it, as
+    /// the task's encoder thread would, whatever the operator did since).
+    pub fn barrier(&mut self, id: u64) -> BarrierStates {
+        let mut states = BarrierStates::new();
         self.link.barrier(Barrier { id, timestamp: 0 }, &mut states).expect("operator failed");
         states
     }

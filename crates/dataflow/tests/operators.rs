@@ -264,6 +264,49 @@ fn window_state_survives_a_snapshot_and_restore() {
     assert_eq!(r.take_records(), vec![(WindowOutput::Result((1, 10, 1)), 19)]);
 }
 
+/// The copy a window operator takes at a barrier is encoded later, on another thread: what
+/// it encodes must be the state at the barrier, whatever the operator did in between (more
+/// records into the same windows, windows firing and purged, sessions merging). Two twins
+/// get the same seeded input; one is encoded at the barrier, the other's copy only after
+/// it went on.
+#[test]
+fn a_window_state_copied_at_a_barrier_encodes_as_it_was_at_the_barrier() {
+    let seed = std::env::var("SLUICE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0xc0b1_u64);
+    for assigner in [
+        WindowAssigner::Tumbling { size: 10, offset: 0 },
+        WindowAssigner::Sliding { size: 20, slide: 5, offset: 0 },
+        WindowAssigner::Session { gap: 4 },
+    ] {
+        let mut state = seed | 1;
+        let mut random = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let (mut encoded_now, mut copied) = (counting(assigner, 5), counting(assigner, 5));
+        for time in 0..200 {
+            let value = (random(20) as u32, 0);
+            encoded_now.push(value, time);
+            copied.push(value, time);
+            if time % 25 == 0 {
+                encoded_now.watermark(time - 8);
+                copied.watermark(time - 8);
+            }
+        }
+        let at_barrier = encoded_now.checkpoint(1);
+        let copy = copied.barrier(1);
+        assert!(copy.has_copies(), "{assigner:?}: a window operator with state copies it at the barrier");
+        for time in 190..400 {
+            copied.push((random(20) as u32, 0), time);
+        }
+        copied.watermark(i64::MAX);
+        assert!(!copied.take_records().is_empty(), "{assigner:?}: the twin fired its windows after the barrier");
+        let encoded_later = copy.encode().expect("the copy encodes");
+        assert_eq!(encoded_later, at_barrier, "seed {seed}, {assigner:?}: the copy changed after the barrier");
+    }
+}
+
 #[test]
 fn keyed_state_and_timers_survive_a_snapshot_and_restore() {
     let mut h = OperatorHarness::new(KeyedProcessOperator::new(key(), Quiet));

@@ -320,6 +320,7 @@ pub(crate) fn build(graph: &JobGraph, restore: Option<&RestorePlan>, network: Op
                 max_parallelism: config.max_parallelism,
                 batch_size: config.batch_size,
                 max_batch_bytes: config.max_batch_bytes,
+                asynchronous_snapshots: config.checkpointing.as_ref().is_some_and(|c| c.asynchronous_snapshots),
             };
             let restored = |node: usize| {
                 restore.and_then(|r| r.states.get(&(graph.nodes[node].state_id().to_string(), subtask)).cloned())
@@ -357,7 +358,7 @@ pub(crate) fn build(graph: &JobGraph, restore: Option<&RestorePlan>, network: Op
                 next = Some(tail.imp.exchange(edges, &info_of(tail.id.0)));
             }
             let task = work.len();
-            let control = |barriers| TaskControl { task, barriers, reports: report_tx.clone() };
+            let control = |barriers| TaskControl::new(task, barriers, report_tx.clone());
             let mut source = None;
             for node_id in chain.nodes.iter().rev() {
                 let node = &graph.nodes[node_id.0];
@@ -643,6 +644,20 @@ pub(crate) fn start_tasks(
             matches!(job, Work::Source(..)),
         );
         progress.push(task_progress.clone());
+        // A task error, from the task's thread or from the thread encoding its copied state,
+        // fails the attempt: logged (unless it only echoes another's), every task told to
+        // stop, and kept for the supervisor.
+        let fail: sluice_dataflow::FailureHandler = {
+            let (flags, name) = (task_flags.clone(), name.to_string());
+            Arc::new(move |error: TaskError| {
+                if !error.is_secondary() {
+                    tracing::error!("task {name} failed: {error}");
+                }
+                flags.abort.store(true, Ordering::SeqCst);
+                flags.stop_sources.store(true, Ordering::SeqCst);
+                errors.lock().unwrap_or_else(|e| e.into_inner()).push(error);
+            })
+        };
         let spawned = std::thread::Builder::new().name(thread_name).spawn(move || {
             let flags = task_flags;
             sluice_dataflow::counters::enter(flags.counters.clone());
@@ -658,8 +673,12 @@ pub(crate) fn start_tasks(
             // under everything else, so that no panic can end a task without failing the
             // attempt (the coordinator would otherwise wait for its report forever).
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
-                Work::Source(mut task, control) => task.run(&flags.stop_sources, &control),
-                Work::Inbox { mut head, inbox, credits, control } => {
+                Work::Source(mut task, mut control) => {
+                    control.on_failure(fail.clone());
+                    task.run(&flags.stop_sources, &control)
+                }
+                Work::Inbox { mut head, inbox, credits, mut control } => {
+                    control.on_failure(fail.clone());
                     run_inbox_task(&mut *head, inbox, credits, &flags.abort, tick, &control, exactly_once)
                 }
             }))
@@ -672,12 +691,7 @@ pub(crate) fn start_tasks(
                 })
             });
             if let Err(error) = result {
-                if !error.is_secondary() {
-                    tracing::error!("task {name} failed: {error}");
-                }
-                flags.abort.store(true, Ordering::SeqCst);
-                flags.stop_sources.store(true, Ordering::SeqCst);
-                errors.lock().unwrap_or_else(|e| e.into_inner()).push(error);
+                fail(error);
             }
         });
         match spawned {

@@ -4,7 +4,7 @@
 //! Once a channel ends because the job stops (not because its input is exhausted), the
 //! watermark is frozen: the input that would have followed may still belong to any window.
 
-use sluice_dataflow::snapshot::Barrier;
+use sluice_dataflow::snapshot::{Barrier, BarrierStates};
 use sluice_dataflow::{
     now_millis, ChannelCredits, Ending, Envelope, ErasedInput, Message, TaskControl, TaskError, TaskResult,
 };
@@ -212,28 +212,26 @@ pub(crate) fn run_inbox_task(
                     }
                     if all_ended && barriers.current.is_none() {
                         head.flush()?;
-                        let mut states = Vec::new();
+                        let mut states = BarrierStates::new();
                         head.end(alignment.ending(), &mut states)?;
-                        control.report(None, states);
-                        return Ok(());
+                        return control.report(None, states);
                     }
                 }
             }
             if barriers.complete(&alignment) {
                 let barrier = barriers.current.take().expect("complete implies a barrier");
-                let mut states = Vec::new();
+                let mut states = BarrierStates::new();
                 head.barrier(barrier, &mut states)?;
-                control.report(Some(barrier.id), states);
+                control.report(Some(barrier.id), states)?;
                 // What was held back comes first, in arrival order, before anything newer.
                 let mut held = std::mem::take(&mut barriers.held);
                 held.extend(replay.drain(..));
                 replay = held;
                 if alignment.open == 0 && replay.is_empty() {
                     head.flush()?;
-                    let mut states = Vec::new();
+                    let mut states = BarrierStates::new();
                     head.end(alignment.ending(), &mut states)?;
-                    control.report(None, states);
-                    return Ok(());
+                    return control.report(None, states);
                 }
             }
         }
@@ -301,15 +299,11 @@ mod tests {
         fn flush(&mut self) -> TaskResult {
             Ok(())
         }
-        fn barrier(
-            &mut self,
-            barrier: Barrier,
-            _states: &mut Vec<sluice_dataflow::snapshot::SubtaskState>,
-        ) -> TaskResult {
+        fn barrier(&mut self, barrier: Barrier, _states: &mut sluice_dataflow::snapshot::BarrierStates) -> TaskResult {
             self.0.push(format!("barrier {}", barrier.id));
             Ok(())
         }
-        fn end(&mut self, ending: Ending, _states: &mut Vec<sluice_dataflow::snapshot::SubtaskState>) -> TaskResult {
+        fn end(&mut self, ending: Ending, _states: &mut sluice_dataflow::snapshot::BarrierStates) -> TaskResult {
             self.0.push(format!("end {ending:?}"));
             Ok(())
         }
@@ -331,7 +325,7 @@ mod tests {
             tx.send(Envelope { channel, message }).unwrap();
         }
         let (reports_tx, reports) = std::sync::mpsc::channel();
-        let control = TaskControl { task: 0, barriers: None, reports: reports_tx };
+        let control = TaskControl::new(0, None, reports_tx);
         let (first, second) = (Credit::new(64), Credit::new(64));
         let mut head = Recorder(Vec::new(), probe.then(|| first.clone()));
         let credits = ChannelCredits(vec![first, second]);

@@ -271,3 +271,45 @@ fn late_records_dropped_are_counted_in_the_result_and_names_are_the_users() {
     let error = env.execute("names").unwrap_err().to_string();
     assert!(error.contains("operator 'map' (subtask 0 of 1) panicked: three"), "{error}");
 }
+
+/// A window's accumulator whose hand-written `Serialize` fails past a bound: only a
+/// checkpoint encodes it, and it does so on the thread that encodes the copy taken at the
+/// barrier, off the task's thread.
+#[derive(Clone, serde::Deserialize)]
+struct Unencodable(u64);
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            0..1_000 => serializer.serialize_u64(self.0),
+            _ => Err(serde::ser::Error::custom("sums past 1000 are not for disk")),
+        }
+    }
+}
+
+#[test]
+fn a_window_state_that_cannot_be_encoded_fails_the_job_at_once_naming_operator_and_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = dir.path().to_str().unwrap().to_string();
+    let error = within(DEADLINE, "the job with an unencodable state", move || {
+        let env = StreamEnv::new();
+        env.set_parallelism(1)
+            .enable_checkpointing(Duration::from_millis(20), &checkpoints)
+            .set_restart_strategy(RestartStrategy::FixedDelay { attempts: 1000, delay: Duration::from_millis(1) });
+        // Unbounded and one window for all time: only the failed encoding can end the job.
+        env.source(SequenceSource::unbounded(0).with_rate_limit(20_000.0), Watermarks::none())
+            .map(Unencodable)
+            .key_by(|_| 0u8)
+            .window(Tumbling::processing_time(Duration::from_secs(86_400)))
+            .reduce(|a, b| Unencodable(a.0 + b.0))
+            .name("sums")
+            .discard();
+        env.execute("unencodable").unwrap_err()
+    });
+    let text = error.to_string();
+    assert!(matches!(error, JobError::Task { .. }), "{error:?}");
+    assert!(text.contains("sums (subtask 0)"), "the error names the window operator: {text}");
+    assert!(text.contains("Unencodable") && text.contains("cannot be encoded"), "and the type: {text}");
+    // postcard keeps no custom message, only that the Serialize implementation failed.
+    assert!(text.contains("its Serialize implementation fails"), "and what to fix: {text}");
+}

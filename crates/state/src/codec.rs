@@ -26,14 +26,43 @@ pub struct StateError {
 
 /// Serializes state for a snapshot.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    postcard::to_stdvec(value).expect("in-memory state always serializes")
+    postcard::to_stdvec(value).unwrap_or_else(|e| unencodable::<T>(e))
 }
 
 /// [`encode`], appended to `out`: for state written in pieces into one buffer (the pieces,
 /// one after another, decode as the sequence or struct they make up).
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
-    let buffer = std::mem::take(out);
-    *out = postcard::to_extend(value, buffer).expect("in-memory state always serializes");
+    // Straight into `out`: no buffer moved in and out per call (state is written in many
+    // small pieces, one per entry), and whole slices copied at once.
+    struct Append<'a>(&'a mut Vec<u8>);
+    impl postcard::ser_flavors::Flavor for Append<'_> {
+        type Output = ();
+        #[inline]
+        fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+            self.0.extend_from_slice(data);
+            Ok(())
+        }
+        #[inline]
+        fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+            self.0.push(data);
+            Ok(())
+        }
+        fn finalize(self) -> postcard::Result<()> {
+            Ok(())
+        }
+    }
+    postcard::serialize_with_flavor(value, Append(out)).unwrap_or_else(|e| unencodable::<T>(e))
+}
+
+/// A state whose `Serialize` fails (a hand-written one: serde's derive always encodes).
+/// The same state fails again after a restart, so the job fails at once, saying which type.
+#[cold]
+fn unencodable<T: ?Sized>(error: postcard::Error) -> ! {
+    sluice_types::failure::fail_unrecoverable(format!(
+        "a state of type {} cannot be encoded into a checkpoint: {error}; its Serialize implementation fails \
+         for this value. Fix that implementation (or derive it), then start again from the last checkpoint",
+        std::any::type_name::<T>()
+    ))
 }
 
 /// How many bytes `value` takes encoded (what it would weigh on a network or in a
