@@ -316,12 +316,15 @@ impl TaskControl {
             return Ok(());
         }
         let on_failure = self.on_failure.clone();
-        let encode = move || match states.encode() {
-            Ok(states) => Ok(send(states)),
-            Err(error) => match on_failure {
-                Some(fail) => Ok(fail(error)),
-                None => Err(error),
-            },
+        let encode = move || {
+            match states.encode() {
+                Ok(states) => send(states),
+                Err(error) => match on_failure {
+                    Some(fail) => fail(error),
+                    None => return Err(error),
+                },
+            }
+            Ok(())
         };
         match std::thread::Builder::new().name(format!("sluice:encode#{task}")).spawn(encode) {
             Ok(thread) => *encoding = Some(thread),

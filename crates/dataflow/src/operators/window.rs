@@ -795,7 +795,8 @@ where
         }
     }
 
-    /// The state at the end of input, encoded on the task's thread (see [`encode_windows`]).
+    /// The state at the end of input (or at a barrier without asynchronous snapshots), encoded
+    /// on the task's thread: one chunk per key group, written in two passes over the windows.
     fn snapshot(&mut self, max_parallelism: usize) -> Option<OperatorState> {
         let windows = self.pane.is_some().then_some(&self.windows);
         Some(encode_windows(&self.aligned, windows, &self.sessions, &self.snapshot_sizes, max_parallelism))
