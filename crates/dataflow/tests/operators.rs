@@ -224,6 +224,23 @@ fn a_record_without_timestamp_in_an_event_time_window_is_a_clear_failure() {
     assert!(message.contains("with_timestamps"), "{message}");
 }
 
+/// `SLUICE_TEST_SEED` if set, else `default`.
+fn test_seed(default: u64) -> u64 {
+    std::env::var("SLUICE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// A xorshift generator from `seed`: `random(bound)` is below `bound`. Tests print the seed
+/// when they fail (`SLUICE_TEST_SEED` replays it).
+fn seeded_random(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut state = seed | 1;
+    move |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    }
+}
+
 /// Turns a snapshot into what a restored subtask owning every key group receives.
 fn restored(states: Vec<sluice_dataflow::snapshot::SubtaskState>) -> Option<sluice_dataflow::snapshot::Restored> {
     use sluice_dataflow::snapshot::{OperatorState, Restored};
@@ -271,19 +288,13 @@ fn window_state_survives_a_snapshot_and_restore() {
 /// it went on.
 #[test]
 fn a_window_state_copied_at_a_barrier_encodes_as_it_was_at_the_barrier() {
-    let seed = std::env::var("SLUICE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0xc0b1_u64);
+    let seed = test_seed(0xc0b1);
     for assigner in [
         WindowAssigner::Tumbling { size: 10, offset: 0 },
         WindowAssigner::Sliding { size: 20, slide: 5, offset: 0 },
         WindowAssigner::Session { gap: 4 },
     ] {
-        let mut state = seed | 1;
-        let mut random = move |bound: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % bound
-        };
+        let mut random = seeded_random(seed);
         let (mut encoded_now, mut copied) = (counting(assigner, 5), counting(assigner, 5));
         for time in 0..200 {
             let value = (random(20) as u32, 0);
@@ -387,14 +398,8 @@ fn pending_processing_time_timers_fire_when_the_input_ends_and_periodic_ones_sto
 /// snapshotted and restored, and goes on as if nothing happened.
 #[test]
 fn sliding_windows_with_panes_equal_windows_kept_whole_also_across_a_restore() {
-    let seed = std::env::var("SLUICE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_u64);
-    let mut state = seed | 1;
-    let mut random = move |bound: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % bound
-    };
+    let seed = test_seed(0x5eed);
+    let mut random = seeded_random(seed);
     let assigner = WindowAssigner::Sliding { size: 20, slide: 5, offset: 0 };
     let panes = |restored_from: Option<Vec<sluice_dataflow::snapshot::SubtaskState>>| {
         let finish = Arc::new(|k: &u32, w: &TimeWindow, n: u64| (*k, w.start, n));
