@@ -7,7 +7,7 @@
 //!
 //! An operator whose state is large copies it at the barrier instead of encoding it there
 //! ([`BarrierSnapshot::Copied`], Flink's asynchronous snapshot): copying the maps costs a
-//! tenth of encoding them, and the copy is encoded on a thread of its own
+//! fraction of encoding them, and the copy is encoded on a thread of its own
 //! ([`crate::TaskControl::report`]) while the task goes on with the records after the
 //! barrier. The task's report to the coordinator is sent once the copy is encoded, so the
 //! checkpoint still completes only with every state in it.

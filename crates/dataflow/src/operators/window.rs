@@ -350,17 +350,11 @@ fn encode_windows<K: Key, A: Data>(
             encode_into(&entry, &mut bodies[group]);
         }
     }
-    let mut bodies: BTreeMap<u32, Vec<u8>> = bodies
-        .into_iter()
-        .enumerate()
-        .filter(|(group, _)| windows_per_group[*group] > 0)
-        .map(|(group, body)| (group as u32, body))
-        .collect();
     if let Some(windows) = windows {
         // The windows' fired flags go with every key group that has panes: whichever
         // subtask restores a group knows which of its windows have fired.
         let none: &[(&K, &A)] = &[];
-        for body in bodies.values_mut() {
+        for (body, _) in bodies.iter_mut().zip(&windows_per_group).filter(|(_, w)| **w > 0) {
             for (window, fired) in windows {
                 encode_into(&(window, *fired, none), body);
             }
@@ -372,17 +366,18 @@ fn encode_windows<K: Key, A: Data>(
         let list = list.iter().map(|s| (s.window, &s.acc, s.fired)).collect();
         sessions_by_group.entry(key_group_of(key, max_parallelism).0).or_default().push((key, list));
     }
-    let groups: std::collections::BTreeSet<u32> = bodies.keys().chain(sessions_by_group.keys()).copied().collect();
     let mut chunks = BTreeMap::new();
-    for group in groups {
+    for (group, mut bytes) in bodies.into_iter().enumerate() {
+        let group_sessions = sessions_by_group.remove(&(group as u32));
+        if windows_per_group[group] == 0 && group_sessions.is_none() {
+            continue;
+        }
         // A WindowChunk: the aligned windows (a count, then each), then the sessions.
-        let mut bytes = bodies.remove(&group).unwrap_or_else(|| {
-            let mut none = Vec::new();
-            encode_into(&0usize, &mut none);
-            none
-        });
-        encode_into(&sessions_by_group.remove(&group).unwrap_or_default(), &mut bytes);
-        chunks.insert(group, bytes);
+        if windows_per_group[group] == 0 {
+            encode_into(&0usize, &mut bytes);
+        }
+        encode_into(&group_sessions.unwrap_or_default(), &mut bytes);
+        chunks.insert(group as u32, bytes);
     }
     *sizes = chunks.iter().map(|(group, bytes)| (*group, bytes.len())).collect();
     OperatorState::Keyed(chunks)
@@ -802,9 +797,9 @@ where
         Some(encode_windows(&self.aligned, windows, &self.sessions, &self.snapshot_sizes, max_parallelism))
     }
 
-    /// At a barrier the maps are copied (a tenth of the cost of encoding them: for W3, 4 ms
-    /// instead of about 40 per subtask) and the copy is encoded on the task's encoder
-    /// thread, so the stream pauses only for the copy. No state, nothing to copy.
+    /// At a barrier the maps are copied and the copy is encoded on the task's encoder
+    /// thread, so the stream pauses only for the copy (in W3, a median 6-10 ms per subtask
+    /// and checkpoint instead of 26-30 ms encoding). No state, nothing to copy.
     fn snapshot_at_barrier(&mut self, max_parallelism: usize) -> Option<BarrierSnapshot> {
         if self.aligned.is_empty() && self.sessions.is_empty() {
             return self.snapshot(max_parallelism).map(BarrierSnapshot::Encoded);
